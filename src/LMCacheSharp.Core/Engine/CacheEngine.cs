@@ -1,0 +1,282 @@
+using System.Buffers;
+using System.Diagnostics;
+using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Core.Storage;
+
+namespace LMCacheSharp.Core.Engine;
+
+/// <summary>
+/// What an inference engine calls: <see cref="LookupAsync"/> (how many leading tokens are cached),
+/// <see cref="RetrieveAsync"/> (write the leading hit run into the engine) and <see cref="StoreAsync"/> (save the KV of
+/// new chunks). Keys are prefix-chained hashes under a <see cref="CacheNamespace"/>; each call may pass its own namespace
+/// (another salt or tags) or use the engine's default. Thread-safe; a memory-tier hit completes synchronously and
+/// allocates nothing.
+/// </summary>
+public sealed class CacheEngine : IAsyncDisposable
+{
+    private readonly bool _ownsStorage;
+    private readonly bool _ownsPool;
+    private readonly bool _ownsMetrics;
+
+    /// <summary>Creates an engine over an existing storage manager.</summary>
+    /// <param name="options">Chunk size and partial-chunk policy are read from here.</param>
+    /// <param name="defaultNamespace">Namespace used when a call passes none.</param>
+    /// <param name="storage">The tiers.</param>
+    /// <param name="pool">Where chunk buffers come from.</param>
+    /// <param name="metrics">Where calls are counted.</param>
+    /// <param name="ownsDependencies">Dispose storage, pool and metrics with the engine.</param>
+    public CacheEngine(LMCacheOptions options, CacheNamespace defaultNamespace, StorageManager storage, KvBufferPool pool,
+        CacheMetrics metrics, bool ownsDependencies = false)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(defaultNamespace);
+        ArgumentNullException.ThrowIfNull(storage);
+        ArgumentNullException.ThrowIfNull(pool);
+        ArgumentNullException.ThrowIfNull(metrics);
+        options.Validate();
+        ChunkSize = options.ChunkSize;
+        SaveUnfullChunk = options.SaveUnfullChunk;
+        Namespace = defaultNamespace;
+        Storage = storage;
+        Pool = pool;
+        Metrics = metrics;
+        _ownsStorage = _ownsPool = _ownsMetrics = ownsDependencies;
+    }
+
+    /// <summary>
+    /// Creates an engine with the tiers <paramref name="options"/> asks for that the core provides (memory), followed by
+    /// <paramref name="lowerTiers"/> (disk, remote: built by their own packages).
+    /// </summary>
+    public static CacheEngine Create(LMCacheOptions options, CacheNamespace defaultNamespace, CacheMetrics? metrics = null,
+        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var ownsMetrics = metrics is null;
+        metrics ??= new CacheMetrics();
+        var pool = new KvBufferPool(options.PoolRetainedBytes);
+        var tiers = new List<IStorageTier>();
+        if (options.LocalCpu)
+        {
+            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums));
+        }
+
+        if (lowerTiers is not null)
+        {
+            tiers.AddRange(lowerTiers(pool, metrics));
+        }
+
+        if (tiers.Count == 0)
+        {
+            throw new ArgumentException("No storage tier is enabled: set local_cpu: true or configure a disk or remote tier.");
+        }
+
+        var storage = new StorageManager(tiers, metrics, options.WriteQueueChunks);
+        var engine = new CacheEngine(options, defaultNamespace, storage, pool, metrics, ownsDependencies: true);
+        if (!ownsMetrics)
+        {
+            engine.DoNotDisposeMetrics();
+        }
+
+        return engine;
+    }
+
+    /// <summary>Tokens per chunk.</summary>
+    public int ChunkSize { get; }
+
+    /// <summary>Whether a trailing partial chunk is stored and looked up.</summary>
+    public bool SaveUnfullChunk { get; }
+
+    /// <summary>The default namespace.</summary>
+    public CacheNamespace Namespace { get; }
+
+    /// <summary>The tiers.</summary>
+    public StorageManager Storage { get; }
+
+    /// <summary>The buffer pool.</summary>
+    public KvBufferPool Pool { get; }
+
+    /// <summary>The metrics.</summary>
+    public CacheMetrics Metrics { get; }
+
+    private bool MetricsOwned { get; set; } = true;
+
+    /// <summary>Number of leading tokens of <paramref name="tokens"/> whose KV is cached (a multiple of the chunk size, or all tokens when the partial last chunk is cached).</summary>
+    public async ValueTask<int> LookupAsync(ReadOnlyMemory<int> tokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
+    {
+        var start = Stopwatch.GetTimestamp();
+        ns ??= Namespace;
+        var keys = RentKeys(tokens.Span, ns, out var count);
+        try
+        {
+            var hits = await Storage.CountPrefixAsync(keys.AsMemory(0, count), cancellationToken).ConfigureAwait(false);
+            var hitTokens = Math.Min(hits * ChunkSize, tokens.Length);
+            Metrics.Lookup(tokens.Length, hitTokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
+            return hitTokens;
+        }
+        finally
+        {
+            ArrayPool<ChunkHash>.Shared.Return(keys);
+        }
+    }
+
+    /// <summary>
+    /// Writes the KV of the leading cached chunks of <paramref name="tokens"/> into <paramref name="sink"/>, in order, and
+    /// returns how many tokens were restored. Stops at the first chunk that is missing, fails its checks or that the sink
+    /// refuses; a problem in a tier is a miss, never an exception.
+    /// </summary>
+    public async ValueTask<int> RetrieveAsync(ReadOnlyMemory<int> tokens, IKvSink sink, CacheNamespace? ns = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(sink);
+        var start = Stopwatch.GetTimestamp();
+        ns ??= Namespace;
+        var keys = RentKeys(tokens.Span, ns, out var count);
+        var restored = 0;
+        try
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var chunkStart = i * ChunkSize;
+                var chunkTokens = Math.Min(ChunkSize, tokens.Length - chunkStart);
+                var chunk = await Storage.GetAsync(keys[i], cancellationToken).ConfigureAwait(false);
+                if (chunk is null)
+                {
+                    break;
+                }
+
+                try
+                {
+                    if (chunk.TokenCount != chunkTokens || chunk.Format != ns.Format || chunk.Length != ns.Format.PayloadLength(chunkTokens))
+                    {
+                        Metrics.CorruptChunk("engine");
+                        await Storage.RemoveAsync(keys[i], cancellationToken).ConfigureAwait(false);
+                        break;
+                    }
+
+                    if (!sink.TryWriteKv(chunkStart, chunkTokens, chunk.Span))
+                    {
+                        break;
+                    }
+
+                    restored += chunkTokens;
+                }
+                finally
+                {
+                    chunk.Release();
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<ChunkHash>.Shared.Return(keys);
+            Metrics.Retrieve(tokens.Length, restored, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        }
+
+        return restored;
+    }
+
+    /// <summary>
+    /// Stores the KV of every complete chunk of <paramref name="tokens"/> not yet in memory (and of the partial last chunk
+    /// when <see cref="SaveUnfullChunk"/> is on), reading it from <paramref name="source"/>. Chunks that lie wholly within
+    /// the first <paramref name="skipTokens"/> tokens are known to be cached and are not read. Returns the tokens newly stored.
+    /// Lower tiers are written in the background.
+    /// </summary>
+    public ValueTask<int> StoreAsync(ReadOnlyMemory<int> tokens, IKvSource source, int skipTokens = 0, CacheNamespace? ns = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentOutOfRangeException.ThrowIfNegative(skipTokens);
+        cancellationToken.ThrowIfCancellationRequested();
+        var start = Stopwatch.GetTimestamp();
+        ns ??= Namespace;
+        var keys = RentKeys(tokens.Span, ns, out var count);
+        var stored = 0;
+        try
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var chunkStart = i * ChunkSize;
+                var chunkTokens = Math.Min(ChunkSize, tokens.Length - chunkStart);
+                if (chunkStart + chunkTokens <= skipTokens || Storage.ContainsInMemory(keys[i]))
+                {
+                    continue;
+                }
+
+                var length = ns.Format.PayloadLength(chunkTokens);
+                if (length > ChunkEnvelope.MaxPayloadLength)
+                {
+                    throw new InvalidOperationException($"A chunk of {chunkTokens} tokens is {length} bytes, over the {ChunkEnvelope.MaxPayloadLength}-byte limit: lower chunk_size.");
+                }
+
+                var chunk = Pool.Rent((int)length);
+                try
+                {
+                    if (!source.TryReadKv(chunkStart, chunkTokens, chunk.Span))
+                    {
+                        break;
+                    }
+
+                    chunk.Key = keys[i];
+                    chunk.TokenCount = chunkTokens;
+                    chunk.Format = ns.Format;
+                    chunk.SealChecksum();
+                    if (Storage.Put(chunk))
+                    {
+                        stored += chunkTokens;
+                    }
+                }
+                finally
+                {
+                    chunk.Release();
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<ChunkHash>.Shared.Return(keys);
+            Metrics.Store(stored, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        }
+
+        return ValueTask.FromResult(stored);
+    }
+
+    /// <summary>The keys of <paramref name="tokens"/>' chunks under <paramref name="ns"/> (or the default namespace).</summary>
+    public ChunkHash[] ComputeKeys(ReadOnlySpan<int> tokens, CacheNamespace? ns = null) =>
+        PrefixHasher.ComputeKeys(ns ?? Namespace, tokens, ChunkSize, SaveUnfullChunk);
+
+    /// <summary>Waits for background writes to lower tiers.</summary>
+    public Task FlushAsync(CancellationToken cancellationToken = default) => Storage.FlushAsync(cancellationToken);
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        if (_ownsStorage)
+        {
+            await Storage.DisposeAsync().ConfigureAwait(false);
+        }
+
+        if (_ownsPool)
+        {
+            Pool.Dispose();
+        }
+
+        if (_ownsMetrics && MetricsOwned)
+        {
+            Metrics.Dispose();
+        }
+    }
+
+    private void DoNotDisposeMetrics() => MetricsOwned = false;
+
+    private ChunkHash[] RentKeys(ReadOnlySpan<int> tokens, CacheNamespace ns, out int count)
+    {
+        var n = PrefixHasher.ChunkCount(tokens.Length, ChunkSize, SaveUnfullChunk);
+        var keys = ArrayPool<ChunkHash>.Shared.Rent(Math.Max(n, 1));
+        count = PrefixHasher.ComputeKeys(ns.Seed, tokens, ChunkSize, SaveUnfullChunk, keys);
+        return keys;
+    }
+}

@@ -1,0 +1,59 @@
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+
+namespace LMCacheSharp.Core.Storage;
+
+/// <summary>Where a tier sits: decides whether the storage manager writes it inline or in the background.</summary>
+public enum StorageTierKind
+{
+    /// <summary>In-process memory: written inline, read synchronously.</summary>
+    Memory,
+    /// <summary>Local disk: written in the background.</summary>
+    Disk,
+    /// <summary>A remote store: written in the background; reads may be slow or fail.</summary>
+    Remote,
+}
+
+/// <summary>Sizes a tier reports.</summary>
+/// <param name="Chunks">Chunks held.</param>
+/// <param name="UsedBytes">Bytes held (payload, plus headers where the tier stores them).</param>
+/// <param name="CapacityBytes">Capacity in bytes, or -1 when the tier does not know (remote).</param>
+public readonly record struct StorageTierStats(long Chunks, long UsedBytes, long CapacityBytes);
+
+/// <summary>
+/// One storage tier. Implementations are thread-safe. A tier never throws for a missing, corrupt or unreachable chunk:
+/// that is a miss (null, 0 or false). Exceptions are for programming errors and cancellation only.
+/// </summary>
+public interface IStorageTier : IAsyncDisposable
+{
+    /// <summary>A short name for logs and metric tags ("memory", "disk", "remote").</summary>
+    string Name { get; }
+
+    /// <summary>Where the tier sits.</summary>
+    StorageTierKind Kind { get; }
+
+    /// <summary>How many leading <paramref name="keys"/> the tier holds (stops at the first absent key).</summary>
+    ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// The chunk stored under <paramref name="key"/>, holding one reference that the caller releases, or null on a miss.
+    /// The chunk's payload matches its checksum; a tier that finds it does not drops the chunk and returns null.
+    /// </summary>
+    ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Stores <paramref name="chunk"/> under <see cref="KvChunk.Key"/>. The tier takes its own reference or copies the bytes;
+    /// the caller keeps its reference. Returns false when the tier did not store it (full, too large, unreachable).
+    /// Storing a key that is present refreshes it.
+    /// </summary>
+    ValueTask<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken = default);
+
+    /// <summary>Removes a key; false when it was absent.</summary>
+    ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default);
+
+    /// <summary>Removes everything.</summary>
+    ValueTask ClearAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>Current sizes.</summary>
+    StorageTierStats GetStats();
+}

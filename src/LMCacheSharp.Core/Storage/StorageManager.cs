@@ -1,0 +1,264 @@
+using System.Threading.Channels;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Metrics;
+
+namespace LMCacheSharp.Core.Storage;
+
+/// <summary>
+/// An ordered list of tiers (fastest first) behind one interface. Memory tiers are written inline; disk and remote tiers
+/// are written in the background through a bounded queue (when it is full the write is dropped and counted: a store never
+/// waits for a slow tier). Reads go tier by tier; a hit in a lower tier is promoted into the first memory tier. A tier
+/// that fails or throws is a miss for that call, counted in <c>lmcache.num_tier_errors</c>, never an error to the caller.
+/// </summary>
+public sealed class StorageManager : IAsyncDisposable
+{
+    private readonly IStorageTier[] _tiers;
+    private readonly IStorageTier[] _writeBehind;
+    private readonly MemoryTier? _memory;
+    private readonly CacheMetrics? _metrics;
+    private readonly Channel<KvChunk>? _queue;
+    private readonly Task? _writer;
+    private long _pendingWrites;
+    private int _disposed;
+
+    /// <summary>Creates a manager over <paramref name="tiers"/>, fastest first.</summary>
+    /// <param name="tiers">The tiers; the manager owns them and disposes them.</param>
+    /// <param name="metrics">Where drops and tier errors are counted, or null.</param>
+    /// <param name="writeQueueChunks">Chunks the background writer may hold (default 256, range 1..1,000,000).</param>
+    public StorageManager(IEnumerable<IStorageTier> tiers, CacheMetrics? metrics = null, int writeQueueChunks = 256)
+    {
+        ArgumentNullException.ThrowIfNull(tiers);
+        ArgumentOutOfRangeException.ThrowIfLessThan(writeQueueChunks, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(writeQueueChunks, 1_000_000);
+        _tiers = [.. tiers];
+        if (_tiers.Length == 0)
+        {
+            throw new ArgumentException("At least one storage tier is required.", nameof(tiers));
+        }
+
+        _metrics = metrics;
+        _memory = _tiers.OfType<MemoryTier>().FirstOrDefault();
+        _writeBehind = [.. _tiers.Where(t => t.Kind != StorageTierKind.Memory)];
+        if (_writeBehind.Length > 0)
+        {
+            _queue = Channel.CreateBounded<KvChunk>(new BoundedChannelOptions(writeQueueChunks)
+            {
+                SingleReader = true,
+                FullMode = BoundedChannelFullMode.Wait, // never used: writers call TryWrite and count a drop
+            });
+            _writer = Task.Run(WriteBehindLoopAsync);
+        }
+    }
+
+    /// <summary>The tiers, fastest first.</summary>
+    public IReadOnlyList<IStorageTier> Tiers => _tiers;
+
+    /// <summary>The first memory tier, or null.</summary>
+    public MemoryTier? Memory => _memory;
+
+    /// <summary>Background writes queued or in progress.</summary>
+    public long PendingWrites => Interlocked.Read(ref _pendingWrites);
+
+    /// <summary>
+    /// How many leading <paramref name="keys"/> are held by some tier. A key may be in any tier: the run continues as long as
+    /// one tier holds the next key. Each tier is asked once per stretch, so a remote tier costs one round trip per stretch.
+    /// </summary>
+    public async ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default)
+    {
+        var found = 0;
+        while (found < keys.Length)
+        {
+            var advanced = false;
+            foreach (var tier in _tiers)
+            {
+                var n = tier is MemoryTier memory
+                    ? memory.CountPrefix(keys.Span[found..])
+                    : await GuardAsync(tier, static (t, k, ct) => t.CountPrefixAsync(k, ct), keys[found..], 0, cancellationToken).ConfigureAwait(false);
+                if (n > 0)
+                {
+                    found += Math.Min(n, keys.Length - found);
+                    advanced = true;
+                    break;
+                }
+            }
+
+            if (!advanced)
+            {
+                break;
+            }
+        }
+
+        return found;
+    }
+
+    /// <summary>The chunk under <paramref name="key"/> from the fastest tier holding it, with one reference for the caller; null on a miss.</summary>
+    public async ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default)
+    {
+        if (_memory?.TryGet(key) is { } hot)
+        {
+            return hot;
+        }
+
+        foreach (var tier in _tiers)
+        {
+            if (tier == _memory)
+            {
+                continue;
+            }
+
+            var chunk = await GuardAsync(tier, static (t, k, ct) => t.GetAsync(k, ct), key, null, cancellationToken).ConfigureAwait(false);
+            if (chunk is null)
+            {
+                continue;
+            }
+
+            if (chunk.Key != key)
+            {
+                // A tier handed back another key's chunk: treat as corruption.
+                chunk.Release();
+                _metrics?.CorruptChunk(tier.Name);
+                continue;
+            }
+
+            _memory?.Put(chunk);
+            return chunk;
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Stores a filled, sealed chunk: into the memory tier now, and queued for the other tiers. The caller keeps its
+    /// reference. Returns false when no tier took it or queued it.
+    /// </summary>
+    public bool Put(KvChunk chunk)
+    {
+        ArgumentNullException.ThrowIfNull(chunk);
+        var stored = _memory?.Put(chunk) ?? false;
+        if (_queue is not null)
+        {
+            chunk.AddRef();
+            Interlocked.Increment(ref _pendingWrites);
+            if (Volatile.Read(ref _disposed) == 0 && _queue.Writer.TryWrite(chunk))
+            {
+                stored = true;
+            }
+            else
+            {
+                Interlocked.Decrement(ref _pendingWrites);
+                chunk.Release();
+                foreach (var tier in _writeBehind)
+                {
+                    _metrics?.DroppedStore(tier.Name);
+                }
+            }
+        }
+
+        return stored;
+    }
+
+    /// <summary>Whether the memory tier holds <paramref name="key"/>.</summary>
+    public bool ContainsInMemory(ChunkHash key) => _memory?.Contains(key) ?? false;
+
+    /// <summary>Waits until every queued background write has been done (or <paramref name="cancellationToken"/> fires).</summary>
+    public async Task FlushAsync(CancellationToken cancellationToken = default)
+    {
+        while (Interlocked.Read(ref _pendingWrites) > 0)
+        {
+            await Task.Delay(1, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Removes <paramref name="key"/> from every tier.</summary>
+    public async ValueTask RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default)
+    {
+        foreach (var tier in _tiers)
+        {
+            await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), key, false, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Clears every tier.</summary>
+    public async ValueTask ClearAsync(CancellationToken cancellationToken = default)
+    {
+        foreach (var tier in _tiers)
+        {
+            await GuardAsync(tier, static async (t, _, ct) => { await t.ClearAsync(ct).ConfigureAwait(false); return true; }, 0, false, cancellationToken)
+                .ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Finishes queued writes (up to 10 s), then disposes every tier.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        if (_queue is not null)
+        {
+            _queue.Writer.TryComplete();
+            await _writer!.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            while (_queue.Reader.TryRead(out var left))
+            {
+                left.Release();
+                Interlocked.Decrement(ref _pendingWrites);
+            }
+        }
+
+        foreach (var tier in _tiers)
+        {
+            try
+            {
+                await tier.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                _metrics?.TierError(tier.Name);
+            }
+        }
+    }
+
+    private async Task WriteBehindLoopAsync()
+    {
+        await foreach (var chunk in _queue!.Reader.ReadAllAsync().ConfigureAwait(false))
+        {
+            try
+            {
+                foreach (var tier in _writeBehind)
+                {
+                    var ok = await GuardAsync(tier, static (t, c, ct) => t.PutAsync(c, ct), chunk, false, CancellationToken.None).ConfigureAwait(false);
+                    if (!ok)
+                    {
+                        _metrics?.DroppedStore(tier.Name);
+                    }
+                }
+            }
+            finally
+            {
+                chunk.Release();
+                Interlocked.Decrement(ref _pendingWrites);
+            }
+        }
+    }
+
+    private async ValueTask<TResult> GuardAsync<TArg, TResult>(IStorageTier tier, Func<IStorageTier, TArg, CancellationToken, ValueTask<TResult>> call,
+        TArg arg, TResult onFailure, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await call(tier, arg, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw;
+        }
+        catch (Exception)
+        {
+            _metrics?.TierError(tier.Name);
+            return onFailure;
+        }
+    }
+}
