@@ -1,0 +1,11 @@
+using System.CommandLine;
+using LMCacheSharp.Cli.Commands;
+
+var root = new RootCommand("LMCacheSharp: a KV cache for LLM inference in .NET (LMCache for llama.cpp).");
+
+// Each command lives in Commands/<Name>Command.cs and is registered here with one line.
+var bench = new Command("bench", "Benchmarks: the cache engine, time to first token, an OpenAI endpoint.");
+bench.Subcommands.Add(EngineBenchCommand.Create());
+root.Subcommands.Add(bench);
+
+return await root.Parse(args).InvokeAsync().ConfigureAwait(false);

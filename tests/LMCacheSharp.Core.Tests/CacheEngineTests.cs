@@ -1,0 +1,281 @@
+using CsCheck;
+using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Core.Engine;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Storage;
+
+namespace LMCacheSharp.Core.Tests;
+
+public class CacheEngineTests
+{
+    private static LMCacheOptions Options(int chunk = 16, bool partial = false, double gib = 0.01) =>
+        new() { ChunkSize = chunk, SaveUnfullChunk = partial, MaxLocalCpuSize = gib };
+
+    [Fact]
+    public async Task Store_then_retrieve_is_bit_identical_and_lookup_matches()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var tokens = TestData.Tokens(100, 1);
+        var seq = new FakeSequence(TestData.SmallFormat, tokens);
+
+        Assert.Equal(0, await engine.LookupAsync(tokens));
+        Assert.Equal(96, await engine.StoreAsync(tokens, seq));
+        Assert.Equal(96, await engine.LookupAsync(tokens));
+
+        var target = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(96, await engine.RetrieveAsync(tokens, target));
+        Assert.Equal(6, target.Writes);
+        target.AssertRestoredExact();
+    }
+
+    [Fact]
+    public async Task Property_random_prompts_restore_exactly_their_longest_stored_prefix()
+    {
+        var gen = Gen.Int[0, 40].Array[0, 120].Select(Gen.Int[0, 120]);
+        await gen.SampleAsync(async (tokens, storedLength) =>
+        {
+            await using var engine = CacheEngine.Create(Options(chunk: 8), TestData.Namespace());
+            storedLength = Math.Min(storedLength, tokens.Length);
+            var stored = tokens[..storedLength];
+            await engine.StoreAsync(stored, new FakeSequence(TestData.SmallFormat, stored));
+
+            // A query that extends the stored prompt (shares its prefix) hits exactly the stored full chunks.
+            var expected = storedLength / 8 * 8;
+            Assert.Equal(expected, await engine.LookupAsync(tokens));
+            var target = new FakeSequence(TestData.SmallFormat, tokens);
+            Assert.Equal(expected, await engine.RetrieveAsync(tokens, target));
+            target.AssertRestoredExact();
+        }, iter: 100);
+    }
+
+    [Fact]
+    public async Task Lookup_of_a_diverging_prompt_stops_at_the_first_different_chunk()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var a = TestData.Tokens(64, 2);
+        await engine.StoreAsync(a, new FakeSequence(TestData.SmallFormat, a));
+        var b = (int[])a.Clone();
+        b[40] ^= 1; // chunk 2 differs, so chunks 2 and 3 are different keys
+        Assert.Equal(32, await engine.LookupAsync(b));
+    }
+
+    [Fact]
+    public async Task A_missing_middle_chunk_cuts_the_run_there()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var tokens = TestData.Tokens(64, 3);
+        await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+        var keys = engine.ComputeKeys(tokens);
+        await engine.Storage.RemoveAsync(keys[1]);
+
+        Assert.Equal(16, await engine.LookupAsync(tokens));
+        var target = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(16, await engine.RetrieveAsync(tokens, target));
+        Assert.Single(target.WrittenRanges);
+    }
+
+    [Fact]
+    public async Task A_different_salt_or_model_never_hits()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var tokens = TestData.Tokens(64, 4);
+        await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens), ns: TestData.Namespace(salt: "tenant-a"));
+
+        Assert.Equal(64, await engine.LookupAsync(tokens, TestData.Namespace(salt: "tenant-a")));
+        Assert.Equal(0, await engine.LookupAsync(tokens, TestData.Namespace(salt: "tenant-b")));
+        Assert.Equal(0, await engine.LookupAsync(tokens));
+        Assert.Equal(0, await engine.LookupAsync(tokens, TestData.Namespace(model: "model-b", salt: "tenant-a")));
+        Assert.Equal(0, await engine.RetrieveAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens), TestData.Namespace(salt: "tenant-b")));
+    }
+
+    [Fact]
+    public async Task Partial_last_chunk_is_stored_only_when_configured()
+    {
+        var tokens = TestData.Tokens(40, 5);
+        await using (var off = CacheEngine.Create(Options(partial: false), TestData.Namespace()))
+        {
+            Assert.Equal(32, await off.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens)));
+            Assert.Equal(32, await off.LookupAsync(tokens));
+        }
+
+        await using var on = CacheEngine.Create(Options(partial: true), TestData.Namespace());
+        Assert.Equal(40, await on.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens)));
+        Assert.Equal(40, await on.LookupAsync(tokens));
+        var target = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(40, await on.RetrieveAsync(tokens, target));
+        target.AssertRestoredExact();
+        // A longer prompt does not reuse the partial chunk (its key covers only 8 tokens) but reuses the full ones.
+        var longer = tokens.Concat(TestData.Tokens(10, 6)).ToArray();
+        Assert.Equal(32, await on.LookupAsync(longer));
+    }
+
+    [Fact]
+    public async Task Store_skips_chunks_already_cached_or_inside_skip_tokens()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var tokens = TestData.Tokens(64, 7);
+        var first = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(32, await engine.StoreAsync(tokens[..32], first));
+        var second = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(32, await engine.StoreAsync(tokens, second));
+        Assert.Equal(2, second.Reads); // chunks 0 and 1 were in memory already
+        var third = new FakeSequence(TestData.SmallFormat, tokens);
+        await engine.Storage.ClearAsync();
+        Assert.Equal(16, await engine.StoreAsync(tokens, third, skipTokens: 48));
+        Assert.Equal(1, third.Reads);
+    }
+
+    [Fact]
+    public async Task Retrieve_stops_where_the_sink_refuses()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var tokens = TestData.Tokens(64, 8);
+        await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+        var target = new FakeSequence(TestData.SmallFormat, tokens) { RefuseWritesFrom = 32 };
+        Assert.Equal(32, await engine.RetrieveAsync(tokens, target));
+    }
+
+    [Fact]
+    public async Task Eviction_keeps_memory_within_capacity_and_lookups_consistent()
+    {
+        // 16-token chunks of 2x(8+8) bytes/token = 512 B payload, 4 KiB buffers: capacity for 5 chunks.
+        var options = Options(gib: 5 * 4096.0 / (1L << 30));
+        await using var engine = CacheEngine.Create(options, TestData.Namespace());
+        var tokens = TestData.Tokens(16 * 8, 9);
+        Assert.Equal(16 * 8, await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens)));
+        Assert.Equal(5, engine.Storage.Memory!.Count);
+        Assert.True(engine.Storage.Memory.UsedBytes <= options.MaxLocalCpuSizeBytes);
+        // The first chunks were evicted first, so the prefix run is empty: LRU keeps the latest chunks.
+        Assert.Equal(0, await engine.LookupAsync(tokens));
+        Assert.Equal(3, engine.Metrics.Snapshot().Evictions);
+    }
+
+    [Fact]
+    public async Task Many_threads_storing_and_retrieving_leave_the_pool_empty()
+    {
+        var engine = CacheEngine.Create(Options(gib: 64 * 4096.0 / (1L << 30)), TestData.Namespace());
+        var prompts = Enumerable.Range(0, 8).Select(i => TestData.Tokens(96, 100 + i)).ToArray();
+        await Parallel.ForAsync(0, 400, new ParallelOptions { MaxDegreeOfParallelism = 4 }, async (i, ct) =>
+        {
+            var tokens = prompts[i % prompts.Length];
+            if (i % 2 == 0)
+            {
+                await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens), cancellationToken: ct);
+            }
+            else
+            {
+                var target = new FakeSequence(TestData.SmallFormat, tokens);
+                await engine.RetrieveAsync(tokens, target, cancellationToken: ct);
+                target.AssertRestoredExact();
+            }
+        });
+        var pool = engine.Pool;
+        await engine.DisposeAsync();
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
+    public async Task A_lower_tier_hit_is_promoted_and_a_failing_tier_is_a_miss_not_an_error()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var remote = new EnvelopeTier(pool);
+        var options = Options();
+        var tiers = new IStorageTier[] { new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote };
+        await using (var engine = new CacheEngine(options, TestData.Namespace(), new StorageManager(tiers, metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(64, 10);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            Assert.Equal(4, remote.Values.Count);
+
+            await engine.Storage.Memory!.ClearAsync();
+            Assert.Equal(64, await engine.LookupAsync(tokens));
+            var target = new FakeSequence(TestData.SmallFormat, tokens);
+            Assert.Equal(64, await engine.RetrieveAsync(tokens, target));
+            target.AssertRestoredExact();
+            Assert.Equal(4, engine.Storage.Memory.Count); // promoted
+
+            await engine.Storage.Memory.ClearAsync();
+            remote.Throw = true;
+            Assert.Equal(0, await engine.LookupAsync(tokens));
+            Assert.Equal(0, await engine.RetrieveAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens)));
+            Assert.True(metrics.Snapshot().TierErrors >= 2);
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
+    public async Task A_corrupted_lower_tier_chunk_is_a_miss()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var remote = new EnvelopeTier(pool);
+        var options = Options();
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(48, 11);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            await engine.Storage.Memory!.ClearAsync();
+            var keys = engine.ComputeKeys(tokens);
+            remote.Values[keys[1]][ChunkEnvelope.HeaderSize + 3] ^= 0xFF; // flip payload bits of chunk 1
+
+            var target = new FakeSequence(TestData.SmallFormat, tokens);
+            Assert.Equal(16, await engine.RetrieveAsync(tokens, target));
+            target.AssertRestoredExact();
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
+    public async Task A_full_write_queue_drops_and_counts_instead_of_waiting()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var slow = new EnvelopeTier(pool) { Delay = TimeSpan.FromMilliseconds(200) };
+        var options = Options();
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), slow], metrics, writeQueueChunks: 1), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(160, 12);
+            Assert.Equal(160, await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens)));
+            Assert.True(metrics.Snapshot().DroppedStores >= 5, $"dropped {metrics.Snapshot().DroppedStores}");
+            await engine.FlushAsync();
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
+    public async Task Retrieve_allocates_nothing_on_memory_hits()
+    {
+#if DEBUG
+        Assert.Skip("Debug builds compile async state machines as classes; run in Release (as CI does) to check allocations.");
+#endif
+        await using var engine = CacheEngine.Create(Options(chunk: 16), TestData.Namespace());
+        var tokens = TestData.Tokens(256, 13);
+        var sink = new FakeSequence(TestData.SmallFormat, tokens);
+        await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+        var nullSink = new NullSink();
+        for (var i = 0; i < 100; i++)
+        {
+            await engine.RetrieveAsync(tokens, nullSink); // warm up JIT tiers and pools
+        }
+
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        var restored = await engine.RetrieveAsync(tokens, nullSink);
+        var after = GC.GetAllocatedBytesForCurrentThread();
+        Assert.Equal(256, restored);
+        Assert.Equal(0, after - before);
+    }
+
+    private sealed class NullSink : IKvSink
+    {
+        public bool TryWriteKv(int startToken, int tokenCount, ReadOnlySpan<byte> payload) => true;
+    }
+}
