@@ -279,3 +279,31 @@ public class CacheEngineTests
         public bool TryWriteKv(int startToken, int tokenCount, ReadOnlySpan<byte> payload) => true;
     }
 }
+
+public class CacheEnginePrefetchTests
+{
+    [Fact]
+    public async Task Prefetch_brings_lower_tier_chunks_into_memory_up_to_the_first_miss()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var remote = new EnvelopeTier(pool);
+        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(64, 20);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            await engine.Storage.Memory!.ClearAsync();
+            remote.Values.TryRemove(engine.ComputeKeys(tokens)[2], out _);
+
+            Assert.Equal(32, await engine.PrefetchAsync(tokens));
+            Assert.Equal(2, engine.Storage.Memory.Count);
+            remote.Throw = true; // retrieve now needs only memory
+            Assert.Equal(32, await engine.RetrieveAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens)));
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+}

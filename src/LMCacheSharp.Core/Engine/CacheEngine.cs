@@ -124,6 +124,44 @@ public sealed class CacheEngine : IAsyncDisposable
     }
 
     /// <summary>
+    /// Looks up <paramref name="tokens"/> and brings the leading hit run into the memory tier (fetching from disk or remote
+    /// where needed), so that a later <see cref="RetrieveAsync"/> on the inference thread only touches memory. Returns the
+    /// leading tokens now in memory. Call it off the inference thread, before the request is scheduled.
+    /// </summary>
+    public async ValueTask<int> PrefetchAsync(ReadOnlyMemory<int> tokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
+    {
+        ns ??= Namespace;
+        var keys = RentKeys(tokens.Span, ns, out var count);
+        var ready = 0;
+        try
+        {
+            for (var i = 0; i < count; i++)
+            {
+                if (Storage.ContainsInMemory(keys[i]))
+                {
+                    ready++;
+                    continue;
+                }
+
+                var chunk = await Storage.GetAsync(keys[i], cancellationToken).ConfigureAwait(false);
+                if (chunk is null)
+                {
+                    break;
+                }
+
+                chunk.Release();
+                ready++;
+            }
+        }
+        finally
+        {
+            ArrayPool<ChunkHash>.Shared.Return(keys);
+        }
+
+        return Math.Min(ready * ChunkSize, tokens.Length);
+    }
+
+    /// <summary>
     /// Writes the KV of the leading cached chunks of <paramref name="tokens"/> into <paramref name="sink"/>, in order, and
     /// returns how many tokens were restored. Stops at the first chunk that is missing, fails its checks or that the sink
     /// refuses; a problem in a tier is a miss, never an exception.
