@@ -29,4 +29,11 @@ public enum KvLayout : byte
     /// without flash attention. Same size as <see cref="LayerKV"/>.
     /// </summary>
     LayerKTransposedV = 2,
+
+    /// <summary>
+    /// Engine-native: the payload is a llama.cpp sequence-state blob of the chunk's tokens (the format of
+    /// <c>llama_state_seq_get_data</c>, cells in position order), zero-padded to the payload length, so it restores with
+    /// no assembly. <see cref="KvFormat.KBytesPerToken"/> includes a per-token allowance for the blob's headers.
+    /// </summary>
+    LlamaCppSequenceState = 3,
 }
