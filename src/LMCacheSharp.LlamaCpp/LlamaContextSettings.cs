@@ -1,0 +1,37 @@
+using LLama.Common;
+
+namespace LMCacheSharp.LlamaCpp;
+
+/// <summary>
+/// Model and context parameters that suit the cache: explicit thread counts (LLamaSharp's default is half the cores),
+/// a unified KV cache (needed to move chunks through a scratch sequence) and one sequence more than the caller serves
+/// (the scratch sequence, the last id).
+/// </summary>
+public static class LlamaContextSettings
+{
+    /// <summary>Creates parameters for <paramref name="modelPath"/>.</summary>
+    /// <param name="modelPath">The GGUF file.</param>
+    /// <param name="contextSize">KV cells of the context (all sequences together).</param>
+    /// <param name="flashAttention">Flash attention on or off (changes V's layout and the numerics; part of the namespace).</param>
+    /// <param name="sequences">Sequences the caller decodes (0..sequences-1); one more is added for scratch.</param>
+    /// <param name="threads">Compute threads, default all cores.</param>
+    /// <param name="batchSize">Tokens per decode call (n_batch) and per micro-batch (n_ubatch). Default 512.</param>
+    public static ModelParams Create(string modelPath, uint contextSize, bool flashAttention, int sequences = 1, int? threads = null, uint batchSize = 512)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(modelPath);
+        ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
+        var t = threads ?? Environment.ProcessorCount;
+        return new ModelParams(modelPath)
+        {
+            ContextSize = contextSize,
+            FlashAttention = flashAttention,
+            SeqMax = (uint)sequences + 1,
+            KVUnified = true,
+            Threads = t,
+            BatchThreads = t,
+            BatchSize = batchSize,
+            UBatchSize = batchSize,
+            GpuLayerCount = 0,
+        };
+    }
+}

@@ -1,0 +1,372 @@
+using LLama.Native;
+using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Core.Engine;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Core.Storage;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace LMCacheSharp.LlamaCpp;
+
+/// <summary>Options of <see cref="LlamaKvCache"/>.</summary>
+public sealed class LlamaKvCacheOptions
+{
+    /// <summary>How chunk payloads are laid out. Default <see cref="LlamaChunkLayout.StateBlob"/> (no copy on restore).</summary>
+    public LlamaChunkLayout Layout { get; set; } = LlamaChunkLayout.StateBlob;
+
+    /// <summary>
+    /// The sequence id the cache uses as scratch space; the caller must never decode into it. Default: the context's
+    /// last sequence id (<c>n_seq_max - 1</c>), so create the context with one sequence more than it serves.
+    /// </summary>
+    public LLamaSeqId? ScratchSequence { get; set; }
+
+    /// <summary>Where cache problems are logged (they never fail a request). Default: nowhere.</summary>
+    public ILogger? Logger { get; set; }
+}
+
+/// <summary>
+/// The cache side of one llama.cpp context: looks up, restores and stores the KV of any of its sequences through a
+/// <see cref="CacheEngine"/>, so several requests decoded together in one context (one sequence each) share one cache.
+/// <list type="bullet">
+/// <item><see cref="PrefetchAsync"/> (any thread) brings a prompt's hit chunks into the memory tier;</item>
+/// <item><see cref="RestoreAsync"/> (inference thread, between decodes) writes the leading hit chunks into an empty
+/// sequence, never the whole prompt (the last token is always left to decode, for its logits);</item>
+/// <item><see cref="StoreAsync"/> (inference thread, between decodes; call it after the first token is sampled) reads
+/// the sequence's new complete chunks and stores them.</item>
+/// </list>
+/// A cache problem of any kind (missing or corrupt chunk, unexpected state format, full tier) is a miss: these methods
+/// return 0 and leave the sequence consistent, they never throw for it (cancellation still throws).
+/// The context needs a unified KV cache (<c>KVUnified = true</c>, or one sequence) and a spare sequence id for scratch.
+/// Restore and store must not run concurrently with a decode on the same context, nor with each other.
+/// </summary>
+public sealed class LlamaKvCache : IAsyncDisposable
+{
+    private readonly SafeLLamaContextHandle _context;
+    private readonly LlamaKvConnector? _connector;
+    private readonly ILogger _logger;
+    private readonly bool _ownsEngine;
+
+    private LlamaKvCache(SafeLLamaContextHandle context, CacheEngine engine, string modelFingerprint, LlamaKvCacheOptions options,
+        bool ownsEngine)
+    {
+        _context = context;
+        Engine = engine;
+        ModelFingerprint = modelFingerprint;
+        _logger = options.Logger ?? NullLogger.Instance;
+        _ownsEngine = ownsEngine;
+        Layout = options.Layout;
+        ScratchSequence = options.ScratchSequence ?? (LLamaSeqId)(int)(context.MaxSeq - 1);
+        if (ScratchSequence.Value < 0 || ScratchSequence.Value >= context.MaxSeq)
+        {
+            throw new ArgumentException($"scratch sequence {ScratchSequence.Value} is outside the context's 0..{context.MaxSeq - 1}");
+        }
+
+        if (TryProbeShape(context, ScratchSequence, out var shape, out var reason))
+        {
+            Shape = shape;
+            Format = shape.ToFormat(Layout);
+            Namespace = CreateNamespace(modelFingerprint, shape, Layout);
+            _connector = new LlamaKvConnector(context, shape, Layout, ScratchSequence);
+        }
+        else
+        {
+            DisabledReason = reason;
+            Namespace = new CacheNamespace(modelFingerprint + "|disabled", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
+            Format = Namespace.Format;
+            _logger.LogWarning("KV cache disabled for this context: {Reason}", reason);
+        }
+    }
+
+    /// <summary>The cache engine.</summary>
+    public CacheEngine Engine { get; }
+
+    /// <summary>The model fingerprint this cache was created with.</summary>
+    public string ModelFingerprint { get; }
+
+    /// <summary>The default namespace: model fingerprint, engine settings (flash attention, KV types) and chunk format.</summary>
+    public CacheNamespace Namespace { get; }
+
+    /// <summary>The chunk format.</summary>
+    public KvFormat Format { get; }
+
+    /// <summary>The context's KV shape (default when disabled).</summary>
+    public LlamaKvShape Shape { get; }
+
+    /// <summary>The chunk layout.</summary>
+    public LlamaChunkLayout Layout { get; }
+
+    /// <summary>The scratch sequence id (never decode into it).</summary>
+    public LLamaSeqId ScratchSequence { get; }
+
+    /// <summary>Whether the context's KV could be understood; when false every call is a miss.</summary>
+    public bool IsEnabled => _connector is not null;
+
+    /// <summary>Why the cache is disabled, or null.</summary>
+    public string? DisabledReason { get; }
+
+    /// <summary>Tokens per chunk.</summary>
+    public int ChunkSize => Engine.ChunkSize;
+
+    /// <summary>Creates the cache side of <paramref name="context"/> over a shared <paramref name="engine"/>.</summary>
+    /// <param name="context">The context; it must have a spare sequence id for scratch (see <see cref="LlamaKvCacheOptions.ScratchSequence"/>).</param>
+    /// <param name="engine">The cache engine (its default namespace is not used: this cache's <see cref="Namespace"/> is).</param>
+    /// <param name="modelFingerprint">The model fingerprint, e.g. from <see cref="GgufFingerprint.Get"/>.</param>
+    /// <param name="options">Options, or null for the defaults.</param>
+    public static LlamaKvCache Create(SafeLLamaContextHandle context, CacheEngine engine, string modelFingerprint, LlamaKvCacheOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentException.ThrowIfNullOrEmpty(modelFingerprint);
+        return new LlamaKvCache(context, engine, modelFingerprint, options ?? new LlamaKvCacheOptions(), ownsEngine: false);
+    }
+
+    /// <summary>
+    /// Creates the cache side of <paramref name="context"/> with its own engine (tiers from <paramref name="cacheOptions"/>
+    /// plus <paramref name="lowerTiers"/>), whose default namespace is this cache's <see cref="Namespace"/>. The engine is
+    /// disposed with the cache.
+    /// </summary>
+    public static LlamaKvCache CreateWithEngine(SafeLLamaContextHandle context, string modelFingerprint, LMCacheOptions cacheOptions,
+        LlamaKvCacheOptions? options = null, CacheMetrics? metrics = null,
+        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentException.ThrowIfNullOrEmpty(modelFingerprint);
+        options ??= new LlamaKvCacheOptions();
+        var scratch = options.ScratchSequence ?? (LLamaSeqId)(int)(context.MaxSeq - 1);
+        var ns = TryProbeShape(context, scratch, out var shape, out _)
+            ? CreateNamespace(modelFingerprint, shape, options.Layout)
+            : new CacheNamespace(modelFingerprint + "|disabled", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
+        var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers);
+        return new LlamaKvCache(context, engine, modelFingerprint, options, ownsEngine: true);
+    }
+
+    /// <summary>
+    /// The namespace for a model and context shape: the fingerprint extended with the engine settings that change the KV
+    /// bits or layout (<see cref="LlamaKvShape.Describe"/>), and the chunk format.
+    /// </summary>
+    public static CacheNamespace CreateNamespace(string modelFingerprint, LlamaKvShape shape, LlamaChunkLayout layout) =>
+        new(modelFingerprint + "|" + shape.Describe(), shape.ToFormat(layout));
+
+    /// <summary>
+    /// Reads the KV shape of <paramref name="context"/> by decoding one token into <paramref name="scratch"/> and parsing
+    /// its state blob (the scratch sequence is cleared again). Call it before the context is used for inference, or between
+    /// decodes. Returns false with a reason when the state format is not one this connector understands.
+    /// </summary>
+    public static bool TryProbeShape(SafeLLamaContextHandle context, LLamaSeqId scratch, out LlamaKvShape shape, out string reason)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        shape = default;
+        context.MemorySequenceRemove(scratch, -1, -1);
+        try
+        {
+            var batch = new LLamaBatch();
+            var token = context.ModelHandle.Vocab.BOS ?? (LLamaToken)0;
+            batch.Add(token, 0, scratch, false);
+            var result = context.Decode(batch);
+            if (result != DecodeResult.Ok)
+            {
+                reason = $"probe decode failed ({result})";
+                return false;
+            }
+
+            var size = context.GetStateSize(scratch);
+            var blob = new byte[(int)size];
+            unsafe
+            {
+                fixed (byte* p = blob)
+                {
+                    if (context.GetState(p, size, scratch) != size)
+                    {
+                        reason = "llama_state_seq_get_data failed";
+                        return false;
+                    }
+                }
+            }
+
+            if (!LlamaStateBlob.TryParse(blob, out var info) || info.Cells != 1 || info.Length != blob.Length)
+            {
+                reason = blob.Length >= 12 && BitConverter.ToUInt32(blob, 8) != 1
+                    ? "the context has several KV streams: create it with a unified KV cache (KVUnified = true)"
+                    : "unrecognized llama.cpp sequence state format (recurrent or sliding-window model, or a llama.cpp version this build does not know)";
+                return false;
+            }
+
+            shape = info.Shape;
+            reason = "";
+            return true;
+        }
+        finally
+        {
+            context.MemorySequenceRemove(scratch, -1, -1);
+        }
+    }
+
+    /// <summary>
+    /// How many leading tokens of <paramref name="promptTokens"/> <see cref="RestoreAsync"/> could restore now (whole
+    /// chunks, always fewer than the prompt). Any thread.
+    /// </summary>
+    public async ValueTask<int> LookupAsync(ReadOnlyMemory<int> promptTokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
+    {
+        if (!Usable(ns, promptTokens.Length - 1, out ns))
+        {
+            return 0;
+        }
+
+        try
+        {
+            return await Engine.LookupAsync(promptTokens[..^1], ns, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            _logger.LogWarning(e, "KV cache lookup failed; treated as a miss");
+            return 0;
+        }
+    }
+
+    /// <summary>
+    /// Brings the leading hit chunks of <paramref name="promptTokens"/> into the memory tier (from disk or remote tiers),
+    /// so that a following <see cref="RestoreAsync"/> on the inference thread does not wait on I/O. Any thread; returns the
+    /// tokens now restorable.
+    /// </summary>
+    public async ValueTask<int> PrefetchAsync(ReadOnlyMemory<int> promptTokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
+    {
+        if (!Usable(ns, promptTokens.Length - 1, out ns))
+        {
+            return 0;
+        }
+
+        try
+        {
+            var prefix = promptTokens[..^1];
+            var keys = Engine.ComputeKeys(prefix.Span, ns);
+            var tokens = 0;
+            for (var i = 0; i < keys.Length; i++)
+            {
+                var chunk = await Engine.Storage.GetAsync(keys[i], cancellationToken).ConfigureAwait(false);
+                if (chunk is null)
+                {
+                    break;
+                }
+
+                var ok = chunk.Format == ns.Format;
+                tokens += ok ? chunk.TokenCount : 0;
+                chunk.Release();
+                if (!ok)
+                {
+                    break;
+                }
+            }
+
+            return Math.Min(tokens, prefix.Length);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            _logger.LogWarning(e, "KV cache prefetch failed; treated as a miss");
+            return 0;
+        }
+    }
+
+    /// <summary>
+    /// Clears <paramref name="sequence"/> and restores into it the KV of the leading cached chunks of
+    /// <paramref name="promptTokens"/> (never the last token: decode tokens [result, prompt length) next, at those
+    /// positions). Returns the tokens restored; 0 on a miss or any cache problem, with the sequence left empty.
+    /// Call on the inference thread, between decodes.
+    /// </summary>
+    public async ValueTask<int> RestoreAsync(LLamaSeqId sequence, ReadOnlyMemory<int> promptTokens, CacheNamespace? ns = null,
+        CancellationToken cancellationToken = default)
+    {
+        CheckSequence(sequence);
+        if (!Usable(ns, promptTokens.Length - 1, out ns))
+        {
+            return 0;
+        }
+
+        _context.MemorySequenceRemove(sequence, -1, -1);
+        _connector!.Sequence = sequence;
+        try
+        {
+            var restored = await Engine.RetrieveAsync(promptTokens[..^1], _connector, ns, cancellationToken).ConfigureAwait(false);
+            if (restored > 0 && (_context.MemorySequenceMinPosition(sequence) != 0 || _context.MemorySequenceMaxPosition(sequence) != restored - 1))
+            {
+                _logger.LogWarning("KV restore left positions {Min}..{Max} for {Restored} tokens; dropped", _context.MemorySequenceMinPosition(sequence).Value,
+                    _context.MemorySequenceMaxPosition(sequence).Value, restored);
+                _context.MemorySequenceRemove(sequence, -1, -1);
+                return 0;
+            }
+
+            return restored;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            _context.MemorySequenceRemove(sequence, -1, -1);
+            throw;
+        }
+        catch (Exception e)
+        {
+            _logger.LogWarning(e, "KV restore failed; treated as a miss");
+            _context.MemorySequenceRemove(sequence, -1, -1);
+            _context.MemorySequenceRemove(ScratchSequence, -1, -1);
+            return 0;
+        }
+    }
+
+    /// <summary>
+    /// Stores the KV of the complete chunks of <paramref name="tokens"/> (the tokens at positions 0.. of
+    /// <paramref name="sequence"/>) that are not cached yet; chunks wholly inside the first
+    /// <paramref name="alreadyCachedTokens"/> are skipped without reading. Returns the tokens newly stored (0 on any cache
+    /// problem). Call on the inference thread between decodes, after the first token was sampled.
+    /// </summary>
+    public async ValueTask<int> StoreAsync(LLamaSeqId sequence, ReadOnlyMemory<int> tokens, int alreadyCachedTokens = 0, CacheNamespace? ns = null,
+        CancellationToken cancellationToken = default)
+    {
+        CheckSequence(sequence);
+        var present = Math.Min(tokens.Length, _context.MemorySequenceMaxPosition(sequence).Value + 1);
+        if (!Usable(ns, present, out ns) || _context.MemorySequenceMinPosition(sequence).Value != 0)
+        {
+            return 0;
+        }
+
+        _connector!.Sequence = sequence;
+        try
+        {
+            return await Engine.StoreAsync(tokens[..present], _connector, Math.Max(0, alreadyCachedTokens), ns, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw;
+        }
+        catch (Exception e)
+        {
+            _logger.LogWarning(e, "KV store failed; nothing stored");
+            _context.MemorySequenceRemove(ScratchSequence, -1, -1);
+            return 0;
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        _connector?.Dispose();
+        if (_ownsEngine)
+        {
+            await Engine.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private bool Usable(CacheNamespace? requested, int usableTokens, out CacheNamespace ns)
+    {
+        ns = requested ?? Namespace;
+        return _connector is not null && ns.Format == Format && usableTokens >= (Engine.SaveUnfullChunk ? 1 : Engine.ChunkSize);
+    }
+
+    private void CheckSequence(LLamaSeqId sequence)
+    {
+        if (sequence == ScratchSequence || sequence.Value < 0 || sequence.Value >= _context.MaxSeq)
+        {
+            throw new ArgumentOutOfRangeException(nameof(sequence), sequence.Value,
+                $"sequence must be in 0..{_context.MaxSeq - 1} and not the scratch sequence {ScratchSequence.Value}");
+        }
+    }
+}
