@@ -7,5 +7,6 @@ var root = new RootCommand("LMCacheSharp: a KV cache for LLM inference in .NET (
 var bench = new Command("bench", "Benchmarks: the cache engine, time to first token, an OpenAI endpoint.");
 bench.Subcommands.Add(EngineBenchCommand.Create());
 root.Subcommands.Add(bench);
+root.Subcommands.Add(ServeCommand.Create());
 
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);

@@ -126,10 +126,12 @@ public sealed class CacheEngine : IAsyncDisposable
     /// <summary>
     /// Looks up <paramref name="tokens"/> and brings the leading hit run into the memory tier (fetching from disk or remote
     /// where needed), so that a later <see cref="RetrieveAsync"/> on the inference thread only touches memory. Returns the
-    /// leading tokens now in memory. Call it off the inference thread, before the request is scheduled.
+    /// leading tokens now in memory. Call it off the inference thread, before the request is scheduled. Counts as a lookup
+    /// in the metrics.
     /// </summary>
     public async ValueTask<int> PrefetchAsync(ReadOnlyMemory<int> tokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
     {
+        var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
         var keys = RentKeys(tokens.Span, ns, out var count);
         var ready = 0;
@@ -158,7 +160,9 @@ public sealed class CacheEngine : IAsyncDisposable
             ArrayPool<ChunkHash>.Shared.Return(keys);
         }
 
-        return Math.Min(ready * ChunkSize, tokens.Length);
+        var hitTokens = Math.Min(ready * ChunkSize, tokens.Length);
+        Metrics.Lookup(tokens.Length, hitTokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        return hitTokens;
     }
 
     /// <summary>

@@ -1,0 +1,103 @@
+using System.CommandLine;
+using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Serving;
+using Microsoft.Extensions.Hosting;
+
+namespace LMCacheSharp.Cli.Commands;
+
+/// <summary><c>lmcache serve</c>: the OpenAI-compatible server with the KV cache.</summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "GGUF model (Llama architecture). Default: a generated model with random weights." };
+        var modelName = new Option<string?>("--model-name") { Description = "Name served in /v1/models. Default: the file name." };
+        var config = new Option<string?>("--config") { Description = "LMCache YAML configuration (chunk_size, max_local_cpu_size, local_disk, remote_url, ...)." };
+        var cacheSettings = new Option<string[]>("--lmcache") { Description = "Cache setting KEY=VALUE (LMCache key), repeatable; wins over --config and LMCACHE_*.", AllowMultipleArgumentsPerToken = false };
+        var host = new Option<string>("--host") { Description = "Address to bind.", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "Port (0 picks a free one).", DefaultValueFactory = _ => 8000 };
+        var ctx = new Option<int>("--ctx-size") { Description = "KV cells of the context, shared by concurrent requests.", DefaultValueFactory = _ => 4096 };
+        var concurrent = new Option<int>("--max-concurrent") { Description = "Requests decoded together (one sequence each).", DefaultValueFactory = _ => 4 };
+        var queue = new Option<int>("--max-queue") { Description = "Requests that may wait; beyond it: 429.", DefaultValueFactory = _ => 64 };
+        var batch = new Option<int>("--batch-size") { Description = "Tokens per decode call.", DefaultValueFactory = _ => 512 };
+        var threads = new Option<int>("--threads") { Description = "CPU threads.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var flash = new Option<string>("--flash-attention") { Description = "on, off or auto (auto: on for head size >= 64).", DefaultValueFactory = _ => "auto" };
+        var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens when a request gives none.", DefaultValueFactory = _ => 256 };
+        var noCache = new Option<bool>("--no-cache") { Description = "Serve without the KV cache (the baseline)." };
+        var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
+        {
+            model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache,
+        };
+        command.SetAction(async (r, ct) =>
+        {
+            var overrides = new List<KeyValuePair<string, string>>();
+            foreach (var setting in r.GetValue(cacheSettings) ?? [])
+            {
+                var eq = setting.IndexOf('=', StringComparison.Ordinal);
+                if (eq <= 0)
+                {
+                    await Console.Error.WriteLineAsync($"--lmcache takes KEY=VALUE, got '{setting}'");
+                    return 2;
+                }
+
+                overrides.Add(new(setting[..eq].Trim(), setting[(eq + 1)..].Trim()));
+            }
+
+            var warnings = new List<string>();
+            LMCacheOptions cacheOptions;
+            try
+            {
+                cacheOptions = LMCacheConfigLoader.Load(r.GetValue(config), null, overrides, warnings);
+            }
+            catch (LMCacheConfigurationException e)
+            {
+                await Console.Error.WriteLineAsync(e.Message);
+                return 2;
+            }
+
+            warnings.ForEach(w => Console.Error.WriteLine("warning: " + w));
+            var flashText = r.GetValue(flash)!.ToLowerInvariant();
+            if (flashText is not ("on" or "off" or "auto"))
+            {
+                await Console.Error.WriteLineAsync($"--flash-attention must be on, off or auto, got '{flashText}'");
+                return 2;
+            }
+
+            var options = new ServingOptions
+            {
+                ModelPath = r.GetValue(model),
+                ModelName = r.GetValue(modelName),
+                ContextSize = r.GetValue(ctx),
+                MaxConcurrentRequests = r.GetValue(concurrent),
+                MaxQueuedRequests = r.GetValue(queue),
+                BatchSize = r.GetValue(batch),
+                Threads = r.GetValue(threads),
+                FlashAttention = flashText == "auto" ? null : flashText == "on",
+                DefaultMaxTokens = r.GetValue(maxTokens),
+                EnableCache = !r.GetValue(noCache),
+            };
+            var errors = options.GetErrors();
+            if (errors.Count > 0)
+            {
+                errors.ToList().ForEach(e => Console.Error.WriteLine(e));
+                return 2;
+            }
+
+            var url = $"http://{r.GetValue(host)}:{r.GetValue(port)}";
+            try
+            {
+                await using var app = ServingApp.Build(options, cacheOptions, [url], RemoteTiers.For(cacheOptions));
+                await app.StartAsync(ct);
+                Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{options.ModelName ?? Path.GetFileNameWithoutExtension(options.ModelPath!)}', cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
+                await app.WaitForShutdownAsync(ct);
+                return 0;
+            }
+            catch (Exception e) when (e is InvalidDataException or FileNotFoundException or ArgumentException or IOException)
+            {
+                await Console.Error.WriteLineAsync("lmcache serve: " + e.Message);
+                return 1;
+            }
+        });
+        return command;
+    }
+}

@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Serving.OpenAi;
+
+namespace LMCacheSharp.Serving.Inference;
+
+/// <summary>Why generation ended (OpenAI's finish_reason).</summary>
+public enum FinishReason
+{
+    /// <summary>End of generation token or a stop string.</summary>
+    Stop,
+    /// <summary>max_tokens reached.</summary>
+    Length,
+    /// <summary>The server failed the request (reported as an error).</summary>
+    Error,
+    /// <summary>The client went away.</summary>
+    Cancelled,
+}
+
+/// <summary>Token counts of a finished request.</summary>
+/// <param name="PromptTokens">Tokens in the prompt.</param>
+/// <param name="CompletionTokens">Tokens generated.</param>
+/// <param name="CachedTokens">Prompt tokens not prefilled: restored from the KV cache or shared from a sequence in the context.</param>
+/// <param name="CacheRestoredTokens">Of those, tokens restored from the cache tiers.</param>
+/// <param name="SharedTokens">Of those, tokens shared with another sequence of the same context.</param>
+public readonly record struct GenerationUsage(int PromptTokens, int CompletionTokens, int CachedTokens, int CacheRestoredTokens, int SharedTokens);
+
+/// <summary>One event of a generation stream: a piece of text, or the end.</summary>
+/// <param name="Text">Text produced since the previous event (may be empty).</param>
+/// <param name="Finish">Set on the last event.</param>
+/// <param name="Usage">Set on the last event.</param>
+/// <param name="Error">Set when the request failed.</param>
+public readonly record struct GenerationEvent(string Text, FinishReason? Finish = null, GenerationUsage? Usage = null, string? Error = null);
+
+/// <summary>A request as the scheduler sees it. Created by <see cref="InferenceService.SubmitAsync"/>.</summary>
+public sealed class GenerationJob
+{
+    private readonly Channel<GenerationEvent> _events = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+
+    internal GenerationJob(int[] promptTokens, GenerationParameters parameters, int maxTokens, CacheNamespace ns, CancellationToken cancellation)
+    {
+        PromptTokens = promptTokens;
+        Parameters = parameters;
+        MaxTokens = maxTokens;
+        Namespace = ns;
+        Cancellation = cancellation;
+        StartTimestamp = Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>The prompt's tokens.</summary>
+    public int[] PromptTokens { get; }
+
+    /// <summary>Sampling and cache parameters.</summary>
+    public GenerationParameters Parameters { get; }
+
+    /// <summary>Tokens to generate at most.</summary>
+    public int MaxTokens { get; }
+
+    /// <summary>Key namespace (model, salt, tags).</summary>
+    public CacheNamespace Namespace { get; }
+
+    /// <summary>Fires when the client goes away.</summary>
+    public CancellationToken Cancellation { get; }
+
+    /// <summary>When the request arrived.</summary>
+    public long StartTimestamp { get; }
+
+    /// <summary>The events, in order; completes after the final event.</summary>
+    public ChannelReader<GenerationEvent> Events => _events.Reader;
+
+    /// <summary>Leading prompt tokens found in the cache tiers (and brought into memory) before scheduling.</summary>
+    public int PrefetchedTokens { get; internal set; }
+
+    /// <summary>Time from arrival to the first token, once known.</summary>
+    public TimeSpan? TimeToFirstToken { get; internal set; }
+
+    internal void Emit(GenerationEvent e) => _events.Writer.TryWrite(e);
+
+    internal void Complete(GenerationEvent last)
+    {
+        _events.Writer.TryWrite(last);
+        _events.Writer.TryComplete();
+    }
+}

@@ -1,0 +1,540 @@
+using System.Diagnostics;
+using System.Text;
+using System.Threading.Channels;
+using LLama;
+using LLama.Native;
+using LMCacheSharp.LlamaCpp;
+using Microsoft.Extensions.Logging;
+
+namespace LMCacheSharp.Serving.Inference;
+
+/// <summary>
+/// Runs every request of one llama.cpp context on one dedicated thread. Each running request owns a sequence; each step
+/// builds one batch with the next token of every decoding sequence and as many prompt tokens of prefilling sequences as
+/// fit (n_batch), decodes it once, and samples where logits were asked for.
+/// A new request first reuses KV: the longest prefix it shares with a sequence in the context (running or finished, same
+/// model, salt and tags) is shared with <c>llama_memory_seq_cp</c> (no data copy); a longer chunk-aligned prefix found in
+/// the cache tiers is restored instead. A request whose prefix another sequence is still prefilling waits for it rather
+/// than computing the same tokens twice. After a request's first token, its new chunks are stored in the cache.
+/// Finished sequences stay resident for reuse until their sequence or their cells are needed.
+/// </summary>
+internal sealed class InferenceScheduler : IDisposable
+{
+    private readonly LLamaWeights _weights;
+    private readonly LLamaContext _context;
+    private readonly LlamaKvCache? _cache;
+    private readonly ServingMetrics _metrics;
+    private readonly ILogger _logger;
+    private readonly bool _inContextSharing;
+    private readonly Channel<GenerationJob> _queue;
+    private readonly Slot[] _slots;
+    private readonly Thread _thread;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly LLamaBatch _batch = new();
+    private long _clock;
+
+    public InferenceScheduler(LLamaWeights weights, LLamaContext context, LlamaKvCache? cache, ServingOptions options,
+        ServingMetrics metrics, ILogger logger)
+    {
+        _weights = weights;
+        _context = context;
+        _cache = cache;
+        _metrics = metrics;
+        _logger = logger;
+        _inContextSharing = options.EnableInContextSharing;
+        BatchSize = (int)context.BatchSize;
+        _queue = Channel.CreateBounded<GenerationJob>(new BoundedChannelOptions(Math.Max(1, options.MaxQueuedRequests)) { SingleReader = true });
+        _slots = Enumerable.Range(0, options.MaxConcurrentRequests).Select(i => new Slot((LLamaSeqId)i)).ToArray();
+        _thread = new Thread(Run) { IsBackground = true, Name = "lmcache-inference" };
+        _thread.Start();
+    }
+
+    public int BatchSize { get; }
+
+    /// <summary>Queues a job; false when the queue is full.</summary>
+    public bool TryEnqueue(GenerationJob job) => _queue.Writer.TryWrite(job);
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _queue.Writer.TryComplete();
+        _thread.Join(TimeSpan.FromSeconds(30));
+        foreach (var slot in _slots)
+        {
+            slot.Job?.Fail("server shutting down");
+        }
+
+        while (_queue.Reader.TryRead(out var job))
+        {
+            job.Complete(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
+        }
+
+        _stop.Dispose();
+    }
+
+    private void Run()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            try
+            {
+                if (!_slots.Any(s => s.Job is not null))
+                {
+                    // Idle: block until a request arrives.
+                    if (!_queue.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult())
+                    {
+                        return;
+                    }
+                }
+
+                Step();
+            }
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e)
+            {
+                // Never let one bad step kill the server: fail what was running and go on with a clean context.
+                _logger.LogError(e, "inference step failed; failing the running requests");
+                foreach (var slot in _slots)
+                {
+                    slot.Job?.Fail("internal error during inference");
+                    slot.Job?.Dispose();
+                    slot.Job = null;
+                    ClearSlot(slot);
+                }
+            }
+        }
+    }
+
+    private void Step()
+    {
+        DropCancelled();
+        Admit();
+        WakeWaiters();
+
+        _batch.Clear();
+        var inBatch = new List<(Slot Slot, int Count, int LogitIndex)>();
+        foreach (var slot in _slots)
+        {
+            if (slot.Job is { State: JobState.Decoding } job)
+            {
+                var index = _batch.TokenCount;
+                _batch.Add((LLamaToken)job.PendingToken, slot.Materialized.Count, slot.Sequence, true);
+                inBatch.Add((slot, 1, index));
+            }
+        }
+
+        foreach (var slot in _slots.Where(s => s.Job is { State: JobState.Prefilling }).OrderBy(s => s.Job!.AdmittedAt))
+        {
+            var job = slot.Job!;
+            var room = BatchSize - _batch.TokenCount;
+            if (room <= 0)
+            {
+                break;
+            }
+
+            var start = slot.Materialized.Count;
+            var count = Math.Min(room, job.Prompt.Length - start);
+            var logitIndex = -1;
+            for (var i = 0; i < count; i++)
+            {
+                var last = start + i == job.Prompt.Length - 1;
+                if (last)
+                {
+                    logitIndex = _batch.TokenCount;
+                }
+
+                _batch.Add((LLamaToken)job.Prompt[start + i], start + i, slot.Sequence, last);
+            }
+
+            inBatch.Add((slot, count, logitIndex));
+        }
+
+        if (_batch.TokenCount == 0)
+        {
+            if (_slots.Any(s => s.Job is { State: JobState.WaitingForDonor }))
+            {
+                Thread.Sleep(1); // donors are all blocked? should not happen; avoid a hot spin
+            }
+
+            return;
+        }
+
+        var result = _context.NativeHandle.Decode(_batch);
+        if (result == DecodeResult.NoKvSlot)
+        {
+            if (!EvictOneResident())
+            {
+                // No finished sequence left to drop: fail the newest request to make room for the others.
+                var victim = _slots.Where(s => s.Job is not null).MaxBy(s => s.Job!.AdmittedAt)!;
+                victim.Job!.Fail("the context is full (too many tokens in flight); retry later");
+                ClearSlot(victim);
+            }
+
+            return; // nothing was decoded; the next step rebuilds the batch
+        }
+
+        if (result != DecodeResult.Ok)
+        {
+            throw new InvalidOperationException($"llama_decode failed: {result}");
+        }
+
+        foreach (var (slot, count, logitIndex) in inBatch)
+        {
+            var job = slot.Job!;
+            if (job.State == JobState.Decoding)
+            {
+                slot.Materialized.Add(job.PendingToken);
+                SampleAndEmit(slot, logitIndex);
+                continue;
+            }
+
+            // Prefilling.
+            slot.Materialized.AddRange(job.Prompt.AsSpan(slot.Materialized.Count, count));
+            job.Prefilled += count;
+            _metrics.Prefilled(count);
+            if (logitIndex >= 0)
+            {
+                job.State = JobState.Decoding;
+                SampleAndEmit(slot, logitIndex);
+                if (slot.Job == job && job.Request.Parameters.SkipSave is false && _cache is not null)
+                {
+                    // After the first token went out: storing never delays it.
+                    try
+                    {
+                        // Memory-tier work completes synchronously; lower tiers are written in the background.
+                        _cache.StoreAsync(slot.Sequence, job.Prompt, job.CacheRestored, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
+                    }
+                    catch (Exception e)
+                    {
+                        _logger.LogWarning(e, "storing KV failed; the request goes on");
+                    }
+                }
+            }
+        }
+    }
+
+    private void SampleAndEmit(Slot slot, int logitIndex)
+    {
+        var job = slot.Job!;
+        var token = job.Sampler.Sample(_context.NativeHandle, logitIndex);
+        if (job.Generated == 0)
+        {
+            job.Request.TimeToFirstToken = Stopwatch.GetElapsedTime(job.Request.StartTimestamp);
+            job.FirstTokenAt = Stopwatch.GetTimestamp();
+            _metrics.FirstToken(job.Request.TimeToFirstToken.Value);
+        }
+
+        job.Generated++;
+        if (token.IsEndOfGeneration(_weights.Vocab))
+        {
+            Finish(slot, FinishReason.Stop);
+            return;
+        }
+
+        job.Decoder.Add(token);
+        var text = job.Stops.Push(job.Decoder.Read());
+        if (text.Length > 0)
+        {
+            job.Request.Emit(new GenerationEvent(text));
+        }
+
+        if (job.Stops.Stopped)
+        {
+            Finish(slot, FinishReason.Stop);
+        }
+        else if (job.Generated >= job.Request.MaxTokens || slot.Materialized.Count + 1 >= _context.ContextSize)
+        {
+            Finish(slot, FinishReason.Length);
+        }
+        else
+        {
+            job.PendingToken = (int)token;
+        }
+    }
+
+    private void Finish(Slot slot, FinishReason reason)
+    {
+        var job = slot.Job!;
+        var tail = job.Stops.Flush();
+        var usage = new GenerationUsage(job.Prompt.Length, job.Generated, job.CacheRestored + job.Shared, job.CacheRestored, job.Shared);
+        job.Request.Complete(new GenerationEvent(tail, reason, usage));
+        _metrics.Finished(reason.ToString().ToLowerInvariant(), job.Prompt.Length, usage.CachedTokens, job.Generated,
+            job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt).TotalSeconds);
+        job.Dispose();
+        slot.Job = null;
+        slot.LastUsed = ++_clock; // stays resident: its cells serve later requests with the same prefix
+    }
+
+    private void DropCancelled()
+    {
+        foreach (var slot in _slots)
+        {
+            if (slot.Job is { } job && job.Request.Cancellation.IsCancellationRequested)
+            {
+                job.Request.Complete(new GenerationEvent("", FinishReason.Cancelled));
+                _metrics.Finished("cancelled", job.Prompt.Length, job.CacheRestored + job.Shared, job.Generated, 0);
+                job.Dispose();
+                slot.Job = null;
+                slot.LastUsed = ++_clock;
+                if (slot.Materialized.Count < job.Prompt.Length && job.State != JobState.Decoding)
+                {
+                    ClearSlot(slot); // a half-prefilled sequence is of little use; free its cells
+                }
+            }
+        }
+    }
+
+    private void Admit()
+    {
+        while (true)
+        {
+            var slot = _slots.Where(s => s.Job is null).OrderBy(s => s.Materialized.Count == 0 ? 0 : 1).ThenBy(s => s.LastUsed).FirstOrDefault();
+            if (slot is null || !_queue.Reader.TryRead(out var request))
+            {
+                return;
+            }
+
+            if (request.Cancellation.IsCancellationRequested)
+            {
+                request.Complete(new GenerationEvent("", FinishReason.Cancelled));
+                _metrics.Finished("cancelled", request.PromptTokens.Length, 0, 0, 0);
+                continue;
+            }
+
+            ClearSlot(slot);
+            var job = new RunningJob(request, _weights, ++_clock);
+            slot.Job = job;
+            Plan(slot);
+        }
+    }
+
+    /// <summary>Decides where the new job's prefix KV comes from: another sequence, the cache tiers, or nowhere.</summary>
+    private void Plan(Slot slot)
+    {
+        var job = slot.Job!;
+        var prompt = job.Prompt;
+        Slot? donor = null;
+        var shared = 0;
+        if (_inContextSharing)
+        {
+            foreach (var other in _slots)
+            {
+                // A waiting job is never a donor: waits cannot form a cycle.
+                if (other == slot || !SameNamespace(other, job) || other.Job is { State: JobState.WaitingForDonor })
+                {
+                    continue;
+                }
+
+                // A running donor will have its whole prompt; a finished one has what it materialized.
+                var known = other.Job is { } running ? running.Prompt.AsSpan() : System.Runtime.InteropServices.CollectionsMarshal.AsSpan(other.Materialized);
+                var common = Math.Min(CommonPrefix(known, prompt), prompt.Length - 1);
+                if (common > shared)
+                {
+                    shared = common;
+                    donor = other;
+                }
+            }
+        }
+
+        var cached = 0;
+        if (_cache is not null && job.Request.PrefetchedTokens > shared)
+        {
+            try
+            {
+                // The chunks were prefetched into memory before the request was queued, so this rarely waits on I/O.
+                cached = _cache.RestoreAsync(slot.Sequence, prompt, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
+            }
+            catch (Exception e)
+            {
+                _logger.LogWarning(e, "restoring KV failed; prefilling instead");
+                cached = 0;
+            }
+
+            if (cached <= 0 || _context.NativeHandle.MemorySequenceMaxPosition(slot.Sequence) != cached - 1)
+            {
+                _context.NativeHandle.MemorySequenceRemove(slot.Sequence, -1, -1);
+                cached = 0;
+            }
+        }
+
+        if (cached > shared)
+        {
+            job.CacheRestored = cached;
+            slot.Materialized.AddRange(prompt.AsSpan(0, cached));
+            job.State = JobState.Prefilling;
+            return;
+        }
+
+        if (donor is not null && shared > 0)
+        {
+            job.Donor = donor;
+            job.DonorTokens = shared;
+            job.DonorJob = donor.Job;
+            job.State = JobState.WaitingForDonor;
+            return;
+        }
+
+        job.State = JobState.Prefilling;
+    }
+
+    private void WakeWaiters()
+    {
+        foreach (var slot in _slots)
+        {
+            if (slot.Job is not { State: JobState.WaitingForDonor } job)
+            {
+                continue;
+            }
+
+            var donor = job.Donor!;
+            var stillRunning = donor.Job is not null && donor.Job == job.DonorJob;
+            var holdsPrefix = donor.Materialized.Count >= job.DonorTokens &&
+                CommonPrefix(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(donor.Materialized), job.Prompt) >= job.DonorTokens;
+            if (!stillRunning && !holdsPrefix)
+            {
+                // The donor went away or changed: plan again (cache or full prefill).
+                job.Donor = null;
+                Plan(slot);
+                continue;
+            }
+
+            if (holdsPrefix)
+            {
+                _context.NativeHandle.MemorySequenceCopy(donor.Sequence, slot.Sequence, 0, job.DonorTokens);
+                slot.Materialized.AddRange(job.Prompt.AsSpan(0, job.DonorTokens));
+                job.Shared = job.DonorTokens;
+                job.Donor = null;
+                job.State = JobState.Prefilling;
+            }
+        }
+    }
+
+    private bool EvictOneResident()
+    {
+        var victim = _slots.Where(s => s.Job is null && s.Materialized.Count > 0 && !IsDonor(s)).MinBy(s => s.LastUsed);
+        if (victim is null)
+        {
+            return false;
+        }
+
+        ClearSlot(victim);
+        return true;
+    }
+
+    private bool IsDonor(Slot slot) => _slots.Any(s => s.Job is { State: JobState.WaitingForDonor } j && j.Donor == slot);
+
+    private void ClearSlot(Slot slot)
+    {
+        _context.NativeHandle.MemorySequenceRemove(slot.Sequence, -1, -1);
+        slot.Materialized.Clear();
+        slot.Namespace = null;
+    }
+
+    private static bool SameNamespace(Slot other, RunningJob job) =>
+        (other.Job?.Request.Namespace ?? other.Namespace)?.Seed == job.Request.Namespace.Seed;
+
+    private static int CommonPrefix(ReadOnlySpan<int> a, ReadOnlySpan<int> b) => a.CommonPrefixLength(b);
+
+    private enum JobState
+    {
+        WaitingForDonor,
+        Prefilling,
+        Decoding,
+    }
+
+    private sealed class Slot(LLamaSeqId sequence)
+    {
+        public LLamaSeqId Sequence { get; } = sequence;
+
+        public RunningJob? Job
+        {
+            get;
+            set
+            {
+                field = value;
+                if (value is not null)
+                {
+                    Namespace = value.Request.Namespace;
+                }
+            }
+        }
+
+        /// <summary>Tokens whose KV the sequence holds, at positions 0..Count-1.</summary>
+        public List<int> Materialized { get; } = [];
+
+        public LMCacheSharp.Core.Keys.CacheNamespace? Namespace { get; set; }
+
+        public long LastUsed { get; set; }
+    }
+
+    private sealed class RunningJob : IDisposable
+    {
+        public RunningJob(GenerationJob request, LLamaWeights weights, long admittedAt)
+        {
+            Request = request;
+            AdmittedAt = admittedAt;
+            Sampler = CreateSampler(request.Parameters);
+            Decoder = new StreamingTokenDecoder(Encoding.UTF8, weights);
+            Stops = new StopStringFilter(request.Parameters.Stop);
+        }
+
+        public GenerationJob Request { get; }
+
+        public int[] Prompt => Request.PromptTokens;
+
+        public long AdmittedAt { get; }
+
+        public JobState State { get; set; }
+
+        public SafeLLamaSamplerChainHandle Sampler { get; }
+
+        public StreamingTokenDecoder Decoder { get; }
+
+        public StopStringFilter Stops { get; }
+
+        public int PendingToken { get; set; }
+
+        public int Generated { get; set; }
+
+        public int Prefilled { get; set; }
+
+        public int CacheRestored { get; set; }
+
+        public int Shared { get; set; }
+
+        public long FirstTokenAt { get; set; }
+
+        public Slot? Donor { get; set; }
+
+        public RunningJob? DonorJob { get; set; }
+
+        public int DonorTokens { get; set; }
+
+        public void Fail(string message) =>
+            Request.Complete(new GenerationEvent("", FinishReason.Error, null, message));
+
+        public void Dispose() => Sampler.Dispose();
+
+        private static SafeLLamaSamplerChainHandle CreateSampler(OpenAi.GenerationParameters p)
+        {
+            var chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
+            if (p.Temperature <= 0)
+            {
+                chain.AddGreedySampler();
+                return chain;
+            }
+
+            if (p.TopP < 1)
+            {
+                chain.AddTopP(p.TopP, 1);
+            }
+
+            chain.AddTemperature(p.Temperature);
+            chain.AddDistributionSampler(p.Seed ?? (uint)Random.Shared.Next());
+            return chain;
+        }
+    }
+}

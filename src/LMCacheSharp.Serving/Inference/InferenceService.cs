@@ -1,0 +1,229 @@
+using System.Text;
+using LLama;
+using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Core.Storage;
+using LMCacheSharp.LlamaCpp;
+using LMCacheSharp.Serving.OpenAi;
+using Microsoft.Extensions.Logging;
+
+namespace LMCacheSharp.Serving.Inference;
+
+/// <summary>
+/// One model, one llama.cpp context, its KV cache and the scheduler that runs requests on it. Thread-safe: any number of
+/// callers submit; one thread computes.
+/// </summary>
+public sealed class InferenceService : IAsyncDisposable
+{
+    private readonly LLamaWeights _weights;
+    private readonly LLamaContext _context;
+    private readonly InferenceScheduler _scheduler;
+    private readonly ServingOptions _options;
+    private readonly ChatPromptFormatter _chat;
+    private readonly ServingMetrics _metrics;
+
+    private InferenceService(string modelPath, string modelName, LLamaWeights weights, LLamaContext context, LlamaKvCache? cache,
+        ServingOptions options, ServingMetrics metrics, ILogger logger)
+    {
+        ModelPath = modelPath;
+        ModelName = modelName;
+        _weights = weights;
+        _context = context;
+        Cache = cache;
+        _options = options;
+        _metrics = metrics;
+        _chat = new ChatPromptFormatter(weights);
+        _scheduler = new InferenceScheduler(weights, context, cache, options, metrics, logger);
+    }
+
+    /// <summary>The GGUF file served.</summary>
+    public string ModelPath { get; }
+
+    /// <summary>The name the model is served under.</summary>
+    public string ModelName { get; }
+
+    /// <summary>KV cells of the context.</summary>
+    public int ContextSize => (int)_context.ContextSize;
+
+    /// <summary>The KV cache, or null when disabled.</summary>
+    public LlamaKvCache? Cache { get; }
+
+    /// <summary>Whether chat uses the model's own template (else the documented default).</summary>
+    public bool UsesModelChatTemplate => _chat.UsesModelTemplate;
+
+    /// <summary>Request metrics.</summary>
+    public ServingMetrics Metrics => _metrics;
+
+    /// <summary>Loads the model and creates the context, the cache and the scheduler.</summary>
+    /// <param name="modelPath">The GGUF to serve.</param>
+    /// <param name="options">Serving options (validated here).</param>
+    /// <param name="cacheOptions">Cache options (LMCache keys).</param>
+    /// <param name="metrics">Request metrics.</param>
+    /// <param name="cacheMetrics">Cache metrics.</param>
+    /// <param name="lowerTiers">Disk/remote tiers to add under the memory tier, or null.</param>
+    /// <param name="logger">Where problems are logged.</param>
+    public static InferenceService Create(string modelPath, ServingOptions options, LMCacheOptions cacheOptions, ServingMetrics metrics,
+        CacheMetrics cacheMetrics, Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(cacheOptions);
+        options.Validate();
+        cacheOptions.Validate();
+        if (!File.Exists(modelPath))
+        {
+            throw new FileNotFoundException($"model file not found: {modelPath}", modelPath);
+        }
+
+        var parameters = LlamaContextSettings.Create(modelPath, (uint)options.ContextSize, options.FlashAttention ?? false,
+            options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize);
+        LLamaWeights weights;
+        try
+        {
+            weights = LLamaWeights.LoadFromFile(parameters);
+        }
+        catch (Exception e) when (e is LLama.Exceptions.LoadWeightsFailedException or LLama.Exceptions.RuntimeError)
+        {
+            throw new InvalidDataException($"'{modelPath}' could not be loaded as a llama.cpp model (is it a GGUF file?): {e.Message}", e);
+        }
+
+        LLamaContext? context = null;
+        LlamaKvCache? cache = null;
+        try
+        {
+            parameters.FlashAttention = options.FlashAttention ?? DefaultFlashAttention(weights);
+            context = weights.CreateContext(parameters);
+            if (options.EnableCache)
+            {
+                var fingerprint = GgufFingerprint.Get(modelPath);
+                cache = LlamaKvCache.CreateWithEngine(context.NativeHandle, fingerprint, cacheOptions, new LlamaKvCacheOptions { Logger = logger },
+                    cacheMetrics, lowerTiers);
+            }
+
+            var name = options.ModelName ?? Path.GetFileNameWithoutExtension(modelPath);
+            return new InferenceService(modelPath, name, weights, context, cache, options, metrics, logger);
+        }
+        catch
+        {
+            cache?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            context?.Dispose();
+            weights.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Tokenizes a completion prompt (BOS added when the model wants one; special-token text is not parsed).</summary>
+    public int[] TokenizeCompletion(string prompt) => Tokenize(prompt, special: false);
+
+    /// <summary>Formats and tokenizes chat messages (special tokens of the template are parsed).</summary>
+    public int[] TokenizeChat(IReadOnlyList<ChatMessageInput> messages) => Tokenize(_chat.Format(messages), special: true);
+
+    /// <summary>Stop strings the chat layout implies (the default layout's end-of-turn marker).</summary>
+    public IReadOnlyList<string> ChatStopStrings => _chat.UsesModelTemplate ? [] : ["<|im_end|>"];
+
+    /// <summary>
+    /// Validates, prefetches the prompt's cached prefix into memory, and queues the request. Throws
+    /// <see cref="OpenAiRequestException"/> (400) for a prompt that cannot fit, (429) when the queue is full.
+    /// </summary>
+    public async Task<GenerationJob> SubmitAsync(int[] promptTokens, GenerationParameters parameters, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(promptTokens);
+        ArgumentNullException.ThrowIfNull(parameters);
+        if (promptTokens.Length == 0)
+        {
+            throw new OpenAiRequestException("the prompt is empty", "prompt");
+        }
+
+        var maxTokens = parameters.MaxTokens ?? Math.Min(_options.DefaultMaxTokens, ContextSize - promptTokens.Length);
+        if (promptTokens.Length + maxTokens > ContextSize)
+        {
+            throw new OpenAiRequestException(
+                $"This model's context holds {ContextSize} tokens; the prompt has {promptTokens.Length} and max_tokens asks for {maxTokens}. Shorten the prompt or lower max_tokens.",
+                "messages", "context_length_exceeded");
+        }
+
+        var ns = Cache?.Namespace ?? new CacheNamespace("nocache", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
+        if (parameters.CacheSalt is not null)
+        {
+            ns = ns.WithSalt(parameters.CacheSalt);
+        }
+
+        if (parameters.Tags.Count > 0)
+        {
+            ns = ns.WithTags(parameters.Tags);
+        }
+
+        var job = new GenerationJob(promptTokens, parameters, maxTokens, ns, cancellationToken);
+        if (Cache is not null)
+        {
+            job.PrefetchedTokens = await Cache.PrefetchAsync(promptTokens, ns, cancellationToken).ConfigureAwait(false);
+        }
+
+        _metrics.Started();
+        if (!_scheduler.TryEnqueue(job))
+        {
+            _metrics.Finished("rejected", promptTokens.Length, 0, 0, 0);
+            throw new OpenAiRequestException($"the server is busy: {_options.MaxConcurrentRequests} requests running and {_options.MaxQueuedRequests} waiting; retry later",
+                null, "rate_limit_exceeded", 429);
+        }
+
+        return job;
+    }
+
+    /// <summary>Runs a request to the end and returns its text and usage.</summary>
+    public async Task<(string Text, FinishReason Finish, GenerationUsage Usage)> GenerateAsync(int[] promptTokens, GenerationParameters parameters,
+        CancellationToken cancellationToken)
+    {
+        var job = await SubmitAsync(promptTokens, parameters, cancellationToken).ConfigureAwait(false);
+        var text = new StringBuilder();
+        await foreach (var e in job.Events.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+        {
+            text.Append(e.Text);
+            if (e.Error is not null)
+            {
+                throw new InvalidOperationException(e.Error);
+            }
+
+            if (e.Finish is { } finish)
+            {
+                return (text.ToString(), finish, e.Usage ?? default);
+            }
+        }
+
+        throw new InvalidOperationException("generation ended without a final event");
+    }
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        _scheduler.Dispose();
+        if (Cache is not null)
+        {
+            await Cache.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _context.Dispose();
+        _weights.Dispose();
+    }
+
+    private int[] Tokenize(string text, bool special)
+    {
+        var tokens = _weights.Tokenize(text, _weights.Vocab.ShouldAddBOS, special, Encoding.UTF8);
+        var result = new int[tokens.Length];
+        for (var i = 0; i < tokens.Length; i++)
+        {
+            result[i] = (int)tokens[i];
+        }
+
+        return result;
+    }
+
+    // Flash attention on CPU pays off for usual head sizes but is 4-5x slower for tiny heads (DESIGN section 6).
+    private static bool DefaultFlashAttention(LLamaWeights weights)
+    {
+        var arch = weights.Metadata.GetValueOrDefault("general.architecture", "llama");
+        return int.TryParse(weights.Metadata.GetValueOrDefault(arch + ".embedding_length"), out var embd) &&
+            int.TryParse(weights.Metadata.GetValueOrDefault(arch + ".attention.head_count"), out var heads) && heads > 0 && embd / heads >= 64;
+    }
+}

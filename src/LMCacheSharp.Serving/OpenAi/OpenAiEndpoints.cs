@@ -1,0 +1,272 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using LMCacheSharp.Serving.Inference;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace LMCacheSharp.Serving.OpenAi;
+
+/// <summary>The OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions, /health.</summary>
+public static class OpenAiEndpoints
+{
+    /// <summary>Largest request body accepted (bytes).</summary>
+    public const long MaxBodyBytes = 32L << 20;
+
+    /// <summary>Maps the endpoints onto <paramref name="app"/>.</summary>
+    public static IEndpointRouteBuilder MapOpenAi(this IEndpointRouteBuilder app, InferenceService service)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        ArgumentNullException.ThrowIfNull(service);
+        var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        app.MapGet("/health", () => Results.Json(new { status = "ok", model = service.ModelName, cache = service.Cache is not null }));
+        app.MapGet("/v1/models", () => Results.Json(new
+        {
+            @object = "list",
+            data = new[] { new { id = service.ModelName, @object = "model", created, owned_by = "lmcachesharp" } },
+        }));
+        app.MapPost("/v1/completions", (HttpContext http) => HandleAsync(http, service, chat: false));
+        app.MapPost("/v1/chat/completions", (HttpContext http) => HandleAsync(http, service, chat: true));
+        return app;
+    }
+
+    /// <summary>Writes an error in OpenAI's shape.</summary>
+    public static Task WriteErrorAsync(HttpContext http, int status, string message, string type, string? param = null, string? code = null)
+    {
+        ArgumentNullException.ThrowIfNull(http);
+        http.Response.StatusCode = status;
+        return http.Response.WriteAsJsonAsync(new JsonObject
+        {
+            ["error"] = new JsonObject
+            {
+                ["message"] = message,
+                ["type"] = type,
+                ["param"] = param,
+                ["code"] = code ?? type,
+            },
+        });
+    }
+
+    private static async Task HandleAsync(HttpContext http, InferenceService service, bool chat)
+    {
+        var aborted = http.RequestAborted;
+        CompletionRequest? completion = null;
+        ChatCompletionRequest? chatRequest = null;
+        int[] prompt;
+        GenerationParameters parameters;
+        try
+        {
+            if (http.Request.ContentLength > MaxBodyBytes)
+            {
+                throw new OpenAiRequestException($"the request body is larger than {MaxBodyBytes} bytes", null, "invalid_request_error", 413);
+            }
+
+            JsonDocument doc;
+            try
+            {
+                doc = await JsonDocument.ParseAsync(http.Request.Body, default, aborted).ConfigureAwait(false);
+            }
+            catch (JsonException e)
+            {
+                throw new OpenAiRequestException($"the request body is not valid JSON: {e.Message}");
+            }
+
+            using (doc)
+            {
+                if (chat)
+                {
+                    chatRequest = OpenAiRequestParser.ParseChat(doc.RootElement);
+                    CheckModel(chatRequest.Model, service);
+                    prompt = service.TokenizeChat(chatRequest.Messages);
+                    parameters = chatRequest.Parameters with { Stop = [.. chatRequest.Parameters.Stop, .. service.ChatStopStrings] };
+                }
+                else
+                {
+                    completion = OpenAiRequestParser.ParseCompletion(doc.RootElement);
+                    CheckModel(completion.Model, service);
+                    prompt = service.TokenizeCompletion(completion.Prompt);
+                    parameters = completion.Parameters;
+                }
+            }
+
+            var job = await service.SubmitAsync(prompt, parameters, aborted).ConfigureAwait(false);
+            var id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+            var model = service.ModelName;
+            var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            if (parameters.Stream)
+            {
+                await StreamAsync(http, job, id, model, created, chat, parameters.StreamIncludeUsage, completion?.Echo == true ? completion.Prompt : null)
+                    .ConfigureAwait(false);
+            }
+            else
+            {
+                await RespondAsync(http, job, id, model, created, chat, completion?.Echo == true ? completion.Prompt : null).ConfigureAwait(false);
+            }
+        }
+        catch (OpenAiRequestException e)
+        {
+            if (!http.Response.HasStarted)
+            {
+                await WriteErrorAsync(http, e.Status, e.Message, e.Status == 429 ? "rate_limit_exceeded" : "invalid_request_error", e.Param, e.Code)
+                    .ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+            // The client went away; the scheduler frees its sequence.
+        }
+    }
+
+    private static void CheckModel(string model, InferenceService service)
+    {
+        if (model.Length > 0 && model != service.ModelName)
+        {
+            throw new OpenAiRequestException($"The model '{model}' does not exist; this server serves '{service.ModelName}' (see /v1/models).", "model",
+                "model_not_found");
+        }
+    }
+
+    private static async Task RespondAsync(HttpContext http, GenerationJob job, string id, string model, long created, bool chat, string? echo)
+    {
+        var text = new System.Text.StringBuilder(echo);
+        GenerationEvent last = default;
+        await foreach (var e in job.Events.ReadAllAsync(http.RequestAborted).ConfigureAwait(false))
+        {
+            text.Append(e.Text);
+            last = e;
+        }
+
+        if (last.Error is not null)
+        {
+            await WriteErrorAsync(http, 500, last.Error, "server_error").ConfigureAwait(false);
+            return;
+        }
+
+        var choice = chat
+            ? new JsonObject
+            {
+                ["index"] = 0,
+                ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text.ToString() },
+                ["finish_reason"] = FinishText(last.Finish),
+            }
+            : new JsonObject { ["index"] = 0, ["text"] = text.ToString(), ["logprobs"] = null, ["finish_reason"] = FinishText(last.Finish) };
+        await http.Response.WriteAsJsonAsync(new JsonObject
+        {
+            ["id"] = id,
+            ["object"] = chat ? "chat.completion" : "text_completion",
+            ["created"] = created,
+            ["model"] = model,
+            ["choices"] = new JsonArray(choice),
+            ["usage"] = Usage(last.Usage ?? default),
+        }, http.RequestAborted).ConfigureAwait(false);
+    }
+
+    private static async Task StreamAsync(HttpContext http, GenerationJob job, string id, string model, long created, bool chat, bool includeUsage,
+        string? echo)
+    {
+        http.Response.ContentType = "text/event-stream";
+        http.Response.Headers.CacheControl = "no-cache";
+        http.Response.Headers["X-Accel-Buffering"] = "no";
+        var stream = http.Response.Body;
+        var first = true;
+        async Task SendAsync(JsonObject o)
+        {
+            await stream.WriteAsync(System.Text.Encoding.UTF8.GetBytes("data: " + o.ToJsonString() + "\n\n"), http.RequestAborted).ConfigureAwait(false);
+            await stream.FlushAsync(http.RequestAborted).ConfigureAwait(false);
+        }
+
+        JsonObject Chunk(string text, string? finish)
+        {
+            JsonObject choice;
+            if (chat)
+            {
+                var delta = new JsonObject();
+                if (first)
+                {
+                    delta["role"] = "assistant";
+                }
+
+                if (text.Length > 0 || finish is null)
+                {
+                    delta["content"] = text;
+                }
+
+                choice = new JsonObject { ["index"] = 0, ["delta"] = delta, ["finish_reason"] = finish };
+            }
+            else
+            {
+                choice = new JsonObject { ["index"] = 0, ["text"] = text, ["logprobs"] = null, ["finish_reason"] = finish };
+            }
+
+            first = false;
+            return new JsonObject
+            {
+                ["id"] = id,
+                ["object"] = chat ? "chat.completion.chunk" : "text_completion",
+                ["created"] = created,
+                ["model"] = model,
+                ["choices"] = new JsonArray(choice),
+            };
+        }
+
+        if (echo is not null)
+        {
+            await SendAsync(Chunk(echo, null)).ConfigureAwait(false);
+        }
+
+        await foreach (var e in job.Events.ReadAllAsync(http.RequestAborted).ConfigureAwait(false))
+        {
+            if (e.Error is not null)
+            {
+                await SendAsync(new JsonObject { ["error"] = new JsonObject { ["message"] = e.Error, ["type"] = "server_error" } }).ConfigureAwait(false);
+                break;
+            }
+
+            if (e.Finish is null)
+            {
+                await SendAsync(Chunk(e.Text, null)).ConfigureAwait(false);
+                continue;
+            }
+
+            if (e.Text.Length > 0)
+            {
+                await SendAsync(Chunk(e.Text, null)).ConfigureAwait(false);
+            }
+
+            await SendAsync(Chunk("", FinishText(e.Finish))).ConfigureAwait(false);
+            if (includeUsage)
+            {
+                await SendAsync(new JsonObject
+                {
+                    ["id"] = id,
+                    ["object"] = chat ? "chat.completion.chunk" : "text_completion",
+                    ["created"] = created,
+                    ["model"] = model,
+                    ["choices"] = new JsonArray(),
+                    ["usage"] = Usage(e.Usage ?? default),
+                }).ConfigureAwait(false);
+            }
+        }
+
+        await stream.WriteAsync("data: [DONE]\n\n"u8.ToArray(), http.RequestAborted).ConfigureAwait(false);
+        await stream.FlushAsync(http.RequestAborted).ConfigureAwait(false);
+    }
+
+    private static string? FinishText(FinishReason? reason) => reason switch
+    {
+        FinishReason.Stop => "stop",
+        FinishReason.Length => "length",
+        null => null,
+        _ => "stop",
+    };
+
+    private static JsonObject Usage(GenerationUsage usage) => new()
+    {
+        ["prompt_tokens"] = usage.PromptTokens,
+        ["completion_tokens"] = usage.CompletionTokens,
+        ["total_tokens"] = usage.PromptTokens + usage.CompletionTokens,
+        ["prompt_tokens_details"] = new JsonObject { ["cached_tokens"] = usage.CachedTokens },
+    };
+
+}

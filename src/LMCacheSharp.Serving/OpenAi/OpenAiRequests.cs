@@ -1,0 +1,300 @@
+using System.Text.Json;
+
+namespace LMCacheSharp.Serving.OpenAi;
+
+/// <summary>A chat message of a request.</summary>
+/// <param name="Role">system, user, assistant or tool.</param>
+/// <param name="Content">The text.</param>
+public sealed record ChatMessageInput(string Role, string Content);
+
+/// <summary>Sampling and cache parameters common to completions and chat completions.</summary>
+public sealed record GenerationParameters
+{
+    /// <summary>Tokens to generate at most (max_tokens / max_completion_tokens). Null: the server default.</summary>
+    public int? MaxTokens { get; init; }
+
+    /// <summary>0 means greedy. Default 1.</summary>
+    public float Temperature { get; init; } = 1f;
+
+    /// <summary>Nucleus sampling mass. Default 1.</summary>
+    public float TopP { get; init; } = 1f;
+
+    /// <summary>Sampling seed; null picks one.</summary>
+    public uint? Seed { get; init; }
+
+    /// <summary>Stop strings (at most 4).</summary>
+    public IReadOnlyList<string> Stop { get; init; } = [];
+
+    /// <summary>Stream server-sent events.</summary>
+    public bool Stream { get; init; }
+
+    /// <summary>stream_options.include_usage.</summary>
+    public bool StreamIncludeUsage { get; init; }
+
+    /// <summary>Tenant salt: requests with different salts never share KV.</summary>
+    public string? CacheSalt { get; init; }
+
+    /// <summary>kv_transfer_params: lmcache.skip_save.</summary>
+    public bool SkipSave { get; init; }
+
+    /// <summary>kv_transfer_params: lmcache.tag.* (tag name without the prefix).</summary>
+    public IReadOnlyDictionary<string, string> Tags { get; init; } = new Dictionary<string, string>();
+}
+
+/// <summary>POST /v1/completions.</summary>
+public sealed record CompletionRequest(string Model, string Prompt, GenerationParameters Parameters, bool Echo);
+
+/// <summary>POST /v1/chat/completions.</summary>
+public sealed record ChatCompletionRequest(string Model, IReadOnlyList<ChatMessageInput> Messages, GenerationParameters Parameters);
+
+/// <summary>A request the server rejects: becomes a 400 in OpenAI's error shape.</summary>
+public sealed class OpenAiRequestException(string message, string? param = null, string code = "invalid_request_error", int status = 400)
+    : Exception(message)
+{
+    /// <summary>The offending parameter, or null.</summary>
+    public string? Param { get; } = param;
+
+    /// <summary>OpenAI error type.</summary>
+    public string Code { get; } = code;
+
+    /// <summary>HTTP status.</summary>
+    public int Status { get; } = status;
+}
+
+/// <summary>Parses OpenAI request bodies with precise messages for every bad field.</summary>
+public static class OpenAiRequestParser
+{
+    /// <summary>Most stop strings accepted (OpenAI allows 4).</summary>
+    public const int MaxStopStrings = 4;
+
+    /// <summary>Parses a /v1/completions body.</summary>
+    public static CompletionRequest ParseCompletion(JsonElement body)
+    {
+        RequireObject(body);
+        var model = OptionalString(body, "model") ?? "";
+        if (!body.TryGetProperty("prompt", out var prompt))
+        {
+            throw new OpenAiRequestException("'prompt' is required", "prompt");
+        }
+
+        var text = prompt.ValueKind switch
+        {
+            JsonValueKind.String => prompt.GetString()!,
+            JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => prompt[0].GetString()!,
+            JsonValueKind.Array => throw new OpenAiRequestException("'prompt' as a list must hold exactly one string (batched prompts are not supported)", "prompt"),
+            _ => throw new OpenAiRequestException("'prompt' must be a string", "prompt"),
+        };
+        RejectUnsupported(body);
+        return new CompletionRequest(model, text, ParseParameters(body), OptionalBool(body, "echo") ?? false);
+    }
+
+    /// <summary>Parses a /v1/chat/completions body.</summary>
+    public static ChatCompletionRequest ParseChat(JsonElement body)
+    {
+        RequireObject(body);
+        var model = OptionalString(body, "model") ?? "";
+        if (!body.TryGetProperty("messages", out var messages) || messages.ValueKind != JsonValueKind.Array)
+        {
+            throw new OpenAiRequestException("'messages' is required and must be a list", "messages");
+        }
+
+        if (messages.GetArrayLength() == 0)
+        {
+            throw new OpenAiRequestException("'messages' must not be empty", "messages");
+        }
+
+        var list = new List<ChatMessageInput>();
+        var i = 0;
+        foreach (var m in messages.EnumerateArray())
+        {
+            var where = $"messages[{i++}]";
+            if (m.ValueKind != JsonValueKind.Object)
+            {
+                throw new OpenAiRequestException($"'{where}' must be an object", where);
+            }
+
+            var role = OptionalString(m, "role") ?? throw new OpenAiRequestException($"'{where}.role' is required", where + ".role");
+            if (role is not ("system" or "developer" or "user" or "assistant" or "tool"))
+            {
+                throw new OpenAiRequestException($"'{where}.role' must be system, developer, user, assistant or tool, got '{role}'", where + ".role");
+            }
+
+            list.Add(new ChatMessageInput(role == "developer" ? "system" : role, ReadContent(m, where)));
+        }
+
+        RejectUnsupported(body);
+        return new ChatCompletionRequest(model, list, ParseParameters(body));
+    }
+
+    private static string ReadContent(JsonElement message, string where)
+    {
+        if (!message.TryGetProperty("content", out var content) || content.ValueKind == JsonValueKind.Null)
+        {
+            return "";
+        }
+
+        if (content.ValueKind == JsonValueKind.String)
+        {
+            return content.GetString()!;
+        }
+
+        if (content.ValueKind != JsonValueKind.Array)
+        {
+            throw new OpenAiRequestException($"'{where}.content' must be a string or a list of text parts", where + ".content");
+        }
+
+        var text = new System.Text.StringBuilder();
+        foreach (var part in content.EnumerateArray())
+        {
+            if (part.ValueKind != JsonValueKind.Object || OptionalString(part, "type") != "text")
+            {
+                throw new OpenAiRequestException($"'{where}.content' parts must be of type 'text' (images and audio are not supported)", where + ".content");
+            }
+
+            text.Append(OptionalString(part, "text"));
+        }
+
+        return text.ToString();
+    }
+
+    private static GenerationParameters ParseParameters(JsonElement body)
+    {
+        var maxTokens = OptionalInt(body, "max_completion_tokens") ?? OptionalInt(body, "max_tokens");
+        if (maxTokens is < 1)
+        {
+            throw new OpenAiRequestException("'max_tokens' must be at least 1", "max_tokens");
+        }
+
+        var temperature = OptionalFloat(body, "temperature") ?? 1f;
+        if (temperature is < 0 or > 2)
+        {
+            throw new OpenAiRequestException($"'temperature' must be between 0 and 2, got {temperature}", "temperature");
+        }
+
+        var topP = OptionalFloat(body, "top_p") ?? 1f;
+        if (topP is <= 0 or > 1)
+        {
+            throw new OpenAiRequestException($"'top_p' must be in (0, 1], got {topP}", "top_p");
+        }
+
+        long? seed = body.TryGetProperty("seed", out var s) && s.ValueKind != JsonValueKind.Null
+            ? s.ValueKind == JsonValueKind.Number && s.TryGetInt64(out var sv) ? sv : throw new OpenAiRequestException("'seed' must be an integer", "seed")
+            : null;
+
+        var stop = new List<string>();
+        if (body.TryGetProperty("stop", out var st) && st.ValueKind != JsonValueKind.Null)
+        {
+            if (st.ValueKind == JsonValueKind.String)
+            {
+                stop.Add(st.GetString()!);
+            }
+            else if (st.ValueKind == JsonValueKind.Array && st.EnumerateArray().All(e => e.ValueKind == JsonValueKind.String))
+            {
+                stop.AddRange(st.EnumerateArray().Select(e => e.GetString()!));
+            }
+            else
+            {
+                throw new OpenAiRequestException("'stop' must be a string or a list of strings", "stop");
+            }
+
+            if (stop.Count > MaxStopStrings || stop.Any(string.IsNullOrEmpty))
+            {
+                throw new OpenAiRequestException($"'stop' takes up to {MaxStopStrings} non-empty strings", "stop");
+            }
+        }
+
+        var includeUsage = body.TryGetProperty("stream_options", out var so) && so.ValueKind == JsonValueKind.Object && (OptionalBool(so, "include_usage") ?? false);
+        var (skipSave, tags) = ParseKvTransferParams(body);
+        var salt = OptionalString(body, "cache_salt");
+        return new GenerationParameters
+        {
+            MaxTokens = maxTokens,
+            Temperature = temperature,
+            TopP = topP,
+            Seed = seed is null ? null : unchecked((uint)seed.Value),
+            Stop = stop,
+            Stream = OptionalBool(body, "stream") ?? false,
+            StreamIncludeUsage = includeUsage,
+            CacheSalt = string.IsNullOrEmpty(salt) ? null : salt,
+            SkipSave = skipSave,
+            Tags = tags,
+        };
+    }
+
+    private static (bool SkipSave, Dictionary<string, string> Tags) ParseKvTransferParams(JsonElement body)
+    {
+        var tags = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (!body.TryGetProperty("kv_transfer_params", out var kv) || kv.ValueKind == JsonValueKind.Null)
+        {
+            return (false, tags);
+        }
+
+        if (kv.ValueKind != JsonValueKind.Object)
+        {
+            throw new OpenAiRequestException("'kv_transfer_params' must be an object", "kv_transfer_params");
+        }
+
+        var skip = false;
+        foreach (var p in kv.EnumerateObject())
+        {
+            if (p.Name == "lmcache.skip_save")
+            {
+                skip = p.Value.ValueKind switch
+                {
+                    JsonValueKind.True => true,
+                    JsonValueKind.False => false,
+                    _ => throw new OpenAiRequestException("'kv_transfer_params.lmcache.skip_save' must be a boolean", "kv_transfer_params"),
+                };
+            }
+            else if (p.Name.StartsWith("lmcache.tag.", StringComparison.Ordinal) && p.Name.Length > "lmcache.tag.".Length)
+            {
+                tags[p.Name["lmcache.tag.".Length..]] = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : p.Value.GetRawText();
+            }
+
+            // Other keys belong to other connectors (disaggregated prefill etc.): ignored, as vLLM does.
+        }
+
+        return (skip, tags);
+    }
+
+    private static void RejectUnsupported(JsonElement body)
+    {
+        if (OptionalInt(body, "n") is > 1)
+        {
+            throw new OpenAiRequestException("'n' > 1 is not supported", "n");
+        }
+
+        if (OptionalInt(body, "best_of") is > 1)
+        {
+            throw new OpenAiRequestException("'best_of' > 1 is not supported", "best_of");
+        }
+    }
+
+    private static void RequireObject(JsonElement body)
+    {
+        if (body.ValueKind != JsonValueKind.Object)
+        {
+            throw new OpenAiRequestException("the request body must be a JSON object");
+        }
+    }
+
+    private static string? OptionalString(JsonElement e, string name) =>
+        !e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
+        : v.ValueKind == JsonValueKind.String ? v.GetString()
+        : throw new OpenAiRequestException($"'{name}' must be a string", name);
+
+    private static bool? OptionalBool(JsonElement e, string name) =>
+        !e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
+        : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean()
+        : throw new OpenAiRequestException($"'{name}' must be a boolean", name);
+
+    private static int? OptionalInt(JsonElement e, string name) =>
+        !e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
+        : v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out var i) ? i
+        : throw new OpenAiRequestException($"'{name}' must be an integer", name);
+
+    private static float? OptionalFloat(JsonElement e, string name) =>
+        !e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
+        : v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out var d) && double.IsFinite(d) ? (float)d
+        : throw new OpenAiRequestException($"'{name}' must be a number", name);
+}

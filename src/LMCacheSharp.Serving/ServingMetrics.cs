@@ -1,0 +1,65 @@
+using System.Diagnostics.Metrics;
+
+namespace LMCacheSharp.Serving;
+
+/// <summary>Request metrics of the OpenAI server, on the meter <see cref="MeterName"/>.</summary>
+public sealed class ServingMetrics : IDisposable
+{
+    /// <summary>The meter name.</summary>
+    public const string MeterName = "LMCacheSharp.Serving";
+
+    private readonly Meter _meter;
+    private readonly Histogram<double> _ttft;
+    private readonly Histogram<double> _tokensPerSecond;
+    private readonly Counter<long> _promptTokens;
+    private readonly Counter<long> _cachedTokens;
+    private readonly Counter<long> _prefilledTokens;
+    private readonly Counter<long> _generatedTokens;
+    private readonly Counter<long> _requests;
+    private readonly UpDownCounter<long> _inFlight;
+    private long _totalPrefilled;
+
+    /// <summary>Creates the instruments.</summary>
+    public ServingMetrics(IMeterFactory? meterFactory = null)
+    {
+        _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
+        _ttft = _meter.CreateHistogram<double>("lmcache_serving.time_to_first_token", "s", "Time from request arrival to the first generated token.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] });
+        _tokensPerSecond = _meter.CreateHistogram<double>("lmcache_serving.generation_tokens_per_second", "{token}/s", "Decode speed of a request after its first token.");
+        _promptTokens = _meter.CreateCounter<long>("lmcache_serving.prompt_tokens", "{token}", "Prompt tokens received.");
+        _cachedTokens = _meter.CreateCounter<long>("lmcache_serving.cached_prompt_tokens", "{token}", "Prompt tokens not prefilled (from the cache or shared in context).");
+        _prefilledTokens = _meter.CreateCounter<long>("lmcache_serving.prefilled_tokens", "{token}", "Prompt tokens computed by prefill.");
+        _generatedTokens = _meter.CreateCounter<long>("lmcache_serving.generation_tokens", "{token}", "Tokens generated.");
+        _requests = _meter.CreateCounter<long>("lmcache_serving.requests", "{request}", "Finished requests by finish reason.");
+        _inFlight = _meter.CreateUpDownCounter<long>("lmcache_serving.requests_in_flight", "{request}", "Requests queued or running.");
+    }
+
+    /// <summary>Prompt tokens computed by prefill since start (in-process total).</summary>
+    public long TotalPrefilledTokens => Interlocked.Read(ref _totalPrefilled);
+
+    internal void Started() => _inFlight.Add(1);
+
+    internal void FirstToken(TimeSpan ttft) => _ttft.Record(ttft.TotalSeconds);
+
+    internal void Prefilled(int tokens)
+    {
+        _prefilledTokens.Add(tokens);
+        Interlocked.Add(ref _totalPrefilled, tokens);
+    }
+
+    internal void Finished(string reason, int promptTokens, int cachedTokens, int generated, double decodeSeconds)
+    {
+        _inFlight.Add(-1);
+        _requests.Add(1, new KeyValuePair<string, object?>("finish_reason", reason));
+        _promptTokens.Add(promptTokens);
+        _cachedTokens.Add(cachedTokens);
+        _generatedTokens.Add(generated);
+        if (generated > 1 && decodeSeconds > 0)
+        {
+            _tokensPerSecond.Record((generated - 1) / decodeSeconds);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _meter.Dispose();
+}

@@ -1,0 +1,133 @@
+namespace LMCacheSharp.Serving.Tests;
+
+public sealed class ServingCacheTests
+{
+    [Fact]
+    public async Task A_repeated_long_prefix_is_restored_from_the_cache_tier_with_the_same_greedy_output()
+    {
+        // In-context sharing off: the second request can only reuse KV through the cache (memory tier).
+        await using var cached = await TestServer.StartAsync(o => o.EnableInContextSharing = false);
+        await using var plain = await TestServer.StartAsync(o => { o.EnableCache = false; o.EnableInContextSharing = false; });
+        var prompt = Prompts.Long("tiers");
+
+        var (first, cold, promptTokens) = await cached.CompleteAsync(prompt + " first question?");
+        Assert.Equal(0, cold);
+        var (second, warm, _) = await cached.CompleteAsync(prompt + " second question?");
+        Assert.True(warm >= 64, $"cached {warm} of {promptTokens}");
+        Assert.Equal(0, warm % 16); // chunk aligned
+
+        var (firstPlain, _, _) = await plain.CompleteAsync(prompt + " first question?");
+        var (secondPlain, noCache, _) = await plain.CompleteAsync(prompt + " second question?");
+        Assert.Equal(0, noCache);
+        Assert.Equal(firstPlain, first);
+        Assert.Equal(secondPlain, second);
+    }
+
+    [Fact]
+    public async Task A_prefix_held_by_a_finished_sequence_is_shared_in_context()
+    {
+        await using var server = await TestServer.StartAsync(o => o.EnableCache = false);
+        var prompt = Prompts.Long("context");
+        await server.CompleteAsync(prompt + " one");
+        var (_, shared, promptTokens) = await server.CompleteAsync(prompt + " two");
+        Assert.True(shared > promptTokens / 2, $"shared {shared} of {promptTokens}");
+    }
+
+    [Fact]
+    public async Task Different_salts_never_share_and_the_same_salt_does()
+    {
+        await using var server = await TestServer.StartAsync();
+        var prompt = Prompts.Long("salts");
+        await server.CompleteAsync(prompt + " a", salt: "tenant-1");
+        var (_, other, _) = await server.CompleteAsync(prompt + " b", salt: "tenant-2");
+        Assert.True(other <= 1, $"tenant-2 reused {other} tokens of tenant-1"); // at most the shared BOS of its own earlier sequences
+        var (_, none, _) = await server.CompleteAsync(prompt + " c");
+        Assert.True(none <= 1, $"unsalted reused {none}");
+        var (_, same, _) = await server.CompleteAsync(prompt + " d", salt: "tenant-1");
+        Assert.True(same > 64, $"same salt reused only {same}");
+    }
+
+    [Fact]
+    public async Task Skip_save_stores_nothing()
+    {
+        await using var server = await TestServer.StartAsync(o => o.EnableInContextSharing = false);
+        var prompt = Prompts.Long("skip");
+        var stored = server.Service.Cache!.Engine.Metrics.Snapshot().StoredTokens;
+        await server.CompleteAsync(prompt + " a", skipSave: true);
+        Assert.Equal(stored, server.Service.Cache.Engine.Metrics.Snapshot().StoredTokens);
+        var (_, cached, _) = await server.CompleteAsync(prompt + " b");
+        Assert.Equal(0, cached);
+        var (_, after, _) = await server.CompleteAsync(prompt + " c");
+        Assert.True(after > 0);
+    }
+
+    [Fact]
+    public async Task Concurrent_requests_all_succeed_with_the_outputs_they_have_alone()
+    {
+        await using var server = await TestServer.StartAsync();
+        var prompts = Enumerable.Range(0, 4).Select(i => $"Request number {i} asks something different about topic {i * 7}.").ToArray();
+        var alone = new List<string>();
+        foreach (var p in prompts)
+        {
+            alone.Add((await server.CompleteAsync(p, 10)).Text);
+        }
+
+        await using var fresh = await TestServer.StartAsync();
+        var together = await Task.WhenAll(prompts.Select(p => fresh.CompleteAsync(p, 10)));
+        Assert.Equal(alone, together.Select(t => t.Text));
+    }
+
+    [Fact]
+    public async Task Two_concurrent_requests_with_the_same_long_prefix_prefill_it_once()
+    {
+        await using var server = await TestServer.StartAsync();
+        var prefix = Prompts.Long("together");
+        var before = server.Service.Metrics.TotalPrefilledTokens;
+        var results = await Task.WhenAll(server.CompleteAsync(prefix + " left?", 4), server.CompleteAsync(prefix + " right?", 4));
+        var prefilled = server.Service.Metrics.TotalPrefilledTokens - before;
+        var promptTokens = results[0].Prompt;
+        Assert.True(prefilled < promptTokens * 1.5, $"prefilled {prefilled} tokens for two prompts of {promptTokens}");
+        Assert.True(results.Max(r => r.Cached) > promptTokens / 2);
+    }
+
+    [Fact]
+    public async Task A_full_queue_answers_429_and_the_server_recovers()
+    {
+        await using var server = await TestServer.StartAsync(o => { o.MaxConcurrentRequests = 1; o.MaxQueuedRequests = 1; });
+        var tasks = Enumerable.Range(0, 6).Select(i => server.Http.PostAsync("/v1/completions",
+            new StringContent($$"""{"prompt":"busy {{i}}","max_tokens":40,"temperature":0}""", System.Text.Encoding.UTF8, "application/json"))).ToList();
+        var responses = await Task.WhenAll(tasks);
+        Assert.Contains(responses, r => (int)r.StatusCode == 429);
+        Assert.Contains(responses, r => (int)r.StatusCode == 200);
+        var rejected = responses.First(r => (int)r.StatusCode == 429);
+        Assert.Contains("rate_limit_exceeded", await rejected.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        foreach (var r in responses)
+        {
+            r.Dispose();
+        }
+
+        Assert.NotNull((await server.CompleteAsync("after the storm", 2)).Text);
+    }
+
+    [Fact]
+    public async Task A_client_that_disconnects_frees_its_sequence()
+    {
+        await using var server = await TestServer.StartAsync(o => { o.MaxConcurrentRequests = 1; o.DefaultMaxTokens = 1000; });
+        using (var cts = new CancellationTokenSource())
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+            {
+                Content = new StringContent("""{"prompt":"go on forever","max_tokens":1500,"stream":true}""", System.Text.Encoding.UTF8, "application/json"),
+            };
+            using var response = await server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+            using var stream = await response.Content.ReadAsStreamAsync(cts.Token);
+            var buffer = new byte[64];
+            _ = await stream.ReadAsync(buffer, cts.Token); // generation is running
+            cts.Cancel();
+        }
+
+        // With one sequence, this only completes once the abandoned request was dropped.
+        var done = server.CompleteAsync("next please", 3);
+        Assert.Same(done, await Task.WhenAny(done, Task.Delay(TimeSpan.FromSeconds(60))));
+    }
+}
