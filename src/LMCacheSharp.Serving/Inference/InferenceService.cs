@@ -76,6 +76,7 @@ public sealed class InferenceService : IAsyncDisposable
             throw new FileNotFoundException($"model file not found: {modelPath}", modelPath);
         }
 
+        RouteNativeLogs(logger);
         var parameters = LlamaContextSettings.Create(modelPath, (uint)options.ContextSize, options.FlashAttention ?? false,
             options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize);
         LLamaWeights weights;
@@ -217,6 +218,37 @@ public sealed class InferenceService : IAsyncDisposable
         }
 
         return result;
+    }
+
+    // llama.cpp logs every load, state restore and context at info level to stderr: route it to the logger (info as debug).
+    private static void RouteNativeLogs(ILogger logger)
+    {
+        LLama.Native.NativeLogConfig.llama_log_set((level, message) =>
+        {
+            if (level is not (LLama.Native.LLamaLogLevel.Error or LLama.Native.LLamaLogLevel.Warning) && !logger.IsEnabled(LogLevel.Debug))
+            {
+                return;
+            }
+
+            var text = message.TrimEnd();
+            if (text.Length == 0)
+            {
+                return;
+            }
+
+            switch (level)
+            {
+                case LLama.Native.LLamaLogLevel.Error:
+                    logger.LogError("llama.cpp: {Message}", text);
+                    break;
+                case LLama.Native.LLamaLogLevel.Warning:
+                    logger.LogWarning("llama.cpp: {Message}", text);
+                    break;
+                default:
+                    logger.LogDebug("llama.cpp: {Message}", text);
+                    break;
+            }
+        });
     }
 
     // Flash attention on CPU pays off for usual head sizes but is 4-5x slower for tiny heads (DESIGN section 6).

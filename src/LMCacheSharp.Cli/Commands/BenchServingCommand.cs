@@ -1,0 +1,349 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Serving;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace LMCacheSharp.Cli.Commands;
+
+/// <summary>
+/// <c>lmcache bench serving</c>: replays real workloads (long-document QA from L-Eval, multi-round chat from ShareGPT)
+/// through the OpenAI API and reports time to first token, cold vs warm, with the cache off and on, measured in one run.
+/// Without <c>--url</c> it starts the servers itself (one per configuration, one after the other, same model).
+/// </summary>
+internal static class BenchServingCommand
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static Command Create()
+    {
+        var urls = new Option<string[]>("--url") { Description = "OpenAI endpoint(s) to measure instead of in-process servers (e.g. http://127.0.0.1:8000)." };
+        var model = new Option<string?>("--model") { Description = "GGUF for the in-process servers. Default: the generated default model (random weights)." };
+        var configs = new Option<string>("--configs") { Description = "In-process configurations: off (plain llama.cpp), context (in-context sharing only), tiers (cache tiers only), on (both).", DefaultValueFactory = _ => "off,on" };
+        var workload = new Option<string>("--workload") { Description = "leval, sharegpt or all.", DefaultValueFactory = _ => "all" };
+        var data = new Option<string?>("--data") { Description = "Folder with leval/ and sharegpt/ (default: ../shared/data from the current folder or its parents)." };
+        var documents = new Option<int>("--documents") { Description = "L-Eval documents (the first question of each is cold).", DefaultValueFactory = _ => 4 };
+        var questions = new Option<int>("--questions") { Description = "Questions per document.", DefaultValueFactory = _ => 4 };
+        var requests = new Option<int>("--requests") { Description = "ShareGPT requests replayed from run.json (after warmup.json).", DefaultValueFactory = _ => 40 };
+        var maxChars = new Option<int>("--max-prompt-chars") { Description = "Prompts are cut to this many characters (keeps the prefix structure).", DefaultValueFactory = _ => 6000 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per request.", DefaultValueFactory = _ => 16 };
+        var ctx = new Option<int>("--ctx-size") { Description = "Context of the in-process servers.", DefaultValueFactory = _ => 8192 };
+        var output = new Option<string>("--output", "-o") { Description = "Folder for results (JSON, CSV, PNG).", DefaultValueFactory = _ => "bench-results" };
+        var command = new Command("serving", "TTFT on real workloads through the OpenAI API: cold vs warm, cache off vs on.")
+        {
+            urls, model, configs, workload, data, documents, questions, requests, maxChars, maxTokens, ctx, output,
+        };
+        command.SetAction(async (r, ct) =>
+        {
+            var dataDir = r.GetValue(data) ?? FindDataFolder();
+            var set = r.GetValue(workload)!.ToLowerInvariant();
+            if (set is not ("leval" or "sharegpt" or "all"))
+            {
+                await Console.Error.WriteLineAsync($"--workload must be leval, sharegpt or all, got '{set}'");
+                return 2;
+            }
+
+            var items = new List<WorkItem>();
+            if (set is "leval" or "all")
+            {
+                items.AddRange(LoadLeval(dataDir, r.GetValue(documents), r.GetValue(questions), r.GetValue(maxChars)));
+            }
+
+            if (set is "sharegpt" or "all")
+            {
+                items.AddRange(LoadShareGpt(dataDir, r.GetValue(requests), r.GetValue(maxChars)));
+            }
+
+            if (items.Count == 0)
+            {
+                await Console.Error.WriteLineAsync("no workload could be loaded (see the messages above)");
+                return 1;
+            }
+
+            var results = new List<RequestResult>();
+            var endpoints = r.GetValue(urls) ?? [];
+            if (endpoints.Length > 0)
+            {
+                foreach (var url in endpoints)
+                {
+                    results.AddRange(await RunAsync(url, url, items, r.GetValue(maxTokens), ct));
+                }
+            }
+            else
+            {
+                foreach (var config in r.GetValue(configs)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    if (config is not ("off" or "context" or "tiers" or "on"))
+                    {
+                        await Console.Error.WriteLineAsync($"unknown configuration '{config}': use off, context, tiers, on");
+                        return 2;
+                    }
+
+                    var options = new ServingOptions
+                    {
+                        ModelPath = r.GetValue(model),
+                        ContextSize = r.GetValue(ctx),
+                        MaxConcurrentRequests = 4,
+                        EnableCache = config is "tiers" or "on",
+                        EnableInContextSharing = config is "context" or "on",
+                    };
+                    await using var app = ServingApp.Build(options, new LMCacheOptions { MaxLocalCpuSize = 4 }, ["http://127.0.0.1:0"], null,
+                        l => l.SetMinimumLevel(LogLevel.Warning));
+                    await app.StartAsync(ct);
+                    var url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+                    Console.WriteLine($"== configuration '{config}' ({options.ModelName}) at {url}");
+                    results.AddRange(await RunAsync(url, config, items, r.GetValue(maxTokens), ct));
+                    await app.StopAsync(ct);
+                }
+            }
+
+            Report(results, r.GetValue(output)!);
+            return 0;
+        });
+        return command;
+    }
+
+    internal sealed record WorkItem(string Workload, string Group, bool Cold, string Prompt);
+
+    internal sealed record RequestResult(string Config, string Workload, bool Cold, double TtftMs, double TotalMs, int PromptTokens, int CachedTokens,
+        int CompletionTokens);
+
+    private static async Task<List<RequestResult>> RunAsync(string url, string config, List<WorkItem> items, int maxTokens, CancellationToken ct)
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromMinutes(30) };
+        var results = new List<RequestResult>();
+        var i = 0;
+        // One short unmeasured request first, so model load, JIT and first-touch costs land in no configuration's numbers.
+        using (var warm = await http.PostAsync("/v1/completions", JsonContent.Create(new JsonObject { ["prompt"] = "warm up", ["max_tokens"] = 2 }), ct))
+        {
+            warm.EnsureSuccessStatusCode();
+        }
+
+        foreach (var item in items)
+        {
+            var body = new JsonObject
+            {
+                ["prompt"] = item.Prompt,
+                ["max_tokens"] = maxTokens,
+                ["temperature"] = 0,
+                ["stream"] = true,
+                ["stream_options"] = new JsonObject { ["include_usage"] = true },
+            };
+            var start = Stopwatch.GetTimestamp();
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
+            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+            response.EnsureSuccessStatusCode();
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
+            double? ttft = null;
+            int prompt = 0, cached = 0, completion = 0;
+            while (await reader.ReadLineAsync(ct) is { } line)
+            {
+                if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]")
+                {
+                    continue;
+                }
+
+                ttft ??= Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                var chunk = JsonNode.Parse(line["data: ".Length..]);
+                if (chunk?["usage"] is JsonObject usage)
+                {
+                    prompt = usage["prompt_tokens"]!.GetValue<int>();
+                    completion = usage["completion_tokens"]!.GetValue<int>();
+                    cached = usage["prompt_tokens_details"]?["cached_tokens"]?.GetValue<int>() ?? 0;
+                }
+            }
+
+            var total = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            results.Add(new RequestResult(config, item.Workload, item.Cold, ttft ?? total, total, prompt, cached, completion));
+            if (++i % 10 == 0 || i == items.Count)
+            {
+                Console.WriteLine($"  {i}/{items.Count} requests");
+            }
+        }
+
+        return results;
+    }
+
+    private static void Report(List<RequestResult> results, string outputDir)
+    {
+        Directory.CreateDirectory(outputDir);
+        var rows = results.Where(r => r.Workload != "chat-warmup").GroupBy(r => (r.Config, r.Workload, r.Cold)).OrderBy(g => g.Key.Workload).ThenBy(g => g.Key.Cold ? 0 : 1).ThenBy(g => g.Key.Config)
+            .Select(g => new
+            {
+                g.Key.Config,
+                g.Key.Workload,
+                Kind = g.Key.Cold ? "cold" : "warm",
+                Requests = g.Count(),
+                P50 = Percentile(g.Select(r => r.TtftMs), 0.5),
+                P90 = Percentile(g.Select(r => r.TtftMs), 0.9),
+                PromptTokens = g.Average(r => r.PromptTokens),
+                CachedShare = g.Sum(r => (double)r.CachedTokens) / Math.Max(1, g.Sum(r => (double)r.PromptTokens)),
+                TokensPerSecond = g.Sum(r => (double)r.PromptTokens + r.CompletionTokens) / (g.Sum(r => r.TotalMs) / 1000),
+            }).ToList();
+        var table = new StringBuilder();
+        table.AppendLine(CultureInfo.InvariantCulture, $"| workload | requests | config | n | prompt tokens (mean) | cached | TTFT p50 ms | TTFT p90 ms | tokens/s |");
+        table.AppendLine("|---|---|---|---:|---:|---:|---:|---:|---:|");
+        foreach (var row in rows)
+        {
+            table.AppendLine(CultureInfo.InvariantCulture,
+                $"| {row.Workload} | {row.Kind} | {row.Config} | {row.Requests} | {row.PromptTokens:F0} | {row.CachedShare:P0} | {row.P50:F1} | {row.P90:F1} | {row.TokensPerSecond:F0} |");
+        }
+
+        var configs = rows.Select(r => r.Config).Distinct().ToList();
+        if (configs.Count >= 2)
+        {
+            table.AppendLine();
+            foreach (var group in rows.GroupBy(r => (r.Workload, r.Kind)))
+            {
+                var baseline = group.FirstOrDefault(r => r.Config == configs[0]);
+                foreach (var other in group.Where(r => r.Config != configs[0]))
+                {
+                    if (baseline is not null && other.P50 > 0)
+                    {
+                        table.AppendLine(CultureInfo.InvariantCulture,
+                            $"{group.Key.Workload} {group.Key.Kind}: '{other.Config}' p50 TTFT is {baseline.P50 / other.P50:F2}x faster than '{configs[0]}' ({other.P50:F1} vs {baseline.P50:F1} ms)");
+                    }
+                }
+            }
+        }
+
+        Console.WriteLine();
+        Console.Write(table);
+        File.WriteAllText(Path.Combine(outputDir, "serving-summary.md"), table.ToString());
+        File.WriteAllText(Path.Combine(outputDir, "serving.json"), JsonSerializer.Serialize(new { summary = rows, requests = results },
+            Indented));
+        var csv = new StringBuilder("config,workload,kind,ttft_ms,total_ms,prompt_tokens,cached_tokens,completion_tokens\n");
+        foreach (var r in results)
+        {
+            csv.AppendLine(CultureInfo.InvariantCulture, $"{r.Config},{r.Workload},{(r.Cold ? "cold" : "warm")},{r.TtftMs:F2},{r.TotalMs:F2},{r.PromptTokens},{r.CachedTokens},{r.CompletionTokens}");
+        }
+
+        File.WriteAllText(Path.Combine(outputDir, "serving.csv"), csv.ToString());
+        var png = Path.Combine(outputDir, "serving-ttft.png");
+        Charts.Bars(png, "Time to first token, p50 (ms)", rows.Select(r => r.Config).Distinct().ToList(),
+            rows.Select(r => $"{r.Workload} {r.Kind}").Distinct().ToList(),
+            (config, series) => rows.FirstOrDefault(r => r.Config == config && $"{r.Workload} {r.Kind}" == series)?.P50 ?? 0);
+        Console.WriteLine($"results: {outputDir}/serving.json, serving.csv, serving-summary.md, serving-ttft.png");
+    }
+
+    private static double Percentile(IEnumerable<double> values, double p)
+    {
+        var sorted = values.OrderBy(v => v).ToArray();
+        if (sorted.Length == 0)
+        {
+            return 0;
+        }
+
+        var rank = p * (sorted.Length - 1);
+        var lo = (int)Math.Floor(rank);
+        var hi = (int)Math.Ceiling(rank);
+        return sorted[lo] + ((sorted[hi] - sorted[lo]) * (rank - lo));
+    }
+
+    internal static string FindDataFolder()
+    {
+        var env = Environment.GetEnvironmentVariable("LMCACHE_DATA");
+        if (!string.IsNullOrEmpty(env))
+        {
+            return env;
+        }
+
+        for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "..", "shared", "data");
+            if (Directory.Exists(candidate))
+            {
+                return Path.GetFullPath(candidate);
+            }
+        }
+
+        return Path.GetFullPath(Path.Combine("..", "shared", "data"));
+    }
+
+    /// <summary>Reads a data file after checking its sha256 against SHA256SUMS; null (with a message) when absent or altered.</summary>
+    internal static string? ReadVerified(string dataDir, string relativePath)
+    {
+        var path = Path.Combine(dataDir, relativePath);
+        var sums = Path.Combine(dataDir, "SHA256SUMS");
+        if (!File.Exists(path) || !File.Exists(sums))
+        {
+            Console.Error.WriteLine($"skipping {relativePath}: not found under {dataDir} (set --data or LMCACHE_DATA)");
+            return null;
+        }
+
+        var expected = File.ReadLines(sums).Select(l => l.Split("  ", 2)).FirstOrDefault(p => p.Length == 2 && p[1].Trim() == relativePath)?[0];
+        var bytes = File.ReadAllBytes(path);
+        var actual = Convert.ToHexStringLower(SHA256.HashData(bytes));
+        if (expected is null || !string.Equals(expected, actual, StringComparison.OrdinalIgnoreCase))
+        {
+            Console.Error.WriteLine($"skipping {relativePath}: sha256 {actual} does not match SHA256SUMS ({expected ?? "no entry"})");
+            return null;
+        }
+
+        return Encoding.UTF8.GetString(bytes);
+    }
+
+    private static IEnumerable<WorkItem> LoadLeval(string dataDir, int documents, int questions, int maxChars)
+    {
+        var items = new List<WorkItem>();
+        foreach (var file in new[] { "leval/quality.jsonl", "leval/tpo.jsonl" })
+        {
+            var text = ReadVerified(dataDir, file);
+            if (text is null)
+            {
+                continue;
+            }
+
+            foreach (var line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries).Take(Math.Max(0, documents / 2 + documents % 2)))
+            {
+                var doc = JsonNode.Parse(line)!;
+                var document = doc["input"]!.GetValue<string>();
+                document = document.Length > maxChars ? document[..maxChars] : document;
+                var qs = doc["instructions"]!.AsArray().Select(q => q!.GetValue<string>()).Take(questions).ToList();
+                for (var i = 0; i < qs.Count; i++)
+                {
+                    var question = qs[i].Length > 500 ? qs[i][..500] : qs[i];
+                    items.Add(new WorkItem("long-doc-qa", file + "#" + items.Count, i == 0, $"{document}\n\nQuestion: {question}\nAnswer:"));
+                }
+            }
+        }
+
+        return items.Take(documents * questions);
+    }
+
+    private static List<WorkItem> LoadShareGpt(string dataDir, int requests, int maxChars)
+    {
+        var items = new List<WorkItem>();
+        var seen = new List<string>();
+        foreach (var (file, take, measured) in new[] { ("sharegpt/warmup.json", int.MaxValue, false), ("sharegpt/run.json", requests, true) })
+        {
+            var text = ReadVerified(dataDir, file);
+            if (text is null)
+            {
+                continue;
+            }
+
+            foreach (var entry in JsonNode.Parse(text)!.AsArray().Take(take))
+            {
+                var input = entry!["input"]!.GetValue<string>();
+                input = input.Length > maxChars ? input[..maxChars] : input;
+                // A request is warm when an earlier one of the replay shares a long prefix with it (a later round of the same chat).
+                var cold = !seen.Any(s => s.AsSpan().CommonPrefixLength(input) >= 512);
+                seen.Add(input);
+                items.Add(new WorkItem(measured ? "multi-round-chat" : "chat-warmup", file, cold, input));
+            }
+        }
+
+        return items;
+    }
+}
