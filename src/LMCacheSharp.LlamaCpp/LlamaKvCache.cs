@@ -159,6 +159,12 @@ public sealed class LlamaKvCache : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(context);
         shape = default;
         context.MemorySequenceRemove(scratch, -1, -1);
+        var pristine = true;
+        for (var s = 0; s < context.MaxSeq && pristine; s++)
+        {
+            pristine = context.MemorySequenceMaxPosition((LLamaSeqId)s).Value < 0;
+        }
+
         try
         {
             var batch = new LLamaBatch();
@@ -200,6 +206,12 @@ public sealed class LlamaKvCache : IAsyncDisposable
         finally
         {
             context.MemorySequenceRemove(scratch, -1, -1);
+            if (pristine)
+            {
+                // Leave a fresh context as it was (allocation head at cell 0): where cells sit changes the order of
+                // llama.cpp's attention sums, so a probed context must compute exactly like an unprobed one.
+                context.MemoryClear(true);
+            }
         }
     }
 
@@ -239,27 +251,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
 
         try
         {
-            var prefix = promptTokens[..^1];
-            var keys = Engine.ComputeKeys(prefix.Span, ns);
-            var tokens = 0;
-            for (var i = 0; i < keys.Length; i++)
-            {
-                var chunk = await Engine.Storage.GetAsync(keys[i], cancellationToken).ConfigureAwait(false);
-                if (chunk is null)
-                {
-                    break;
-                }
-
-                var ok = chunk.Format == ns.Format;
-                tokens += ok ? chunk.TokenCount : 0;
-                chunk.Release();
-                if (!ok)
-                {
-                    break;
-                }
-            }
-
-            return Math.Min(tokens, prefix.Length);
+            return await Engine.PrefetchAsync(promptTokens[..^1], ns, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
