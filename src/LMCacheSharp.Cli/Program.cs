@@ -9,5 +9,6 @@ bench.Subcommands.Add(EngineBenchCommand.Create());
 bench.Subcommands.Add(BenchServingCommand.Create());
 root.Subcommands.Add(bench);
 root.Subcommands.Add(ServeCommand.Create());
+root.Subcommands.Add(GenModelCommand.Create());
 
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
