@@ -6,6 +6,7 @@ var root = new RootCommand("LMCacheSharp: a KV cache for LLM inference in .NET (
 // Each command lives in Commands/<Name>Command.cs and is registered here with one line.
 var bench = new Command("bench", "Benchmarks: the cache engine, time to first token, an OpenAI endpoint.");
 bench.Subcommands.Add(EngineBenchCommand.Create());
+bench.Subcommands.Add(BenchTtftCommand.Create());
 bench.Subcommands.Add(BenchServingCommand.Create());
 root.Subcommands.Add(bench);
 root.Subcommands.Add(ServeCommand.Create());
