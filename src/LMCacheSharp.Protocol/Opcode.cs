@@ -1,0 +1,66 @@
+namespace LMCacheSharp.Protocol;
+
+/// <summary>Request operations. The numbers are on the wire: never renumber. A response echoes its request's opcode.</summary>
+public enum Opcode : byte
+{
+    /// <summary>Liveness check; empty body both ways. Allowed before <see cref="Auth"/>.</summary>
+    Ping = 1,
+
+    /// <summary>Authenticates the connection: body = the token (raw bytes). Allowed before authentication.</summary>
+    Auth = 2,
+
+    /// <summary>Stores a value: body = key, then the value (the rest of the body).</summary>
+    Put = 3,
+
+    /// <summary>Reads a value: body = key; response body = the value.</summary>
+    Get = 4,
+
+    /// <summary>Reads several values: body = key list; response body = one entry per key.</summary>
+    MultiGet = 5,
+
+    /// <summary>How many leading keys of a list are present: body = key list; response body = u32 count.</summary>
+    ExistsPrefix = 6,
+
+    /// <summary>Removes a key: body = key; <see cref="StatusCode.NotFound"/> when it was absent.</summary>
+    Delete = 7,
+
+    /// <summary>Removes every key; empty body.</summary>
+    Clear = 8,
+
+    /// <summary>Server counters; response body = a list of (name, u64) pairs.</summary>
+    Stats = 9,
+}
+
+/// <summary>Response statuses. The numbers are on the wire: never renumber.</summary>
+public enum StatusCode : byte
+{
+    /// <summary>Done; the body is the operation's result.</summary>
+    Ok = 0,
+
+    /// <summary>The key is absent (GET, DELETE). Not an error: a cache miss.</summary>
+    NotFound = 1,
+
+    /// <summary>The request body is malformed (request-level: the connection stays open). Body: a short UTF-8 message.</summary>
+    BadRequest = 2,
+
+    /// <summary>A key or value is over the server's limits (request-level). Body: a short UTF-8 message.</summary>
+    TooLarge = 3,
+
+    /// <summary>The connection has not authenticated, or the token is wrong (request-level).</summary>
+    Unauthorized = 4,
+
+    /// <summary>The opcode is unknown to the server (request-level: the body was skipped).</summary>
+    UnknownOpcode = 5,
+
+    /// <summary>The server refuses the connection (too many connections); the server closes it after this frame.</summary>
+    Busy = 6,
+
+    /// <summary>A framing violation (bad magic, version or length); the server closes the connection after this frame.</summary>
+    ProtocolViolation = 7,
+
+    /// <summary>The server failed unexpectedly for this request.</summary>
+    InternalError = 8,
+
+    /// <summary>The server is shutting down; it closes the connection after this frame.</summary>
+    ShuttingDown = 9,
+}

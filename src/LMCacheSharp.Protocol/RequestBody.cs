@@ -1,0 +1,192 @@
+using System.Buffers;
+using System.Buffers.Binary;
+
+namespace LMCacheSharp.Protocol;
+
+/// <summary>
+/// Parses request bodies (the body is complete and contiguous by then). Malformed bodies throw
+/// <see cref="ProtocolException"/> with a request-level reason: the server answers with an error and keeps the connection.
+/// <code>
+///   key       = u16 length (1..MaxKeyBytes), then the key bytes
+///   GET, DELETE          body = key
+///   PUT                  body = key, then the value (the rest of the body, up to MaxValueBytes)
+///   MGET, EXISTS-PREFIX  body = u16 count (0..MaxKeysPerRequest), then count keys
+///   AUTH                 body = the token bytes (up to MaxControlBodyBytes)
+///   PING, CLEAR, STATS   body = empty
+/// </code>
+/// </summary>
+public static class RequestBody
+{
+    /// <summary>Parses a body that is exactly one key (GET, DELETE) and returns the key.</summary>
+    public static ReadOnlySpan<byte> ParseKey(ReadOnlySpan<byte> body, ProtocolLimits limits)
+    {
+        var key = ReadKey(body, limits, out var consumed);
+        if (consumed != body.Length)
+        {
+            throw new ProtocolException(ProtocolError.TrailingBytes, $"{body.Length - consumed} bytes after the key");
+        }
+
+        return key;
+    }
+
+    /// <summary>Reads one length-prefixed key at the start of <paramref name="source"/>; <paramref name="consumed"/> = its wire size.</summary>
+    public static ReadOnlySpan<byte> ReadKey(ReadOnlySpan<byte> source, ProtocolLimits limits, out int consumed)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        if (source.Length < 2)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, "body ends before the key length");
+        }
+
+        var length = BinaryPrimitives.ReadUInt16LittleEndian(source);
+        CheckKeyLength(length, limits);
+        if (source.Length - 2 < length)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, $"body ends inside a {length}-byte key");
+        }
+
+        consumed = 2 + length;
+        return source.Slice(2, length);
+    }
+
+    /// <summary>
+    /// Reads the start of a PUT body: the key length, and the value length the frame's <paramref name="bodyLength"/> implies.
+    /// Returns false while fewer than 2 bytes are there. The key follows at offset 2, the value at offset 2 + key length.
+    /// </summary>
+    public static bool TryReadPutHead(ReadOnlySequence<byte> bodyStart, int bodyLength, ProtocolLimits limits, out int keyLength, out int valueLength)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        keyLength = valueLength = 0;
+        if (bodyLength < 2)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, "PUT body ends before the key length");
+        }
+
+        if (bodyStart.Length < 2)
+        {
+            return false;
+        }
+
+        Span<byte> two = stackalloc byte[2];
+        bodyStart.Slice(0, 2).CopyTo(two);
+        keyLength = BinaryPrimitives.ReadUInt16LittleEndian(two);
+        CheckKeyLength(keyLength, limits);
+        if (bodyLength - 2 < keyLength)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, $"PUT body ends inside a {keyLength}-byte key");
+        }
+
+        valueLength = bodyLength - 2 - keyLength;
+        if (valueLength > limits.MaxValueBytes)
+        {
+            throw new ProtocolException(ProtocolError.ValueTooLarge, $"value of {valueLength} bytes is over the {limits.MaxValueBytes}-byte limit");
+        }
+
+        return true;
+    }
+
+    /// <summary>Parses a whole PUT body (for small values and tests; the server streams large values instead).</summary>
+    public static ReadOnlySpan<byte> ParsePut(ReadOnlySpan<byte> body, ProtocolLimits limits, out ReadOnlySpan<byte> value)
+    {
+        var key = ReadKey(body, limits, out var consumed);
+        value = body[consumed..];
+        if (value.Length > limits.MaxValueBytes)
+        {
+            throw new ProtocolException(ProtocolError.ValueTooLarge, $"value of {value.Length} bytes is over the {limits.MaxValueBytes}-byte limit");
+        }
+
+        return key;
+    }
+
+    /// <summary>Checks that an empty body is empty (PING, CLEAR, STATS).</summary>
+    public static void ParseEmpty(ReadOnlySpan<byte> body)
+    {
+        if (!body.IsEmpty)
+        {
+            throw new ProtocolException(ProtocolError.TrailingBytes, $"expected an empty body, got {body.Length} bytes");
+        }
+    }
+
+    /// <summary>Checks the length of a non-PUT request body before it is buffered.</summary>
+    public static void CheckControlBodyLength(int bodyLength, ProtocolLimits limits)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        if (bodyLength > limits.MaxControlBodyBytes)
+        {
+            throw new ProtocolException(ProtocolError.BodyTooLarge, $"request body of {bodyLength} bytes is over the {limits.MaxControlBodyBytes}-byte limit");
+        }
+    }
+
+    private static void CheckKeyLength(int length, ProtocolLimits limits)
+    {
+        if (length == 0)
+        {
+            throw new ProtocolException(ProtocolError.EmptyKey, "empty key");
+        }
+
+        if (length > limits.MaxKeyBytes)
+        {
+            throw new ProtocolException(ProtocolError.KeyTooLarge, $"key of {length} bytes is over the {limits.MaxKeyBytes}-byte limit");
+        }
+    }
+}
+
+/// <summary>
+/// A key list body (MGET, EXISTS-PREFIX): the constructor checks the whole body (count, every key, no trailing bytes), so
+/// iteration never throws. Allocates nothing.
+/// </summary>
+public ref struct KeyListReader
+{
+    private readonly ReadOnlySpan<byte> _body;
+    private readonly ProtocolLimits _limits;
+    private int _offset;
+
+    /// <summary>Checks <paramref name="body"/>; throws <see cref="ProtocolException"/> when it is malformed.</summary>
+    public KeyListReader(ReadOnlySpan<byte> body, ProtocolLimits limits)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        if (body.Length < 2)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, "body ends before the key count");
+        }
+
+        Count = BinaryPrimitives.ReadUInt16LittleEndian(body);
+        if (Count > limits.MaxKeysPerRequest)
+        {
+            throw new ProtocolException(ProtocolError.TooManyKeys, $"{Count} keys is over the {limits.MaxKeysPerRequest}-key limit");
+        }
+
+        var offset = 2;
+        for (var i = 0; i < Count; i++)
+        {
+            RequestBody.ReadKey(body[offset..], limits, out var consumed);
+            offset += consumed;
+        }
+
+        if (offset != body.Length)
+        {
+            throw new ProtocolException(ProtocolError.TrailingBytes, $"{body.Length - offset} bytes after the last key");
+        }
+
+        _body = body;
+        _limits = limits;
+        _offset = 2;
+    }
+
+    /// <summary>Number of keys.</summary>
+    public int Count { get; }
+
+    /// <summary>The next key, or false after the last.</summary>
+    public bool TryReadNext(out ReadOnlySpan<byte> key)
+    {
+        if (_offset >= _body.Length)
+        {
+            key = default;
+            return false;
+        }
+
+        key = RequestBody.ReadKey(_body[_offset..], _limits, out var consumed);
+        _offset += consumed;
+        return true;
+    }
+}
