@@ -394,7 +394,7 @@ internal static class BenchTtftCommand
         {
             IntegerTicksOnly = true,
             MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
-            LabelFormatter = y => Math.Pow(10, y).ToString("G4", CultureInfo.InvariantCulture),
+            LabelFormatter = y => Math.Pow(10, y).ToString(y >= 0 ? "N0" : "G2", CultureInfo.InvariantCulture),
         };
         plot.Title("Time to first token: cold vs cached prefix (log scale)");
         plot.XLabel("cached prompt tokens");
