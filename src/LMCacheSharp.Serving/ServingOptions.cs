@@ -60,6 +60,11 @@ public sealed class ServingOptions
             errors.Add($"--batch-size: must be 16..65536, got {BatchSize}");
         }
 
+        if (BatchSize < MaxConcurrentRequests)
+        {
+            errors.Add($"--batch-size: must be at least --max-concurrent ({MaxConcurrentRequests}): every running request needs a place in each batch");
+        }
+
         if (Threads is < 1 or > 1024)
         {
             errors.Add($"--threads: must be 1..1024, got {Threads}");

@@ -48,6 +48,16 @@ public sealed class ServingCacheTests
     }
 
     [Fact]
+    public async Task A_one_token_request_still_stores_its_prompt()
+    {
+        await using var server = await TestServer.StartAsync(o => o.EnableInContextSharing = false);
+        var prompt = Prompts.Long("short answers");
+        await server.CompleteAsync(prompt + " a", maxTokens: 1);
+        var (_, cached, _) = await server.CompleteAsync(prompt + " b", maxTokens: 1);
+        Assert.True(cached >= 64, $"cached {cached}");
+    }
+
+    [Fact]
     public async Task Skip_save_stores_nothing()
     {
         await using var server = await TestServer.StartAsync(o => o.EnableInContextSharing = false);

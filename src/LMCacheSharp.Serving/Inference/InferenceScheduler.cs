@@ -152,6 +152,8 @@ internal sealed class InferenceScheduler : IDisposable
             inBatch.Add((slot, count, logitIndex));
         }
 
+        MakeRoom(_batch.TokenCount);
+
         if (_batch.TokenCount == 0)
         {
             if (_slots.Any(s => s.Job is { State: JobState.WaitingForDonor }))
@@ -198,8 +200,8 @@ internal sealed class InferenceScheduler : IDisposable
             if (logitIndex >= 0)
             {
                 job.State = JobState.Decoding;
-                SampleAndEmit(slot, logitIndex);
-                if (slot.Job == job && job.Request.Parameters.SkipSave is false && _cache is not null)
+                SampleAndEmit(slot, logitIndex); // may finish the request (max_tokens 1, end of generation): the KV stays in the sequence
+                if (job.Request.Parameters.SkipSave is false && _cache is not null)
                 {
                     // After the first token went out: storing never delays it.
                     try
@@ -213,6 +215,21 @@ internal sealed class InferenceScheduler : IDisposable
                     }
                 }
             }
+        }
+
+        ClearIdleSlots();
+    }
+
+    private void ClearIdleSlots()
+    {
+        foreach (var slot in _slots)
+        {
+            if (slot.ClearWhenIdle && slot.Job is null)
+            {
+                ClearSlot(slot);
+            }
+
+            slot.ClearWhenIdle = false;
         }
     }
 
@@ -265,7 +282,13 @@ internal sealed class InferenceScheduler : IDisposable
             job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt).TotalSeconds);
         job.Dispose();
         slot.Job = null;
-        slot.LastUsed = ++_clock; // stays resident: its cells serve later requests with the same prefix
+        slot.LastUsed = ++_clock;
+        if (!_inContextSharing)
+        {
+            slot.ClearWhenIdle = true; // nobody can reuse it: free the cells at the end of this step (after the store)
+        }
+
+        // Otherwise it stays resident: its cells serve later requests with the same prefix.
     }
 
     private void DropCancelled()
@@ -291,7 +314,8 @@ internal sealed class InferenceScheduler : IDisposable
     {
         while (true)
         {
-            var slot = _slots.Where(s => s.Job is null).OrderBy(s => s.Materialized.Count == 0 ? 0 : 1).ThenBy(s => s.LastUsed).FirstOrDefault();
+            // A free sequence: an empty one first, else the least recently used finished one that no waiting request relies on.
+            var slot = _slots.Where(s => s.Job is null && !IsDonor(s)).OrderBy(s => s.Materialized.Count == 0 ? 0 : 1).ThenBy(s => s.LastUsed).FirstOrDefault();
             if (slot is null || !_queue.Reader.TryRead(out var request))
             {
                 return;
@@ -342,6 +366,7 @@ internal sealed class InferenceScheduler : IDisposable
         var cached = 0;
         if (_cache is not null && job.Request.PrefetchedTokens > shared)
         {
+            MakeRoom(job.Request.PrefetchedTokens);
             try
             {
                 // The chunks were prefetched into memory before the request was queued, so this rarely waits on I/O.
@@ -358,6 +383,12 @@ internal sealed class InferenceScheduler : IDisposable
                 _context.NativeHandle.MemorySequenceRemove(slot.Sequence, -1, -1);
                 cached = 0;
             }
+        }
+
+        if (cached > 0 && cached <= shared)
+        {
+            // The context holds more of the prefix than the tiers gave: drop the restore and share instead.
+            _context.NativeHandle.MemorySequenceRemove(slot.Sequence, -1, -1);
         }
 
         if (cached > shared)
@@ -409,6 +440,18 @@ internal sealed class InferenceScheduler : IDisposable
                 job.Donor = null;
                 job.State = JobState.Prefilling;
             }
+        }
+    }
+
+    /// <summary>
+    /// Evicts finished sequences, least recently used first, until <paramref name="tokens"/> more cells fit. The sum
+    /// over-counts cells that sequences share, so this errs towards evicting; NoKvSlot on decode is the backstop. Fewer
+    /// resident cells also make every decode cheaper: attention runs over the used range of the unified cache.
+    /// </summary>
+    private void MakeRoom(int tokens)
+    {
+        while (_slots.Sum(s => s.Materialized.Count) + tokens > _context.ContextSize && EvictOneResident())
+        {
         }
     }
 
@@ -468,6 +511,8 @@ internal sealed class InferenceScheduler : IDisposable
         public LMCacheSharp.Core.Keys.CacheNamespace? Namespace { get; set; }
 
         public long LastUsed { get; set; }
+
+        public bool ClearWhenIdle { get; set; }
     }
 
     private sealed class RunningJob : IDisposable
