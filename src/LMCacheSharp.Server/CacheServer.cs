@@ -1,0 +1,198 @@
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Prometheus;
+
+namespace LMCacheSharp.Server;
+
+/// <summary>
+/// The cache server host (<c>lmcache server</c>): Kestrel with the cache protocol on <see cref="CacheServerOptions.Port"/>
+/// and, when <see cref="CacheServerOptions.MetricsPort"/> is set, Prometheus metrics at <c>/metrics</c> over HTTP.
+/// <code>
+///   await using var server = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 8L &lt;&lt; 30 });
+///   await server.StartAsync();
+///   // remote_url: server.Url  (lm://127.0.0.1:PORT)
+/// </code>
+/// </summary>
+public sealed class CacheServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ListenOptions _protocolEndpoint;
+    private readonly ListenOptions? _metricsEndpoint;
+    private readonly bool _ownsStore;
+    private int _disposed;
+
+    private CacheServer(WebApplication app, ListenOptions protocolEndpoint, ListenOptions? metricsEndpoint, CacheServerOptions options,
+        ICacheStore store, bool ownsStore, CacheServerMetrics metrics)
+    {
+        _app = app;
+        _protocolEndpoint = protocolEndpoint;
+        _metricsEndpoint = metricsEndpoint;
+        Options = options;
+        Store = store;
+        _ownsStore = ownsStore;
+        Metrics = metrics;
+    }
+
+    /// <summary>The options.</summary>
+    public CacheServerOptions Options { get; }
+
+    /// <summary>Where values are kept.</summary>
+    public ICacheStore Store { get; }
+
+    /// <summary>Counters (STATS, /metrics).</summary>
+    public CacheServerMetrics Metrics { get; }
+
+    /// <summary>The bound protocol endpoint (the real port once started, when <see cref="CacheServerOptions.Port"/> was 0).</summary>
+    public IPEndPoint EndPoint => _protocolEndpoint.IPEndPoint!;
+
+    /// <summary>The URL clients put in <c>remote_url</c>: <c>lm://host:port</c>.</summary>
+    public string Url => $"lm://{FormatHost(EndPoint)}:{EndPoint.Port}";
+
+    /// <summary>The metrics URL (<c>http://host:port/metrics</c>), or null when metrics are off.</summary>
+    public Uri? MetricsUrl => _metricsEndpoint?.IPEndPoint is { } ep ? new Uri($"http://{FormatHost(ep)}:{ep.Port}/metrics") : null;
+
+    /// <summary>Stops when the host is told to stop (Ctrl+C, SIGTERM, <see cref="StopAsync"/>).</summary>
+    public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
+
+    /// <summary>Builds a server; nothing listens until <see cref="StartAsync"/>.</summary>
+    /// <param name="options">Validated here.</param>
+    /// <param name="store">The store, or null for a <see cref="MemoryCacheStore"/> of <see cref="CacheServerOptions.CapacityBytes"/> (owned by the server).</param>
+    /// <param name="configureLogging">Optional logging setup (default: console, warnings and up from ASP.NET Core).</param>
+    public static CacheServer Create(CacheServerOptions options, ICacheStore? store = null, Action<ILoggingBuilder>? configureLogging = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var ownsStore = store is null;
+        store ??= new MemoryCacheStore(options.CapacityBytes);
+        var metrics = new CacheServerMetrics();
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        configureLogging?.Invoke(builder.Logging);
+        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = options.ShutdownTimeout);
+        builder.Services.AddSingleton(store);
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(metrics);
+        var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
+        ListenOptions? protocol = null, http = null;
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Listen(address, options.Port, l =>
+            {
+                protocol = l;
+                l.UseConnectionHandler<CacheConnectionHandler>();
+            });
+            if (options.MetricsPort is { } metricsPort)
+            {
+                k.Listen(address, metricsPort, l =>
+                {
+                    http = l;
+                    l.Protocols = HttpProtocols.Http1;
+                });
+            }
+        });
+        var app = builder.Build();
+        if (options.MetricsPort is not null)
+        {
+            var registry = CreateRegistry(metrics, store);
+            app.MapMetrics("/metrics", registry);
+        }
+
+        // Kestrel runs the Listen callbacks while the app is built, so the endpoints are known here.
+        return new CacheServer(app, protocol!, http, options, store, ownsStore, metrics);
+    }
+
+    /// <summary>Binds and starts accepting connections.</summary>
+    public Task StartAsync(CancellationToken cancellationToken = default) => _app.StartAsync(cancellationToken);
+
+    /// <summary>
+    /// Stops gracefully: stops accepting, lets each connection finish the request in progress (up to
+    /// <see cref="CacheServerOptions.ShutdownTimeout"/>), sends ShuttingDown and closes.
+    /// </summary>
+    public Task StopAsync(CancellationToken cancellationToken = default) => _app.StopAsync(cancellationToken);
+
+    /// <summary>Completes when the server has been told to stop and has stopped.</summary>
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
+
+    /// <summary>Stops (if running) and releases the store when the server owns it.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            await _app.StopAsync().ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // Already stopping.
+        }
+
+        await _app.DisposeAsync().ConfigureAwait(false);
+        if (_ownsStore)
+        {
+            Store.Dispose();
+        }
+    }
+
+    private static string FormatHost(IPEndPoint endPoint) =>
+        endPoint.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{endPoint.Address}]" : endPoint.Address.ToString();
+
+    private static CollectorRegistry CreateRegistry(CacheServerMetrics metrics, ICacheStore store)
+    {
+        var registry = Prometheus.Metrics.NewCustomRegistry();
+        var factory = Prometheus.Metrics.WithCustomRegistry(registry);
+        var gauges = new Dictionary<string, Gauge>(StringComparer.Ordinal);
+        var counters = new Dictionary<string, Counter>(StringComparer.Ordinal);
+        foreach (var (name, _) in metrics.Snapshot(store.GetStats()))
+        {
+            var full = "lmcache_server_" + name;
+            if (IsGauge(name))
+            {
+                gauges[name] = factory.CreateGauge(full, Describe(name));
+            }
+            else
+            {
+                counters[name + "_total"] = factory.CreateCounter(full + "_total", Describe(name));
+            }
+        }
+
+        registry.AddBeforeCollectCallback(() =>
+        {
+            foreach (var (name, value) in metrics.Snapshot(store.GetStats()))
+            {
+                if (gauges.TryGetValue(name, out var gauge))
+                {
+                    gauge.Set(value);
+                }
+                else if (counters.TryGetValue(name + "_total", out var counter))
+                {
+                    counter.IncTo(value);
+                }
+            }
+        });
+        return registry;
+    }
+
+    private static bool IsGauge(string name) => name is "items" or "used_bytes" or "capacity_bytes" or "connections_active";
+
+    private static string Describe(string name) => name switch
+    {
+        "items" => "Values held.",
+        "used_bytes" => "Bytes of values held (4 KiB-aligned buffers).",
+        "capacity_bytes" => "Capacity in bytes.",
+        "evictions" => "Values evicted to make room.",
+        "hits" => "Keys found by GET, MGET and EXISTS-PREFIX.",
+        "misses" => "Keys not found by GET, MGET and EXISTS-PREFIX.",
+        "connections_active" => "Connections open.",
+        _ => name.StartsWith("requests_", StringComparison.Ordinal) ? $"{name[9..].ToUpperInvariant()} requests." : name.Replace('_', ' ') + ".",
+    };
+}

@@ -1,0 +1,491 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Security.Cryptography;
+using System.Text;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Protocol;
+using Microsoft.Extensions.Logging;
+
+namespace LMCacheSharp.Server;
+
+/// <summary>
+/// Serves one connection over any <see cref="IDuplexPipe"/> (a Kestrel connection, an in-memory pipe in tests and
+/// benchmarks). Requests are answered in order; responses are flushed when no further request is already buffered, so a
+/// pipelining client gets its answers in batches. Large values stream through in slices: a frame never has to fit in the
+/// pipe. Errors come in three tiers: a bad request body gets an error reply and the connection stays; a framing violation
+/// gets one <see cref="StatusCode.ProtocolViolation"/> frame (request id 0) and the connection is closed; anything
+/// unexpected is logged and the connection is closed. Clients see short messages only.
+/// </summary>
+public sealed partial class CacheSession
+{
+    private const int FlushThreshold = 64 << 10;
+
+    private readonly PipeReader _input;
+    private readonly PipeWriter _output;
+    private readonly ICacheStore _store;
+    private readonly CacheServerOptions _options;
+    private readonly ProtocolLimits _limits;
+    private readonly CacheServerMetrics _metrics;
+    private readonly ILogger _logger;
+    private readonly byte[]? _token;
+    private bool _authenticated;
+    private long _unflushed;
+    private bool _needMoreData;
+    private long _bodyRead;
+    private volatile bool _stopping;
+
+    /// <summary>Creates a session.</summary>
+    public CacheSession(IDuplexPipe transport, ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(transport);
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(metrics);
+        ArgumentNullException.ThrowIfNull(logger);
+        _input = transport.Input;
+        _output = transport.Output;
+        _store = store;
+        _options = options;
+        _limits = options.Limits;
+        _metrics = metrics;
+        _logger = logger;
+        _token = string.IsNullOrEmpty(options.AuthToken) ? null : Encoding.UTF8.GetBytes(options.AuthToken);
+        _authenticated = _token is null;
+    }
+
+    /// <summary>
+    /// Serves requests until the peer closes, a framing violation, or <paramref name="stopping"/> fires (the request in
+    /// progress is finished, then a <see cref="StatusCode.ShuttingDown"/> frame is sent). Completes both pipe ends.
+    /// </summary>
+    public async Task RunAsync(CancellationToken stopping = default)
+    {
+        await using var registration = stopping.Register(() =>
+        {
+            _stopping = true;
+            _input.CancelPendingRead();
+        }).ConfigureAwait(false);
+        try
+        {
+            while (await ReadHeaderAsync().ConfigureAwait(false) is { } header)
+            {
+                await HandleAsync(header).ConfigureAwait(false);
+                if (_unflushed >= FlushThreshold)
+                {
+                    await FlushAsync().ConfigureAwait(false);
+                }
+            }
+
+            await FlushAsync().ConfigureAwait(false);
+        }
+        catch (ProtocolException e) when (e.IsFramingViolation)
+        {
+            _metrics.ProtocolError();
+            Log.FramingViolation(_logger, e.Reason);
+            await TrySendFinalAsync(StatusCode.ProtocolViolation, e.Message).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
+        {
+            // The peer went away mid-frame, or the transport was aborted: nothing to answer.
+            Log.ConnectionEnded(_logger, e.Message);
+        }
+        catch (Exception e)
+        {
+            Log.UnexpectedError(_logger, e);
+            await TrySendFinalAsync(StatusCode.InternalError, "internal error").ConfigureAwait(false);
+        }
+        finally
+        {
+            await _input.CompleteAsync().ConfigureAwait(false);
+            await _output.CompleteAsync().ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask<FrameHeader?> ReadHeaderAsync()
+    {
+        while (true)
+        {
+            ReadResult result;
+            if (_needMoreData || !_input.TryRead(out result))
+            {
+                await FlushAsync().ConfigureAwait(false);
+                result = await _input.ReadAsync().ConfigureAwait(false);
+            }
+
+            var buffer = result.Buffer;
+            if (!_stopping && FrameReader.TryReadHeader(ref buffer, _limits, isRequest: true, out var header))
+            {
+                _input.AdvanceTo(buffer.Start);
+                _needMoreData = false;
+                _metrics.BytesIn(FrameHeader.Size);
+                return header;
+            }
+
+            if (_stopping)
+            {
+                _input.AdvanceTo(buffer.Start, buffer.End);
+                await TrySendFinalAsync(StatusCode.ShuttingDown, "server shutting down").ConfigureAwait(false);
+                return null;
+            }
+
+            if (result.IsCompleted)
+            {
+                _input.AdvanceTo(buffer.End);
+                if (!buffer.IsEmpty)
+                {
+                    Log.ClosedInsideHeader(_logger, buffer.Length);
+                }
+
+                return null;
+            }
+
+            _input.AdvanceTo(buffer.Start, buffer.End);
+            _needMoreData = true;
+        }
+    }
+
+    private async ValueTask HandleAsync(FrameHeader header)
+    {
+        _metrics.Request(header.Opcode);
+        _bodyRead = 0;
+        if (!Enum.IsDefined(header.Opcode))
+        {
+            await SkipBodyAsync(header.BodyLength).ConfigureAwait(false);
+            RequestError(header, StatusCode.UnknownOpcode, $"unknown opcode {(byte)header.Opcode}");
+            return;
+        }
+
+        if (!_authenticated && header.Opcode is not (Opcode.Ping or Opcode.Auth))
+        {
+            await SkipBodyAsync(header.BodyLength).ConfigureAwait(false);
+            _metrics.AuthFailure();
+            RequestError(header, StatusCode.Unauthorized, "authenticate first (AUTH)");
+            return;
+        }
+
+        try
+        {
+            if (header.Opcode == Opcode.Put)
+            {
+                await HandlePutAsync(header).ConfigureAwait(false);
+            }
+            else
+            {
+                await HandleControlAsync(header).ConfigureAwait(false);
+            }
+        }
+        catch (ProtocolException e) when (!e.IsFramingViolation)
+        {
+            // A request-level problem: skip what is left of the body so the stream stays in sync, answer, carry on.
+            await SkipBodyAsync(header.BodyLength - (int)_bodyRead).ConfigureAwait(false);
+            RequestError(header, e.ToStatus(), e.Message);
+        }
+    }
+
+    private async ValueTask HandlePutAsync(FrameHeader header)
+    {
+        var head = ArrayPool<byte>.Shared.Rent(2 + _limits.MaxKeyBytes);
+        KvChunk? value = null;
+        try
+        {
+            var two = new ReadOnlySequence<byte>(head, 0, 2);
+            if (header.BodyLength >= 2)
+            {
+                await ReadBodyAsync(2, head, static (h, slice, offset) => slice.CopyTo(h.AsSpan((int)offset))).ConfigureAwait(false);
+            }
+
+            RequestBody.TryReadPutHead(two, header.BodyLength, _limits, out var keyLength, out var valueLength);
+            await ReadBodyAsync(keyLength, head, static (h, slice, offset) => slice.CopyTo(h.AsSpan(2 + (int)offset))).ConfigureAwait(false);
+            value = _store.Rent(valueLength);
+            await ReadBodyAsync(valueLength, value, static (v, slice, offset) => slice.CopyTo(v.Span[(int)offset..])).ConfigureAwait(false);
+            if (_store.Put(head.AsSpan(2, keyLength), value))
+            {
+                WriteEmpty(header, StatusCode.Ok);
+            }
+            else
+            {
+                RequestError(header, StatusCode.TooLarge, $"value of {valueLength} bytes is larger than the server's capacity");
+            }
+        }
+        finally
+        {
+            value?.Release();
+            ArrayPool<byte>.Shared.Return(head);
+        }
+    }
+
+    private async ValueTask HandleControlAsync(FrameHeader header)
+    {
+        RequestBody.CheckControlBodyLength(header.BodyLength, _limits);
+        var body = ArrayPool<byte>.Shared.Rent(Math.Max(header.BodyLength, 1));
+        try
+        {
+            await ReadBodyAsync(header.BodyLength, body, static (b, slice, offset) => slice.CopyTo(b.AsSpan((int)offset))).ConfigureAwait(false);
+            switch (header.Opcode)
+            {
+                case Opcode.Get:
+                    {
+                        var value = _store.Get(RequestBody.ParseKey(body.AsSpan(0, header.BodyLength), _limits));
+                        if (value is null)
+                        {
+                            _metrics.Misses(1);
+                            WriteEmpty(header, StatusCode.NotFound);
+                            return;
+                        }
+
+                        _metrics.Hits(1);
+                        try
+                        {
+                            FrameWriter.WriteHeader(_output, new FrameHeader(Opcode.Get, StatusCode.Ok, header.RequestId, value.Length));
+                            _unflushed += FrameHeader.Size;
+                            await WriteValueAsync(value).ConfigureAwait(false);
+                        }
+                        finally
+                        {
+                            value.Release();
+                        }
+
+                        return;
+                    }
+
+                case Opcode.MultiGet:
+                    await HandleMultiGetAsync(header, body).ConfigureAwait(false);
+                    return;
+                default:
+                    HandleSmall(header, body.AsSpan(0, header.BodyLength));
+                    return;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(body);
+        }
+    }
+
+    private void HandleSmall(FrameHeader header, ReadOnlySpan<byte> body)
+    {
+        switch (header.Opcode)
+        {
+            case Opcode.Ping:
+                RequestBody.ParseEmpty(body);
+                WriteEmpty(header, StatusCode.Ok);
+                break;
+            case Opcode.Auth:
+                if (_token is null || CryptographicOperations.FixedTimeEquals(body, _token))
+                {
+                    _authenticated = true;
+                    WriteEmpty(header, StatusCode.Ok);
+                }
+                else
+                {
+                    _metrics.AuthFailure();
+                    RequestError(header, StatusCode.Unauthorized, "wrong token");
+                }
+
+                break;
+            case Opcode.ExistsPrefix:
+                {
+                    var keys = new KeyListReader(body, _limits);
+                    var found = 0;
+                    while (keys.TryReadNext(out var key) && _store.Contains(key))
+                    {
+                        found++;
+                    }
+
+                    _metrics.Hits(found);
+                    _metrics.Misses(keys.Count - found);
+                    FrameWriter.WriteCountResponse(_output, header.RequestId, found);
+                    _unflushed += FrameHeader.Size + 4;
+                    _metrics.BytesOut(FrameHeader.Size + 4);
+                    break;
+                }
+
+            case Opcode.Delete:
+                WriteEmpty(header, _store.Remove(RequestBody.ParseKey(body, _limits)) ? StatusCode.Ok : StatusCode.NotFound);
+                break;
+            case Opcode.Clear:
+                RequestBody.ParseEmpty(body);
+                _store.Clear();
+                WriteEmpty(header, StatusCode.Ok);
+                break;
+            case Opcode.Stats:
+                RequestBody.ParseEmpty(body);
+                FrameWriter.WriteStatsResponse(_output, header.RequestId, _metrics.Snapshot(_store.GetStats()));
+                _unflushed += 4096;
+                break;
+            default:
+                throw new InvalidOperationException($"opcode {header.Opcode} is not handled here");
+        }
+    }
+
+    private async ValueTask HandleMultiGetAsync(FrameHeader header, byte[] body)
+    {
+        var values = CollectMultiGet(header, body, out var bodyLength, out var omittedFrom);
+        try
+        {
+            FrameWriter.WriteMultiGetHead(_output, header.RequestId, bodyLength, values.Length);
+            _unflushed += FrameHeader.Size + 2;
+            for (var i = 0; i < values.Length; i++)
+            {
+                var value = values[i];
+                if (value is null)
+                {
+                    FrameWriter.WriteMultiGetEntryHead(_output, i < omittedFrom ? ResponseBody.MultiGetAbsent : ResponseBody.MultiGetOmitted);
+                    _unflushed += 4;
+                    continue;
+                }
+
+                FrameWriter.WriteMultiGetEntryHead(_output, (uint)value.Length);
+                _unflushed += 4;
+                await WriteValueAsync(value).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            foreach (var value in values)
+            {
+                value?.Release();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Looks the keys up in order while the response stays within the frame limit; from the first value that would
+    /// overflow it on (<paramref name="omittedFrom"/>), entries are "omitted" and the client asks again for them.
+    /// </summary>
+    private KvChunk?[] CollectMultiGet(FrameHeader header, byte[] body, out int bodyLength, out int omittedFrom)
+    {
+        var keys = new KeyListReader(body.AsSpan(0, header.BodyLength), _limits);
+        var values = new KvChunk?[keys.Count];
+        long length = 2 + (4L * keys.Count);
+        omittedFrom = keys.Count;
+        long hits = 0;
+        for (var i = 0; keys.TryReadNext(out var key) && i < omittedFrom; i++)
+        {
+            var value = _store.Get(key);
+            if (value is not null && length + value.Length > _limits.MaxFrameBytes)
+            {
+                value.Release();
+                omittedFrom = i;
+                break;
+            }
+
+            if (value is not null)
+            {
+                length += value.Length;
+                hits++;
+            }
+
+            values[i] = value;
+        }
+
+        _metrics.Hits(hits);
+        _metrics.Misses(omittedFrom - hits);
+        bodyLength = (int)length;
+        return values;
+    }
+
+    private async ValueTask WriteValueAsync(KvChunk value)
+    {
+        var slice = _options.WriteSliceBytes;
+        for (var offset = 0; offset < value.Length; offset += slice)
+        {
+            var n = Math.Min(slice, value.Length - offset);
+            FrameWriter.WriteRaw(_output, value.Span.Slice(offset, n));
+            _unflushed += n;
+            _metrics.BytesOut(n);
+            if (_unflushed >= slice)
+            {
+                await FlushAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    private delegate void SliceAction<in TState>(TState state, ReadOnlySequence<byte> slice, long offset);
+
+    /// <summary>Hands the next <paramref name="length"/> body bytes to <paramref name="onSlice"/> as they arrive.</summary>
+    private async ValueTask ReadBodyAsync<TState>(int length, TState state, SliceAction<TState> onSlice)
+    {
+        long done = 0;
+        while (done < length)
+        {
+            var result = await _input.ReadAsync().ConfigureAwait(false);
+            var buffer = result.Buffer;
+            if (buffer.IsEmpty)
+            {
+                if (result.IsCompleted)
+                {
+                    throw new EndOfStreamException($"connection closed {length - done} bytes before the end of a frame body");
+                }
+
+                _input.AdvanceTo(buffer.Start);
+                continue; // a cancelled read (shutdown): finish the frame first
+            }
+
+            var slice = buffer.Slice(0, Math.Min(length - done, buffer.Length));
+            onSlice(state, slice, done);
+            done += slice.Length;
+            _bodyRead += slice.Length;
+            _metrics.BytesIn(slice.Length);
+            _input.AdvanceTo(slice.End);
+        }
+    }
+
+    private ValueTask SkipBodyAsync(int length) => length <= 0 ? ValueTask.CompletedTask : ReadBodyAsync(length, 0, static (_, _, _) => { });
+
+    private void WriteEmpty(FrameHeader request, StatusCode status)
+    {
+        FrameWriter.WriteEmpty(_output, request.Opcode, status, request.RequestId);
+        _unflushed += FrameHeader.Size;
+        _metrics.BytesOut(FrameHeader.Size);
+    }
+
+    private void RequestError(FrameHeader request, StatusCode status, string message)
+    {
+        _metrics.RequestError();
+        FrameWriter.WriteError(_output, request.Opcode, status, request.RequestId, message);
+        _unflushed += FrameHeader.Size + message.Length;
+    }
+
+    private async ValueTask FlushAsync()
+    {
+        if (_unflushed > 0)
+        {
+            _unflushed = 0;
+            var result = await _output.FlushAsync().ConfigureAwait(false);
+            if (result.IsCompleted)
+            {
+                throw new IOException("the peer stopped reading");
+            }
+        }
+    }
+
+    private async ValueTask TrySendFinalAsync(StatusCode status, string message)
+    {
+        try
+        {
+            FrameWriter.WriteError(_output, 0, status, 0, message);
+            _unflushed += FrameHeader.Size + message.Length;
+            await FlushAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or ObjectDisposedException or OperationCanceledException)
+        {
+            // The peer is gone already.
+        }
+    }
+
+
+    private static partial class Log
+    {
+        [LoggerMessage(Level = LogLevel.Debug, Message = "closing a connection after a framing violation: {Reason}")]
+        public static partial void FramingViolation(ILogger logger, ProtocolError reason);
+
+        [LoggerMessage(Level = LogLevel.Debug, Message = "connection ended: {Message}")]
+        public static partial void ConnectionEnded(ILogger logger, string message);
+
+        [LoggerMessage(Level = LogLevel.Error, Message = "closing a connection after an unexpected error")]
+        public static partial void UnexpectedError(ILogger logger, Exception exception);
+
+        [LoggerMessage(Level = LogLevel.Debug, Message = "connection closed inside a frame header ({Bytes} bytes)")]
+        public static partial void ClosedInsideHeader(ILogger logger, long bytes);
+    }
+}
