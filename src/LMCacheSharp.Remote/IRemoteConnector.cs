@@ -1,0 +1,41 @@
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+
+namespace LMCacheSharp.Remote;
+
+/// <summary>The outcome of a remote read: a hit with a chunk, a miss, or a value that failed its checks.</summary>
+/// <param name="Chunk">The chunk (one reference for the receiver) on a hit.</param>
+/// <param name="Rejected">Why a stored value was refused (header, checksum, key), or null.</param>
+public readonly record struct RemoteRead(KvChunk? Chunk, ChunkReadStatus? Rejected)
+{
+    /// <summary>Absent.</summary>
+    public static RemoteRead Miss => default;
+
+    /// <summary>A value that failed its checks.</summary>
+    public static RemoteRead Reject(ChunkReadStatus status) => new(null, status);
+}
+
+/// <summary>
+/// A remote store as <see cref="RemoteStorageTier"/> uses it. Implementations may throw for transport problems; the tier
+/// turns those into misses, applies the timeout and the circuit breaker. Values are <see cref="ChunkEnvelope"/>s.
+/// </summary>
+public interface IRemoteConnector : IAsyncDisposable
+{
+    /// <summary>A short name for logs ("lm", "redis").</summary>
+    string Name { get; }
+
+    /// <summary>How many leading keys are stored, in one round trip.</summary>
+    Task<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken);
+
+    /// <summary>Reads and checks the chunk under <paramref name="key"/>.</summary>
+    Task<RemoteRead> GetAsync(ChunkHash key, CancellationToken cancellationToken);
+
+    /// <summary>Stores <paramref name="chunk"/> (the caller keeps its reference for the duration of the call).</summary>
+    Task<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken);
+
+    /// <summary>Removes a key; false when it was absent.</summary>
+    Task<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken);
+
+    /// <summary>Removes every chunk this connector's keys cover.</summary>
+    Task ClearAsync(CancellationToken cancellationToken);
+}

@@ -1,0 +1,88 @@
+using System.Buffers;
+using LMCacheSharp.Core.Codecs;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+
+namespace LMCacheSharp.Remote;
+
+/// <summary>
+/// The cache server (<c>lm://host:port</c>) as a remote store: keys are the 32 bytes of the chunk hash, values are chunk
+/// envelopes. A prompt's prefix lookup is one EXISTS-PREFIX round trip; a raw-codec GET lands straight in a pooled chunk.
+/// </summary>
+public sealed class LmRemoteConnector : IRemoteConnector
+{
+    private readonly CacheClient _client;
+    private readonly IKvCodec _codec;
+    private readonly KvBufferPool _pool;
+
+    /// <summary>Creates the connector over a client it owns.</summary>
+    public LmRemoteConnector(CacheClient client, IKvCodec codec, KvBufferPool pool)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(codec);
+        ArgumentNullException.ThrowIfNull(pool);
+        _client = client;
+        _codec = codec;
+        _pool = pool;
+    }
+
+    /// <inheritdoc />
+    public string Name => "lm";
+
+    /// <summary>The client.</summary>
+    public CacheClient Client => _client;
+
+    /// <inheritdoc />
+    public async Task<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken)
+    {
+        var max = _client.Options.Limits.MaxKeysPerRequest;
+        var found = 0;
+        var packed = ArrayPool<byte>.Shared.Rent(Math.Min(keys.Length, max) * ChunkHash.Size);
+        try
+        {
+            while (found < keys.Length)
+            {
+                var batch = keys.Slice(found, Math.Min(max, keys.Length - found));
+                for (var i = 0; i < batch.Length; i++)
+                {
+                    batch.Span[i].WriteTo(packed.AsSpan(i * ChunkHash.Size));
+                }
+
+                var n = await _client.ExistsPrefixAsync(packed.AsMemory(0, batch.Length * ChunkHash.Size), ChunkHash.Size, cancellationToken)
+                    .ConfigureAwait(false);
+                found += n;
+                if (n < batch.Length)
+                {
+                    break;
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(packed);
+        }
+
+        return found;
+    }
+
+    /// <inheritdoc />
+    public Task<RemoteRead> GetAsync(ChunkHash key, CancellationToken cancellationToken) =>
+        _client.SendAsync(ChunkWire.KeyBytes(key), new EnvelopeHandler(key, _pool), cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(chunk);
+        using var serialized = SerializedChunk.Create(chunk, _codec);
+        return await _client.PutAsync(ChunkWire.KeyBytes(chunk.Key), serialized.Bytes, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    public Task<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken) => _client.DeleteAsync(ChunkWire.KeyBytes(key), cancellationToken);
+
+    /// <inheritdoc />
+    public Task ClearAsync(CancellationToken cancellationToken) => _client.ClearAsync(cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync() => _client.DisposeAsync();
+}

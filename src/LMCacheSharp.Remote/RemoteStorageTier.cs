@@ -1,0 +1,181 @@
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Core.Storage;
+
+namespace LMCacheSharp.Remote;
+
+/// <summary>
+/// A remote store as a storage tier (<see cref="StorageTierKind.Remote"/>): every call has a timeout and goes through a
+/// <see cref="CircuitBreaker"/>, so a dead or slow remote turns into misses (and refused stores), never into errors or
+/// stalls. Failures and timeouts are counted in <c>lmcache.num_tier_errors</c>, values that fail their checks in
+/// <c>lmcache.num_corrupt_chunks</c>. Only the caller's own cancellation throws.
+/// </summary>
+public sealed class RemoteStorageTier : IStorageTier
+{
+    private readonly IRemoteConnector _connector;
+    private readonly CacheMetrics? _metrics;
+    private long _hits, _misses, _stored, _failures;
+
+    /// <summary>Creates the tier; it owns <paramref name="connector"/>.</summary>
+    /// <param name="connector">The remote store.</param>
+    /// <param name="timeout">Longest wait for one call (LMCache's <c>remote_timeout_ms</c>).</param>
+    /// <param name="metrics">Where errors and corrupt chunks are counted, or null.</param>
+    /// <param name="breaker">The circuit breaker, or null for the defaults.</param>
+    public RemoteStorageTier(IRemoteConnector connector, TimeSpan timeout, CacheMetrics? metrics = null, CircuitBreaker? breaker = null)
+    {
+        ArgumentNullException.ThrowIfNull(connector);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(timeout, TimeSpan.Zero);
+        _connector = connector;
+        Timeout = timeout;
+        _metrics = metrics;
+        Breaker = breaker ?? new CircuitBreaker();
+    }
+
+    /// <inheritdoc />
+    public string Name => "remote";
+
+    /// <inheritdoc />
+    public StorageTierKind Kind => StorageTierKind.Remote;
+
+    /// <summary>The connector.</summary>
+    public IRemoteConnector Connector => _connector;
+
+    /// <summary>Longest wait for one call.</summary>
+    public TimeSpan Timeout { get; }
+
+    /// <summary>The circuit breaker.</summary>
+    public CircuitBreaker Breaker { get; }
+
+    /// <summary>Counters of this tier in this process.</summary>
+    public (long Hits, long Misses, long Stored, long Failures) Counters =>
+        (Interlocked.Read(ref _hits), Interlocked.Read(ref _misses), Interlocked.Read(ref _stored), Interlocked.Read(ref _failures));
+
+    /// <inheritdoc />
+    public async ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default)
+    {
+        if (keys.IsEmpty)
+        {
+            return 0;
+        }
+
+        var (ok, n) = await CallAsync(static (c, k, ct) => c.CountPrefixAsync(k, ct), keys, null, cancellationToken).ConfigureAwait(false);
+        return ok ? Math.Clamp(n, 0, keys.Length) : 0;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default)
+    {
+        var (ok, read) = await CallAsync(static (c, k, ct) => c.GetAsync(k, ct), key, static r => r.Chunk?.Release(), cancellationToken).ConfigureAwait(false);
+        if (!ok || read.Chunk is null)
+        {
+            if (read.Rejected is not null)
+            {
+                _metrics?.CorruptChunk(Name);
+            }
+
+            Interlocked.Increment(ref _misses);
+            return null;
+        }
+
+        Interlocked.Increment(ref _hits);
+        return read.Chunk;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(chunk);
+        var (ok, stored) = await CallAsync(static async (c, k, ct) =>
+        {
+            // The connector may still be sending after a timeout: it keeps its own reference until it is done.
+            k.AddRef();
+            try
+            {
+                return await c.PutAsync(k, ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                k.Release();
+            }
+        }, chunk, null, cancellationToken).ConfigureAwait(false);
+        if (ok && stored)
+        {
+            Interlocked.Increment(ref _stored);
+        }
+
+        return ok && stored;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default)
+    {
+        var (ok, removed) = await CallAsync(static (c, k, ct) => c.RemoveAsync(k, ct), key, null, cancellationToken).ConfigureAwait(false);
+        return ok && removed;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask ClearAsync(CancellationToken cancellationToken = default) =>
+        await CallAsync(static async (c, _, ct) =>
+        {
+            await c.ClearAsync(ct).ConfigureAwait(false);
+            return true;
+        }, 0, null, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>Sizes are the remote's own business: reported as unknown (0 chunks, 0 bytes, capacity -1).</summary>
+    public StorageTierStats GetStats() => new(0, 0, -1);
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync() => _connector.DisposeAsync();
+
+    private async ValueTask<(bool Ok, T Result)> CallAsync<TArg, T>(Func<IRemoteConnector, TArg, CancellationToken, Task<T>> call, TArg arg,
+        Action<T>? releaseLate, CancellationToken cancellationToken)
+    {
+        if (!Breaker.TryEnter())
+        {
+            return (false, default!);
+        }
+
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(Timeout);
+        Task<T>? task = null;
+        try
+        {
+            task = call(_connector, arg, timeout.Token);
+            // WaitAsync bounds the wait even for a connector that ignores its token.
+            var result = await task.WaitAsync(Timeout, cancellationToken).ConfigureAwait(false);
+            Breaker.OnSuccess();
+            return (true, result);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            ReleaseWhenDone(task, releaseLate);
+            throw;
+        }
+        catch (Exception)
+        {
+            ReleaseWhenDone(task, releaseLate);
+            Breaker.OnFailure();
+            Interlocked.Increment(ref _failures);
+            _metrics?.TierError(Name);
+            return (false, default!);
+        }
+    }
+
+    private static void ReleaseWhenDone<T>(Task<T>? task, Action<T>? release)
+    {
+        if (task is null || release is null)
+        {
+            return;
+        }
+
+        // A result that arrives after we stopped waiting still holds a pooled chunk: give it back.
+        _ = task.ContinueWith(static (t, state) =>
+        {
+            if (t.IsCompletedSuccessfully)
+            {
+                ((Action<T>)state!)(t.Result);
+            }
+        }, release, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+}

@@ -1,0 +1,63 @@
+using Microsoft.Extensions.Time.Testing;
+
+namespace LMCacheSharp.Remote.Tests;
+
+public class CircuitBreakerTests
+{
+    [Fact]
+    public void Opens_after_the_threshold_probes_after_the_open_time_and_backs_off()
+    {
+        var time = new FakeTimeProvider();
+        var breaker = new CircuitBreaker(3, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(3), TimeSpan.FromSeconds(10), time);
+        for (var i = 0; i < 2; i++)
+        {
+            Assert.True(breaker.TryEnter());
+            breaker.OnFailure();
+        }
+
+        Assert.Equal(CircuitState.Closed, breaker.State);
+        breaker.OnFailure();
+        Assert.Equal(CircuitState.Open, breaker.State);
+        Assert.False(breaker.TryEnter());
+
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(breaker.TryEnter()); // the probe
+        Assert.Equal(CircuitState.HalfOpen, breaker.State);
+        Assert.False(breaker.TryEnter()); // one probe at a time
+        breaker.OnFailure(); // probe failed: open for 2 s
+        time.Advance(TimeSpan.FromSeconds(1.5));
+        Assert.False(breaker.TryEnter());
+        time.Advance(TimeSpan.FromSeconds(0.5));
+        Assert.True(breaker.TryEnter());
+        breaker.OnFailure(); // 4 s, capped at 3
+        time.Advance(TimeSpan.FromSeconds(3));
+        Assert.True(breaker.TryEnter());
+        breaker.OnSuccess();
+        Assert.Equal(CircuitState.Closed, breaker.State);
+        Assert.True(breaker.TryEnter());
+    }
+
+    [Fact]
+    public void A_probe_that_never_reports_lets_another_through_after_the_probe_timeout()
+    {
+        var time = new FakeTimeProvider();
+        var breaker = new CircuitBreaker(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(5), time);
+        breaker.OnFailure();
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(breaker.TryEnter());
+        time.Advance(TimeSpan.FromSeconds(4));
+        Assert.False(breaker.TryEnter());
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(breaker.TryEnter());
+    }
+
+    [Fact]
+    public void Successes_reset_the_failure_count()
+    {
+        var breaker = new CircuitBreaker(2);
+        breaker.OnFailure();
+        breaker.OnSuccess();
+        breaker.OnFailure();
+        Assert.Equal(CircuitState.Closed, breaker.State);
+    }
+}

@@ -1,0 +1,216 @@
+using System.Net.Sockets;
+using LMCacheSharp.Protocol;
+using LMCacheSharp.Remote;
+
+namespace LMCacheSharp.Server.Tests;
+
+public class CacheServerTests
+{
+    private static async Task<CacheServer> StartAsync(CacheServerOptions? options = null)
+    {
+        options ??= new CacheServerOptions();
+        options.Port = 0;
+        options.CapacityBytes = Math.Min(options.CapacityBytes, 256L << 20);
+        var server = CacheServer.Create(options);
+        await server.StartAsync(TestContext.Current.CancellationToken);
+        return server;
+    }
+
+    private static CacheClient Client(CacheServer server, string? token = null, int connections = 2) =>
+        new(new CacheClientOptions { Host = "127.0.0.1", Port = server.EndPoint.Port, AuthToken = token, Connections = connections });
+
+    private static byte[] Value(int length, int seed)
+    {
+        var bytes = new byte[length];
+        new Random(seed).NextBytes(bytes);
+        return bytes;
+    }
+
+    [Fact]
+    public async Task Binds_loopback_on_a_free_port_and_round_trips_through_the_real_client()
+    {
+        await using var server = await StartAsync();
+        Assert.Equal("127.0.0.1", server.EndPoint.Address.ToString());
+        Assert.NotEqual(0, server.EndPoint.Port);
+        Assert.Equal($"lm://127.0.0.1:{server.EndPoint.Port}", server.Url);
+        await using var client = Client(server);
+        await client.PingAsync();
+        var value = Value(8 << 20, 1);
+        Assert.True(await client.PutAsync("chunk-0"u8.ToArray(), value));
+        var destination = new byte[9 << 20];
+        Assert.Equal(value.Length, await client.GetAsync("chunk-0"u8.ToArray(), destination));
+        Assert.True(destination.AsSpan(0, value.Length).SequenceEqual(value));
+        Assert.Equal(-1, await client.GetAsync("nope"u8.ToArray(), destination));
+        Assert.Throws<ArgumentException>(() => client.GetAsync("chunk-0"u8.ToArray(), new byte[10]).GetAwaiter().GetResult());
+        Assert.Equal(value, await client.GetAsync("chunk-0"u8.ToArray()));
+        Assert.Equal(1, await client.ExistsPrefixAsync(["chunk-0"u8.ToArray(), "nope"u8.ToArray()]));
+        var multi = await client.MultiGetAsync(["nope"u8.ToArray(), "chunk-0"u8.ToArray()]);
+        Assert.Null(multi[0]);
+        Assert.Equal(value, multi[1]);
+        Assert.True(await client.DeleteAsync("chunk-0"u8.ToArray()));
+        var stats = await client.StatsAsync();
+        Assert.Equal(0, stats["items"]);
+        Assert.True(stats["requests_get"] >= 3);
+    }
+
+    [Fact]
+    public async Task Many_clients_pipelining_at_once_all_get_their_own_answers()
+    {
+        await using var server = await StartAsync();
+        var clients = Enumerable.Range(0, 6).Select(_ => Client(server, connections: 2)).ToArray();
+        try
+        {
+            var work = clients.Select((client, c) => Task.Run(async () =>
+            {
+                var ops = Enumerable.Range(0, 120).Select(async i =>
+                {
+                    var key = BitConverter.GetBytes((c * 1000) + i);
+                    var value = Value(1 + ((i * 7919) % 70_000), (c * 1000) + i);
+                    Assert.True(await client.PutAsync(key, value));
+                    Assert.Equal(value, await client.GetAsync(key));
+                    Assert.Equal(1, await client.ExistsPrefixAsync([key]));
+                });
+                await Task.WhenAll(ops);
+            })).ToArray();
+            await Task.WhenAll(work).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+            Assert.Equal(6 * 120, server.Store.GetStats().Items);
+        }
+        finally
+        {
+            foreach (var client in clients)
+            {
+                await client.DisposeAsync();
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData("magic")]
+    [InlineData("oversized")]
+    [InlineData("truncated")]
+    [InlineData("garbage")]
+    public async Task Bad_frames_close_only_their_own_connection(string kind)
+    {
+        await using var server = await StartAsync();
+        await using var good = Client(server, connections: 1);
+        Assert.True(await good.PutAsync("k"u8.ToArray(), Value(100_000, 1)));
+
+        using var bad = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await bad.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken);
+        var frame = new byte[FrameHeader.Size];
+        new FrameHeader(Opcode.Get, StatusCode.Ok, 1, 1000).WriteTo(frame);
+        byte[] payload = kind switch
+        {
+            "magic" => [.. "GET / HTTP/1.1\r\n\r\n"u8],
+            "oversized" => SetLength(frame, uint.MaxValue),
+            "truncated" => frame.AsSpan(0, 10).ToArray(),
+            _ => Value(4096, 9),
+        };
+        await bad.SendAsync(payload, TestContext.Current.CancellationToken);
+        if (kind == "truncated")
+        {
+            bad.Shutdown(SocketShutdown.Send); // the peer hangs up mid-header
+        }
+
+        // Meanwhile the well-behaved client is unaffected.
+        Assert.Equal(100_000, (await good.GetAsync("k"u8.ToArray()))!.Length);
+
+        var reply = new byte[4096];
+        var received = 0;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (true)
+        {
+            var n = await bad.ReceiveAsync(reply.AsMemory(received), timeout.Token);
+            if (n == 0)
+            {
+                break; // closed by the server
+            }
+
+            received += n;
+        }
+
+        if (kind != "truncated")
+        {
+            var header = FrameHeader.Parse(reply, ProtocolLimits.Default, isRequest: false);
+            Assert.Equal(StatusCode.ProtocolViolation, header.Status);
+        }
+
+        await good.PingAsync();
+        Assert.Equal(1, server.Store.GetStats().Items);
+    }
+
+    private static byte[] SetLength(byte[] frame, uint length)
+    {
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(12), length);
+        return frame;
+    }
+
+    [Fact]
+    public async Task Auth_is_enforced_with_the_real_client()
+    {
+        await using var server = await StartAsync(new CacheServerOptions { AuthToken = "tok" });
+        await using (var anonymous = Client(server))
+        {
+            var e = await Assert.ThrowsAsync<CacheServerException>(() => anonymous.PutAsync("k"u8.ToArray(), new byte[] { 1 }));
+            Assert.Equal(StatusCode.Unauthorized, e.Status);
+        }
+
+        await using (var wrong = Client(server, "nope"))
+        {
+            await Assert.ThrowsAsync<CacheServerException>(() => wrong.PingAsync());
+        }
+
+        await using var right = Client(server, "tok");
+        Assert.True(await right.PutAsync("k"u8.ToArray(), new byte[] { 1 }));
+        Assert.Equal([1], await right.GetAsync("k"u8.ToArray()));
+    }
+
+    [Fact]
+    public async Task Connections_over_the_limit_are_told_busy()
+    {
+        await using var server = await StartAsync(new CacheServerOptions { MaxConnections = 1 });
+        await using var first = Client(server, connections: 1);
+        await first.PingAsync();
+        await using var second = Client(server, connections: 1);
+        var e = await Assert.ThrowsAsync<CacheConnectionException>(() => second.PingAsync());
+        Assert.Contains("Busy", e.Message, StringComparison.Ordinal);
+        await first.PingAsync();
+    }
+
+    [Fact]
+    public async Task Metrics_are_served_over_http()
+    {
+        await using var server = await StartAsync(new CacheServerOptions { MetricsPort = 0 });
+        await using var client = Client(server);
+        await client.PutAsync("k"u8.ToArray(), new byte[] { 1 });
+        await client.GetAsync("k"u8.ToArray());
+        await client.GetAsync("x"u8.ToArray());
+        using var http = new HttpClient();
+        var text = await http.GetStringAsync(server.MetricsUrl, TestContext.Current.CancellationToken);
+        Assert.Contains("lmcache_server_hits_total 1", text, StringComparison.Ordinal);
+        Assert.Contains("lmcache_server_misses_total 1", text, StringComparison.Ordinal);
+        Assert.Contains("lmcache_server_items 1", text, StringComparison.Ordinal);
+        Assert.Contains("lmcache_server_requests_get_total 2", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Graceful_stop_tells_connected_clients_and_frees_the_port()
+    {
+        var server = await StartAsync();
+        var port = server.EndPoint.Port;
+        await using var client = Client(server, connections: 1);
+        await client.PingAsync();
+        await server.DisposeAsync();
+        await Assert.ThrowsAnyAsync<IOException>(() => client.PingAsync());
+        using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await Assert.ThrowsAsync<SocketException>(async () => await probe.ConnectAsync("127.0.0.1", port, TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public void Options_name_every_bad_value()
+    {
+        var errors = new CacheServerOptions { Host = "not a host", Port = 70000, CapacityBytes = 1, MaxConnections = 0, MetricsPort = -1, WriteSliceBytes = 1 }.GetErrors();
+        Assert.Equal(6, errors.Count);
+        Assert.Empty(new CacheServerOptions().GetErrors());
+    }
+}
