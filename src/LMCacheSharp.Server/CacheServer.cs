@@ -76,6 +76,8 @@ public sealed class CacheServer : IAsyncDisposable
         configureLogging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = options.ShutdownTimeout);
         builder.Services.AddSingleton(store);
+        // Large pipe blocks: Kestrel's default 4 KiB blocks cap each socket read at 4 KiB (see LargeBlockMemoryPool).
+        builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(metrics);
         var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
