@@ -25,6 +25,8 @@ public static class LMCacheConfigLoader
         ["local_disk"] = (o, v) => o.LocalDisk = NullIfEmpty(v),
         ["max_local_disk_size"] = (o, v) => o.MaxLocalDiskSize = ParseGiB(v),
         ["local_disk_serde"] = (o, v) => o.LocalDiskSerde = v,
+        ["local_disk_o_direct"] = (o, v) => o.LocalDiskODirect = ParseBool(v),
+        ["local_disk_fsync"] = (o, v) => o.LocalDiskFsync = ParseBool(v),
         ["remote_url"] = (o, v) => o.RemoteUrl = NullIfEmpty(v),
         ["remote_serde"] = (o, v) => o.RemoteSerde = v,
         ["remote_timeout_ms"] = (o, v) => o.RemoteTimeoutMs = ParseInt(v),

@@ -30,6 +30,12 @@ public sealed class LMCacheOptions
     /// <summary><c>local_disk_serde</c>: codec of the disk tier (naive, lz4, zstd, int8, fp8 where built). Default naive.</summary>
     public string LocalDiskSerde { get; set; } = "naive";
 
+    /// <summary><c>local_disk_o_direct</c>: read and write disk-tier files with O_DIRECT (Linux), bypassing the page cache; falls back to buffered I/O where the filesystem refuses it. Default false.</summary>
+    public bool LocalDiskODirect { get; set; }
+
+    /// <summary><c>local_disk_fsync</c>: fsync each disk-tier file before renaming it into place (and its directory after), so stored chunks survive a power loss; without it a torn file is detected by its checksum and dropped. Default false.</summary>
+    public bool LocalDiskFsync { get; set; }
+
     /// <summary><c>remote_url</c>: remote tier, e.g. <c>lm://127.0.0.1:65432</c>, <c>redis://host:6379</c>, <c>blackhole://</c>; null disables it. Default null.</summary>
     public string? RemoteUrl { get; set; }
 

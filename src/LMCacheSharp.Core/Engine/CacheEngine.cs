@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Diagnostics;
+using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
@@ -63,6 +64,14 @@ public sealed class CacheEngine : IAsyncDisposable
         {
             tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums));
         }
+
+        if (!string.IsNullOrEmpty(options.LocalDisk))
+        {
+            tiers.Add(DiskTier.Create(options, pool, metrics));
+        }
+
+        // KV that may have been through a lossy codec (disk or remote) is keyed apart from exact KV.
+        defaultNamespace = KvCodecs.WithCodecVariant(defaultNamespace, options);
 
         if (lowerTiers is not null)
         {

@@ -1,0 +1,940 @@
+using System.Diagnostics;
+using System.IO.Hashing;
+using LMCacheSharp.Core.Codecs;
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Metrics;
+using Microsoft.Win32.SafeHandles;
+
+namespace LMCacheSharp.Core.Storage;
+
+/// <summary>What a <see cref="DiskTier"/> found in its directory when it opened.</summary>
+/// <param name="Recovered">Chunk files whose header checked out, now in the index.</param>
+/// <param name="Discarded">Chunk files deleted because their header, name or length was wrong (each counted as a corrupt chunk).</param>
+/// <param name="TempFilesRemoved">Partial files left by a writer that did not finish (a killed process), deleted.</param>
+/// <param name="EvictedOverCapacity">Recovered chunks evicted because the directory held more than the capacity.</param>
+/// <param name="Elapsed">Time the scan took.</param>
+public readonly record struct DiskTierScan(int Recovered, int Discarded, int TempFilesRemoved, int EvictedOverCapacity, TimeSpan Elapsed);
+
+/// <summary>
+/// The local disk tier: one file per chunk, so eviction is an unlink and no compaction is ever needed (chunks are large,
+/// 0.1-10 MiB, so the per-file cost is small). A file is <c>DIR/xx/&lt;64-hex key&gt;.kv</c> (xx: the key's first byte,
+/// keeping directories small, created on first use): a 4 KiB block holding the 128-byte <see cref="ChunkEnvelope"/> header (zero-padded), then
+/// the payload as the tier's codec encoded it. The payload starts 4 KiB into the file so that O_DIRECT reads land straight in
+/// a pooled chunk buffer, with no copy. Writes go to a temporary name in the same directory and are renamed into place, so a
+/// reader never sees a partial file; temporary files left by a killed writer are deleted when the tier opens. When it opens,
+/// the tier reads every file's header to rebuild its index (least recently used first, by file time), so a restarted
+/// process finds its cache warm. Capacity is in bytes (4 KiB blocks), least recently used chunks are evicted; a hit
+/// refreshes the file's time so the order survives restarts. Every hit is verified (header, key, lengths, checksum of the
+/// stored bytes, decoding): a corrupt, truncated, foreign or old-version file is a miss, is deleted and is counted in
+/// <c>lmcache.num_corrupt_chunks</c>; I/O errors are misses too. Never an exception for bad data, never wrong KV.
+/// Reads allocate no managed memory of payload size: payloads go into buffers rented from the <see cref="KvBufferPool"/>.
+/// One process at a time owns a directory (a lock file). Thread-safe; <see cref="StorageManager"/> writes it in the
+/// background through its bounded queue. The server can store opaque serialized envelopes through
+/// <see cref="PutEnvelope"/> and <see cref="GetEnvelope"/>.
+/// </summary>
+public sealed class DiskTier : IStorageTier
+{
+    /// <summary>Size of the header block at the start of every file.</summary>
+    public const int HeaderBlockSize = 4096;
+
+    /// <summary>Extension of chunk files.</summary>
+    public const string ChunkFileExtension = ".kv";
+
+    private const string TempFileExtension = ".tmp";
+    private const string LockFileName = ".lmcache-disk.lock";
+
+    private readonly Lock _lock = new();
+    private readonly Dictionary<ChunkHash, Entry> _entries = [];
+    private readonly HashSet<ChunkHash> _writing = [];
+    private readonly KvBufferPool _pool;
+    private readonly CacheMetrics? _metrics;
+    private readonly IKvCodec _codec;
+    private readonly bool _fsync;
+    private readonly FileStream _lockFile;
+    private Entry? _head; // most recently used
+    private Entry? _tail; // least recently used
+    private long _usedBytes;
+    private long _tempCounter;
+    private bool _disposed;
+
+    /// <summary>Opens (or creates) the cache directory, takes its lock and rebuilds the index from the files there.</summary>
+    /// <param name="options">Directory, capacity, codec, O_DIRECT and fsync.</param>
+    /// <param name="pool">Where chunk buffers for reads come from.</param>
+    /// <param name="metrics">Where corrupt chunks, evictions and errors are counted, or null.</param>
+    /// <exception cref="IOException">The directory cannot be created, or another process (or tier) is using it.</exception>
+    public DiskTier(DiskTierOptions options, KvBufferPool pool, CacheMetrics? metrics = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(pool);
+        options.Validate();
+        Root = Path.GetFullPath(options.Directory);
+        CapacityBytes = options.CapacityBytes;
+        _codec = options.Codec;
+        _fsync = options.Fsync;
+        _pool = pool;
+        _metrics = metrics;
+        System.IO.Directory.CreateDirectory(Root);
+        try
+        {
+            // FileShare.None takes an exclusive flock on Unix: a second tier over the same directory fails here.
+            _lockFile = new FileStream(Path.Join(Root, LockFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException e)
+        {
+            throw new IOException($"The disk cache directory '{Root}' is in use by another process or tier ({e.Message}).", e);
+        }
+
+        try
+        {
+            DirectIo = options.DirectIo && options.DirectIoProbe(Root);
+            StartupScan = Scan();
+        }
+        catch
+        {
+            _lockFile.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens the disk tier that <paramref name="options"/> configures (<c>local_disk</c> and friends).</summary>
+    public static DiskTier Create(Configuration.LMCacheOptions options, KvBufferPool pool, CacheMetrics? metrics = null) =>
+        new(DiskTierOptions.FromLMCacheOptions(options), pool, metrics);
+
+    /// <inheritdoc />
+    public string Name => "disk";
+
+    /// <inheritdoc />
+    public StorageTierKind Kind => StorageTierKind.Disk;
+
+    /// <summary>The cache directory (full path).</summary>
+    public string Root { get; }
+
+    /// <summary>Capacity in bytes.</summary>
+    public long CapacityBytes { get; }
+
+    /// <summary>The codec payloads are written with (files written with another registered codec are still read).</summary>
+    public IKvCodec Codec => _codec;
+
+    /// <summary>Whether O_DIRECT is in use (asked for, and accepted by the filesystem).</summary>
+    public bool DirectIo { get; }
+
+    /// <summary>What the tier found when it opened.</summary>
+    public DiskTierScan StartupScan { get; }
+
+    /// <summary>Bytes held (file sizes rounded up to 4 KiB blocks, including writes in progress).</summary>
+    public long UsedBytes
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _usedBytes;
+            }
+        }
+    }
+
+    /// <summary>Chunks held.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _entries.Count;
+            }
+        }
+    }
+
+    /// <summary>Whether <paramref name="key"/> is held (does not refresh it).</summary>
+    public bool Contains(ChunkHash key)
+    {
+        lock (_lock)
+        {
+            return _entries.ContainsKey(key);
+        }
+    }
+
+    /// <summary>The path of the file that holds (or would hold) <paramref name="key"/>.</summary>
+    public string PathOf(ChunkHash key)
+    {
+        var hex = key.ToString();
+        return Path.Join(Root, hex.AsSpan(0, 2), hex + ChunkFileExtension);
+    }
+
+    /// <summary>Synchronous <see cref="CountPrefixAsync"/>.</summary>
+    public int CountPrefix(ReadOnlySpan<ChunkHash> keys)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var n = 0;
+            while (n < keys.Length && _entries.ContainsKey(keys[n]))
+            {
+                n++;
+            }
+
+            return n;
+        }
+    }
+
+    /// <summary>Synchronous <see cref="GetAsync"/>: the verified, decoded chunk with one reference for the caller, or null.</summary>
+    public KvChunk? TryGet(ChunkHash key)
+    {
+        Entry? entry;
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_entries.TryGetValue(key, out entry))
+            {
+                return null;
+            }
+
+            MoveToHead(entry);
+        }
+
+        var path = PathOf(key);
+        KvChunk? chunk = null;
+        var status = ChunkReadStatus.Truncated;
+        try
+        {
+            using var handle = DiskFile.OpenRead(path, DirectIo);
+            status = entry.Codec == KvCodecId.Raw && entry.FileLength - HeaderBlockSize == entry.RawLength
+                ? ReadRaw(handle, key, entry, out chunk)
+                : ReadEncoded(handle, key, entry, out chunk);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Missing (deleted behind our back) or unreadable: a miss. The file is dropped below like a corrupt one.
+            _metrics?.TierError(Name);
+        }
+
+        if (status == ChunkReadStatus.Ok)
+        {
+            Touch(path);
+            return chunk;
+        }
+
+        chunk?.Release();
+        _metrics?.CorruptChunk(Name);
+        Discard(key, entry);
+        return null;
+    }
+
+    /// <summary>
+    /// Synchronous <see cref="PutAsync"/>: encodes and writes <paramref name="chunk"/> (temporary file, then rename), evicting
+    /// least recently used chunks to make room. False when the chunk is larger than the capacity, the codec cannot encode
+    /// it (a lossy codec on already-quantized KV) or the write failed (counted in <c>lmcache.num_tier_errors</c>).
+    /// </summary>
+    public bool Put(KvChunk chunk)
+    {
+        ArgumentNullException.ThrowIfNull(chunk);
+        var key = chunk.Key;
+        var raw = _codec.Id == KvCodecId.Raw;
+        long maxFileLength = HeaderBlockSize + (raw ? chunk.Length : _codec.MaxEncodedLength(chunk.Length, chunk.Format));
+        if (maxFileLength - HeaderBlockSize > ChunkEnvelope.MaxPayloadLength)
+        {
+            return false;
+        }
+
+        // Reserve the largest size the file can have, so the directory never exceeds the capacity; corrected after encoding.
+        var reserved = BlockRound(maxFileLength);
+        if (!TryBeginWrite(key, reserved, out var refreshed))
+        {
+            return refreshed;
+        }
+
+        var committed = false;
+        var temp = "";
+        KvChunk? scratch = null;
+        try
+        {
+            var path = PathOf(key);
+            temp = $"{path}.{Environment.ProcessId}.{Interlocked.Increment(ref _tempCounter)}{TempFileExtension}";
+            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            scratch = _pool.Rent((int)(raw ? HeaderBlockSize : maxFileLength));
+            var buffer = FullSpan(scratch);
+            int encodedLength;
+            ulong encodedChecksum;
+            if (raw)
+            {
+                encodedLength = chunk.Length;
+                encodedChecksum = chunk.Checksum;
+            }
+            else
+            {
+                try
+                {
+                    encodedLength = _codec.Encode(chunk.Span, chunk.Format, buffer[HeaderBlockSize..]);
+                }
+                catch (NotSupportedException)
+                {
+                    return false;
+                }
+
+                encodedChecksum = XxHash3.HashToUInt64(buffer.Slice(HeaderBlockSize, encodedLength));
+            }
+
+            buffer[..HeaderBlockSize].Clear();
+            ChunkEnvelope.WriteHeader(new ChunkEnvelopeHeader(_codec.Id, chunk.Format, chunk.TokenCount, chunk.Length, encodedLength,
+                chunk.Checksum, encodedChecksum, key), buffer);
+            var fileLength = HeaderBlockSize + (long)encodedLength;
+            using (var handle = DiskFile.CreateNew(temp, DirectIo))
+            {
+                if (raw)
+                {
+                    DiskFile.WriteFully(handle, buffer[..HeaderBlockSize], 0);
+                    var payload = DirectIo ? FullSpan(chunk)[..(int)BlockRound(chunk.Length)] : chunk.Span;
+                    DiskFile.WriteFully(handle, payload, HeaderBlockSize);
+                }
+                else
+                {
+                    DiskFile.WriteFully(handle, buffer[..(int)(DirectIo ? BlockRound(fileLength) : fileLength)], 0);
+                }
+
+                if (DirectIo && BlockRound(fileLength) != fileLength)
+                {
+                    RandomAccess.SetLength(handle, fileLength);
+                }
+
+                if (_fsync)
+                {
+                    DiskFile.Sync(handle);
+                }
+            }
+
+            committed = CommitWrite(key, temp, path, new Entry(key, _codec.Id, fileLength, chunk.Length), reserved);
+            return committed;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _metrics?.TierError(Name);
+            return false;
+        }
+        finally
+        {
+            scratch?.Release();
+            if (!committed)
+            {
+                AbortWrite(key, reserved, temp);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Stores a serialized envelope (<see cref="ChunkEnvelope"/> header and encoded payload, as the remote tier sends it) as
+    /// it is, without decoding it: the header and the payload checksum are verified first. For the cache server's
+    /// persistence. False when the bytes are not a valid envelope for <paramref name="key"/>, too large, or the write failed.
+    /// </summary>
+    public bool PutEnvelope(ChunkHash key, ReadOnlySpan<byte> envelope)
+    {
+        if (ChunkEnvelope.TryReadHeader(envelope, out var header) != ChunkReadStatus.Ok || header.Key != key ||
+            envelope.Length != ChunkEnvelope.HeaderSize + (long)header.EncodedLength ||
+            XxHash3.HashToUInt64(envelope[ChunkEnvelope.HeaderSize..]) != header.EncodedChecksum)
+        {
+            return false;
+        }
+
+        var fileLength = HeaderBlockSize + (long)header.EncodedLength;
+        var reserved = BlockRound(fileLength);
+        if (!TryBeginWrite(key, reserved, out var refreshed))
+        {
+            return refreshed;
+        }
+
+        var committed = false;
+        var temp = "";
+        try
+        {
+            var path = PathOf(key);
+            temp = $"{path}.{Environment.ProcessId}.{Interlocked.Increment(ref _tempCounter)}{TempFileExtension}";
+            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            Span<byte> block = stackalloc byte[HeaderBlockSize];
+            block.Clear();
+            envelope[..ChunkEnvelope.HeaderSize].CopyTo(block);
+            using (var handle = DiskFile.CreateNew(temp, direct: false))
+            {
+                DiskFile.WriteFully(handle, block, 0);
+                DiskFile.WriteFully(handle, envelope[ChunkEnvelope.HeaderSize..], HeaderBlockSize);
+                if (_fsync)
+                {
+                    DiskFile.Sync(handle);
+                }
+            }
+
+            committed = CommitWrite(key, temp, path, new Entry(key, header.Codec, fileLength, header.RawLength), reserved);
+            return committed;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _metrics?.TierError(Name);
+            return false;
+        }
+        finally
+        {
+            if (!committed)
+            {
+                AbortWrite(key, reserved, temp);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The serialized envelope stored under <paramref name="key"/> (header then encoded payload, not decoded), in a buffer
+    /// rented from the pool with one reference for the caller (its <see cref="KvChunk.Key"/> set, its checksum field not), or
+    /// null. Header and payload checksum are verified; a bad file is a miss, deleted and counted. For the cache server's
+    /// persistence.
+    /// </summary>
+    public KvChunk? GetEnvelope(ChunkHash key)
+    {
+        Entry? entry;
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_entries.TryGetValue(key, out entry))
+            {
+                return null;
+            }
+
+            MoveToHead(entry);
+        }
+
+        var path = PathOf(key);
+        KvChunk? result = null;
+        var ok = false;
+        try
+        {
+            using var handle = DiskFile.OpenRead(path, direct: false);
+            Span<byte> header = stackalloc byte[ChunkEnvelope.HeaderSize];
+            var encodedLength = entry.FileLength - HeaderBlockSize;
+            if (DiskFile.ReadFully(handle, header, 0) == header.Length && encodedLength <= ChunkEnvelope.MaxPayloadLength &&
+                CheckHeader(header, key, entry, out var parsed))
+            {
+                result = _pool.Rent(ChunkEnvelope.HeaderSize + (int)encodedLength);
+                header.CopyTo(result.Span);
+                var payload = result.Span[ChunkEnvelope.HeaderSize..];
+                ok = DiskFile.ReadFully(handle, payload, HeaderBlockSize) == payload.Length &&
+                     RandomAccess.GetLength(handle) == entry.FileLength &&
+                     XxHash3.HashToUInt64(payload) == parsed.EncodedChecksum;
+                result.Key = key;
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _metrics?.TierError(Name);
+        }
+
+        if (ok)
+        {
+            Touch(path);
+            return result;
+        }
+
+        result?.Release();
+        _metrics?.CorruptChunk(Name);
+        Discard(key, entry);
+        return null;
+    }
+
+    /// <summary>Synchronous <see cref="RemoveAsync"/>.</summary>
+    public bool Remove(ChunkHash key)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_entries.TryGetValue(key, out var entry))
+            {
+                return false;
+            }
+
+            DropLocked(entry);
+            return true;
+        }
+    }
+
+    /// <summary>Synchronous <see cref="ClearAsync"/>: deletes every chunk file the tier holds.</summary>
+    public void Clear()
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            while (_tail is not null)
+            {
+                DropLocked(_tail);
+            }
+        }
+    }
+
+    /// <summary>Keys from most to least recently used (diagnostics and tests).</summary>
+    public IReadOnlyList<ChunkHash> KeysByRecency()
+    {
+        lock (_lock)
+        {
+            var keys = new List<ChunkHash>(_entries.Count);
+            for (var e = _head; e is not null; e = e.Next)
+            {
+                keys.Add(e.Key);
+            }
+
+            return keys;
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default) =>
+        ValueTask.FromResult(CountPrefix(keys.Span));
+
+    /// <inheritdoc />
+    public ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(TryGet(key));
+    }
+
+    /// <inheritdoc />
+    public ValueTask<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(Put(chunk));
+    }
+
+    /// <inheritdoc />
+    public ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default) => ValueTask.FromResult(Remove(key));
+
+    /// <inheritdoc />
+    public ValueTask ClearAsync(CancellationToken cancellationToken = default)
+    {
+        Clear();
+        return ValueTask.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public StorageTierStats GetStats()
+    {
+        lock (_lock)
+        {
+            return new StorageTierStats(_entries.Count, _usedBytes, CapacityBytes);
+        }
+    }
+
+    /// <summary>Releases the directory lock. Files stay for the next process; a write still in progress is abandoned.</summary>
+    public ValueTask DisposeAsync()
+    {
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return ValueTask.CompletedTask;
+            }
+
+            _disposed = true;
+            _entries.Clear();
+            _head = _tail = null;
+        }
+
+        _lockFile.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private static long BlockRound(long length) => (length + HeaderBlockSize - 1) / HeaderBlockSize * HeaderBlockSize;
+
+    private static unsafe Span<byte> FullSpan(KvChunk chunk) => new((void*)chunk.Pointer, chunk.Capacity);
+
+    private static void Touch(string path)
+    {
+        try
+        {
+            File.SetLastWriteTimeUtc(path, DateTime.UtcNow);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Only the recency order across restarts is at stake.
+        }
+    }
+
+    // The raw codec: the payload is read straight into the chunk that is handed out, then hashed. No copy.
+    private ChunkReadStatus ReadRaw(SafeFileHandle handle, ChunkHash key, Entry entry, out KvChunk? chunk)
+    {
+        chunk = null;
+        var block = _pool.Rent(HeaderBlockSize);
+        KvChunk? result = null;
+        try
+        {
+            var headerSpan = DirectIo ? FullSpan(block) : block.Span[..ChunkEnvelope.HeaderSize];
+            if (DiskFile.ReadFully(handle, headerSpan, 0) < ChunkEnvelope.HeaderSize)
+            {
+                return ChunkReadStatus.Truncated;
+            }
+
+            if (!CheckHeader(headerSpan, key, entry, out var header) || header.Codec != KvCodecId.Raw || header.EncodedLength != header.RawLength)
+            {
+                return ChunkReadStatus.HeaderCorrupt;
+            }
+
+            result = _pool.Rent(header.RawLength);
+            var target = DirectIo ? FullSpan(result)[..(int)BlockRound(header.RawLength)] : result.Span;
+            var read = DiskFile.ReadFully(handle, target, HeaderBlockSize);
+            if (read != header.RawLength || RandomAccess.GetLength(handle) != entry.FileLength)
+            {
+                return ChunkReadStatus.Truncated;
+            }
+
+            if (XxHash3.HashToUInt64(result.Span) != header.EncodedChecksum)
+            {
+                return ChunkReadStatus.ChecksumMismatch;
+            }
+
+            result.Key = key;
+            result.TokenCount = header.TokenCount;
+            result.Format = header.Format;
+            result.Checksum = header.EncodedChecksum;
+            chunk = result;
+            result = null;
+            return ChunkReadStatus.Ok;
+        }
+        finally
+        {
+            block.Release();
+            result?.Release();
+        }
+    }
+
+    // Other codecs: the whole file is read into a scratch buffer (one read, O_DIRECT-friendly), the header is moved next to
+    // the payload and ChunkEnvelope does the checks and the decoding into a fresh pooled chunk.
+    private ChunkReadStatus ReadEncoded(SafeFileHandle handle, ChunkHash key, Entry entry, out KvChunk? chunk)
+    {
+        chunk = null;
+        if (entry.FileLength - HeaderBlockSize > ChunkEnvelope.MaxPayloadLength)
+        {
+            return ChunkReadStatus.LengthMismatch;
+        }
+
+        var fileLength = (int)entry.FileLength;
+        var scratch = _pool.Rent(fileLength);
+        try
+        {
+            var target = DirectIo ? FullSpan(scratch)[..(int)BlockRound(fileLength)] : scratch.Span;
+            var read = DiskFile.ReadFully(handle, target, 0);
+            if (read != fileLength || RandomAccess.GetLength(handle) != fileLength)
+            {
+                return ChunkReadStatus.Truncated;
+            }
+
+            var bytes = scratch.Span;
+            var start = HeaderBlockSize - ChunkEnvelope.HeaderSize;
+            bytes[..ChunkEnvelope.HeaderSize].CopyTo(bytes[start..]);
+            return ChunkEnvelope.TryDeserialize(bytes[start..], key, null, _pool, out chunk);
+        }
+        finally
+        {
+            scratch.Release();
+        }
+    }
+
+    private static bool CheckHeader(ReadOnlySpan<byte> bytes, ChunkHash key, Entry entry, out ChunkEnvelopeHeader header) =>
+        ChunkEnvelope.TryReadHeader(bytes, out header) == ChunkReadStatus.Ok && header.Key == key &&
+        HeaderBlockSize + (long)header.EncodedLength == entry.FileLength && KvCodecs.Find(header.Codec) is not null;
+
+    // Reserves room for a write of key; false (with refreshed = true) when the key is stored or being written already.
+    private bool TryBeginWrite(ChunkHash key, long reserved, out bool refreshed)
+    {
+        refreshed = false;
+        if (reserved > CapacityBytes)
+        {
+            return false;
+        }
+
+        var evicted = 0;
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_entries.TryGetValue(key, out var existing))
+            {
+                MoveToHead(existing);
+                refreshed = true;
+                return false;
+            }
+
+            if (!_writing.Add(key))
+            {
+                refreshed = true;
+                return false;
+            }
+
+            while (_usedBytes + reserved > CapacityBytes && _tail is not null)
+            {
+                DropLocked(_tail);
+                evicted++;
+            }
+
+            _usedBytes += reserved;
+        }
+
+        if (evicted > 0)
+        {
+            _metrics?.Evicted(Name, evicted);
+        }
+
+        return true;
+    }
+
+    private bool CommitWrite(ChunkHash key, string temp, string path, Entry entry, long reserved)
+    {
+        var sync = false;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return false;
+            }
+
+            File.Move(temp, path, overwrite: true);
+            _writing.Remove(key);
+            _usedBytes += entry.BlockBytes - reserved;
+            _entries[key] = entry;
+            LinkAtHead(entry);
+            sync = _fsync;
+        }
+
+        if (sync)
+        {
+            DiskFile.SyncDirectory(Path.GetDirectoryName(path)!);
+        }
+
+        return true;
+    }
+
+    private void AbortWrite(ChunkHash key, long reserved, string temp)
+    {
+        lock (_lock)
+        {
+            _writing.Remove(key);
+            _usedBytes -= reserved;
+        }
+
+        if (temp.Length > 0)
+        {
+            try
+            {
+                File.Delete(temp);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
+        }
+    }
+
+    // Drops a bad entry, unless it was replaced (a fresh write of the same key) in the meantime.
+    private void Discard(ChunkHash key, Entry entry)
+    {
+        lock (_lock)
+        {
+            if (!_disposed && _entries.TryGetValue(key, out var current) && ReferenceEquals(current, entry))
+            {
+                DropLocked(entry);
+            }
+        }
+    }
+
+    // Under the lock, so that a rename of a fresh file for the same key cannot slip between unlinking and forgetting.
+    private void DropLocked(Entry entry)
+    {
+        _entries.Remove(entry.Key);
+        Unlink(entry);
+        _usedBytes -= entry.BlockBytes;
+        try
+        {
+            File.Delete(PathOf(entry.Key));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _metrics?.TierError(Name);
+        }
+    }
+
+    private DiskTierScan Scan()
+    {
+        var start = Stopwatch.GetTimestamp();
+        var found = new List<(Entry Entry, DateTime Time)>();
+        int discarded = 0, temps = 0;
+        Span<byte> header = stackalloc byte[ChunkEnvelope.HeaderSize];
+        foreach (var dir in new DirectoryInfo(Root).EnumerateDirectories())
+        {
+            if (dir.Name.Length != 2 || !IsLowerHex(dir.Name))
+            {
+                continue;
+            }
+
+            foreach (var file in dir.EnumerateFiles())
+            {
+                var name = file.Name;
+                if (name.EndsWith(TempFileExtension, StringComparison.Ordinal))
+                {
+                    temps += TryDelete(file.FullName) ? 1 : 0;
+                    continue;
+                }
+
+                if (!name.EndsWith(ChunkFileExtension, StringComparison.Ordinal) || name.Length != 64 + ChunkFileExtension.Length ||
+                    !TryParseKey(name.AsSpan(0, 64), out var key) || !name.StartsWith(dir.Name, StringComparison.Ordinal))
+                {
+                    continue; // not a name this tier writes: not ours to judge or delete
+                }
+
+                Entry? entry = null;
+                try
+                {
+                    using var handle = File.OpenHandle(file.FullName, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+                    var length = RandomAccess.GetLength(handle);
+                    if (DiskFile.ReadFully(handle, header, 0) == header.Length &&
+                        ChunkEnvelope.TryReadHeader(header, out var h) == ChunkReadStatus.Ok && h.Key == key &&
+                        length == HeaderBlockSize + (long)h.EncodedLength && KvCodecs.Find(h.Codec) is not null)
+                    {
+                        entry = new Entry(key, h.Codec, length, h.RawLength);
+                    }
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                }
+
+                if (entry is null)
+                {
+                    _metrics?.CorruptChunk(Name);
+                    discarded++;
+                    TryDelete(file.FullName);
+                    continue;
+                }
+
+                found.Add((entry, file.LastWriteTimeUtc));
+            }
+        }
+
+        // Oldest first, so the most recently written or hit file ends at the head.
+        found.Sort((a, b) => a.Time.CompareTo(b.Time));
+        var evicted = 0;
+        lock (_lock)
+        {
+            foreach (var (entry, _) in found)
+            {
+                _entries[entry.Key] = entry;
+                LinkAtHead(entry);
+                _usedBytes += entry.BlockBytes;
+            }
+
+            while (_usedBytes > CapacityBytes && _tail is not null)
+            {
+                DropLocked(_tail);
+                evicted++;
+            }
+        }
+
+        if (evicted > 0)
+        {
+            _metrics?.Evicted(Name, evicted);
+        }
+
+        return new DiskTierScan(found.Count - evicted, discarded, temps, evicted, Stopwatch.GetElapsedTime(start));
+    }
+
+    private static bool TryParseKey(ReadOnlySpan<char> hex, out ChunkHash key)
+    {
+        key = default;
+        Span<byte> bytes = stackalloc byte[ChunkHash.Size];
+        if (!IsLowerHex(hex) || Convert.FromHexString(hex, bytes, out _, out var written) != System.Buffers.OperationStatus.Done || written != ChunkHash.Size)
+        {
+            return false;
+        }
+
+        key = new ChunkHash(bytes);
+        return true;
+    }
+
+    private static bool IsLowerHex(ReadOnlySpan<char> text)
+    {
+        foreach (var c in text)
+        {
+            if (!char.IsAsciiDigit(c) && !char.IsAsciiHexDigitLower(c))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private static bool TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    private void MoveToHead(Entry entry)
+    {
+        if (_head == entry)
+        {
+            return;
+        }
+
+        Unlink(entry);
+        LinkAtHead(entry);
+    }
+
+    private void LinkAtHead(Entry entry)
+    {
+        entry.Previous = null;
+        entry.Next = _head;
+        if (_head is not null)
+        {
+            _head.Previous = entry;
+        }
+
+        _head = entry;
+        _tail ??= entry;
+    }
+
+    private void Unlink(Entry entry)
+    {
+        if (entry.Previous is not null)
+        {
+            entry.Previous.Next = entry.Next;
+        }
+        else if (_head == entry)
+        {
+            _head = entry.Next;
+        }
+
+        if (entry.Next is not null)
+        {
+            entry.Next.Previous = entry.Previous;
+        }
+        else if (_tail == entry)
+        {
+            _tail = entry.Previous;
+        }
+
+        entry.Previous = entry.Next = null;
+    }
+
+    private sealed class Entry(ChunkHash key, KvCodecId codec, long fileLength, int rawLength)
+    {
+        public ChunkHash Key { get; } = key;
+
+        public KvCodecId Codec { get; } = codec;
+
+        public long FileLength { get; } = fileLength;
+
+        public int RawLength { get; } = rawLength;
+
+        public long BlockBytes => BlockRound(FileLength);
+
+        public Entry? Previous { get; set; }
+
+        public Entry? Next { get; set; }
+    }
+}
