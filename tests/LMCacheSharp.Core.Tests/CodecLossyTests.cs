@@ -69,6 +69,19 @@ public sealed class Int8GroupCodecTests
     }
 
     [Fact]
+    public void Engine_native_layouts_are_refused_because_they_hold_headers()
+    {
+        var format = CodecTestData.Format(KvDataType.F16) with { Layout = KvLayout.LlamaCppSequenceState };
+        var raw = new byte[format.PayloadLength(4)];
+        foreach (var codec in new IKvCodec[] { Codec, Fp8E4M3Codec.Instance })
+        {
+            var e = Assert.Throws<NotSupportedException>(() => codec.Encode(raw, format, new byte[raw.Length * 2]));
+            Assert.Contains("portable", e.Message, StringComparison.Ordinal);
+            Assert.False(codec.TryDecode(new byte[codec.MaxEncodedLength(raw.Length, format)], format, raw));
+        }
+    }
+
+    [Fact]
     public void Non_finite_values_are_refused_and_bad_encodings_do_not_decode()
     {
         var format = CodecTestData.Format(KvDataType.F32);

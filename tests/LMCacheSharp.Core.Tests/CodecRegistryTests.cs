@@ -1,6 +1,7 @@
 using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Engine;
+using LMCacheSharp.Core.Kv;
 
 namespace LMCacheSharp.Core.Tests;
 
@@ -39,6 +40,19 @@ public sealed class KvCodecsTests
         var once = KvCodecs.WithCodecVariant(ns.WithVariant("fa=on"), disk);
         Assert.Equal("fa=on|lossy=int8", once.Variant);
         Assert.Same(once, KvCodecs.WithCodecVariant(once, disk));
+    }
+
+    [Fact]
+    public void A_lossy_codec_that_cannot_encode_the_namespace_format_is_a_configuration_error()
+    {
+        var blob = new Keys.CacheNamespace("m", CodecTestData.Format(KvDataType.F16) with { Layout = KvLayout.LlamaCppSequenceState });
+        var q8 = new Keys.CacheNamespace("m", CodecTestData.Format(KvDataType.Q8_0));
+        var options = new LMCacheOptions { LocalDisk = "/x", LocalDiskSerde = "int8", RemoteUrl = "lm://h:1", RemoteSerde = "fp8" };
+        var e = Assert.Throws<LMCacheConfigurationException>(() => KvCodecs.WithCodecVariant(blob, options));
+        Assert.Equal(2, e.Errors.Count);
+        Assert.StartsWith("local_disk_serde:", e.Errors[0], StringComparison.Ordinal);
+        Assert.Throws<LMCacheConfigurationException>(() => KvCodecs.WithCodecVariant(q8, options));
+        Assert.Same(q8, KvCodecs.WithCodecVariant(q8, new LMCacheOptions { LocalDisk = "/x", LocalDiskSerde = "zstd" }));
     }
 
     [Fact]

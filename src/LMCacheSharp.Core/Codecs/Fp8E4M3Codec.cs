@@ -9,7 +9,8 @@ namespace LMCacheSharp.Core.Codecs;
 /// e4m3(x / scale), rounded to nearest even. The relative error of an element is at most 2^-4 (half a unit of the 3-bit
 /// mantissa), and elements below 2^-6 * scale are off by at most 2^-10 * scale. Scales are f16 for f16 KV (rounded up)
 /// and f32 otherwise: 34 bytes per 32 f16 elements (1.88x smaller), 36 bytes per 32 f32 elements (3.56x). f16, bf16 and
-/// f32 KV only: <see cref="Encode"/> throws <see cref="NotSupportedException"/> for already-quantized KV (q8_0, q4_0).
+/// f32 KV in plain row layouts only: <see cref="Encode"/> throws <see cref="NotSupportedException"/> for already-quantized KV
+/// (q8_0, q4_0) and for engine-native layouts (a llama.cpp state blob).
 /// Encoded layout: all groups' scales, then one byte per element.
 /// </summary>
 public sealed class Fp8E4M3Codec : IKvCodec
@@ -124,7 +125,7 @@ public sealed class Fp8E4M3Codec : IKvCodec
     {
         var type = format.DataType;
         var elementSize = KvElements.ElementSize(type);
-        if (elementSize == 0 || destination.Length % elementSize != 0)
+        if (KvElements.LossyUnsupportedReason(format, Name) is not null || destination.Length % elementSize != 0)
         {
             return false;
         }

@@ -9,8 +9,8 @@ namespace LMCacheSharp.Core.Codecs;
 /// q = round((x - min) / scale) with scale = (max - min) / 255, and decode to min + q * scale, so the error of an element
 /// is at most scale / 2 (plus the rounding of the result to the KV dtype). Parameters are stored as f16 for f16 KV (min
 /// exactly, scale rounded up) and as f32 otherwise. Size: 36 bytes per 32 f16 elements (1.78x smaller), 40 bytes per
-/// 32 f32 elements (3.2x). Already-quantized KV (q8_0, q4_0) is refused: <see cref="Encode"/> throws
-/// <see cref="NotSupportedException"/>. A cache that uses this codec keys its chunks apart (see
+/// 32 f32 elements (3.2x). Already-quantized KV (q8_0, q4_0) and engine-native layouts (a llama.cpp state blob) are refused:
+/// <see cref="Encode"/> throws <see cref="NotSupportedException"/>. A cache that uses this codec keys its chunks apart (see
 /// <see cref="KvCodecs.WithCodecVariant"/>). Encoded layout: all groups' (min, scale) pairs, then all q bytes.
 /// </summary>
 public sealed class Int8GroupCodec : IKvCodec
@@ -126,7 +126,7 @@ public sealed class Int8GroupCodec : IKvCodec
     {
         var type = format.DataType;
         var elementSize = KvElements.ElementSize(type);
-        if (elementSize == 0 || destination.Length % elementSize != 0)
+        if (KvElements.LossyUnsupportedReason(format, Name) is not null || destination.Length % elementSize != 0)
         {
             return false;
         }

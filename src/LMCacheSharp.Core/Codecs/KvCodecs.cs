@@ -71,10 +71,30 @@ public static class KvCodecs
     /// through a lossy codec is never served under the keys of exact KV, and caches using different lossy codecs never share
     /// chunks. Returns <paramref name="ns"/> itself when every configured codec is lossless.
     /// </summary>
+    /// <exception cref="LMCacheConfigurationException">A configured lossy codec cannot encode <paramref name="ns"/>'s format
+    /// (already-quantized KV, or an engine-native layout): the tier would never store anything.</exception>
     public static CacheNamespace WithCodecVariant(CacheNamespace ns, LMCacheOptions options)
     {
         ArgumentNullException.ThrowIfNull(ns);
         var lossy = LossyVariant(options);
+        if (lossy is not null)
+        {
+            var problems = new List<string>();
+            foreach (var (key, enabled, name) in new[] { ("local_disk_serde", !string.IsNullOrEmpty(options.LocalDisk), options.LocalDiskSerde),
+                ("remote_serde", !string.IsNullOrEmpty(options.RemoteUrl), options.RemoteSerde) })
+            {
+                if (enabled && Find(name) is { IsLossless: false } codec && KvElements.LossyUnsupportedReason(ns.Format, codec.Name) is { } reason)
+                {
+                    problems.Add($"{key}: {reason}");
+                }
+            }
+
+            if (problems.Count > 0)
+            {
+                throw new LMCacheConfigurationException(problems);
+            }
+        }
+
         if (lossy is null || ns.Variant == lossy || (ns.Variant?.EndsWith("|" + lossy, StringComparison.Ordinal) ?? false))
         {
             return ns;

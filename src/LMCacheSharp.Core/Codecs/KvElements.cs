@@ -158,13 +158,27 @@ internal static class KvElements
         return (ushort)(bits >> 16);
     }
 
-    /// <summary>Throws the documented <see cref="NotSupportedException"/> for dtypes a lossy codec cannot quantize.</summary>
-    public static int RequireFloatElements(KvFormat format, string codec)
+    /// <summary>
+    /// Why a lossy codec cannot quantize payloads of <paramref name="format"/>, or null when it can: the dtype must be a
+    /// plain float (not q8_0/q4_0) and the layout plain tensor rows (not an engine-native blob with headers inside).
+    /// </summary>
+    public static string? LossyUnsupportedReason(KvFormat format, string codec)
     {
-        var size = ElementSize(format.DataType);
-        return size != 0
-            ? size
-            : throw new NotSupportedException(
-                $"The {codec} codec quantizes f16, bf16 and f32 KV only; this cache's KV is {format.DataType}, already quantized: use naive, lz4 or zstd.");
+        if (ElementSize(format.DataType) == 0)
+        {
+            return $"the {codec} codec quantizes f16, bf16 and f32 KV only; this cache's KV is {format.DataType}, already quantized: use naive, lz4 or zstd";
+        }
+
+        if (format.Layout is not (KvLayout.LayerKV or KvLayout.LayerKTransposedV))
+        {
+            return $"the {codec} codec needs plain KV rows (layout LayerKV or LayerKTransposedV); layout {format.Layout} holds engine headers " +
+                "inside the payload (with the llama.cpp connector, use the portable chunk layout) or use naive, lz4 or zstd";
+        }
+
+        return null;
     }
+
+    /// <summary>Throws the documented <see cref="NotSupportedException"/> for formats a lossy codec cannot quantize.</summary>
+    public static int RequireFloatElements(KvFormat format, string codec) =>
+        LossyUnsupportedReason(format, codec) is { } reason ? throw new NotSupportedException(reason + ".") : ElementSize(format.DataType);
 }

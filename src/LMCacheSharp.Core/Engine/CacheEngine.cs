@@ -56,6 +56,9 @@ public sealed class CacheEngine : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+
+        // KV that may have been through a lossy codec (disk or remote) is keyed apart from exact KV.
+        defaultNamespace = KvCodecs.WithCodecVariant(defaultNamespace, options);
         var ownsMetrics = metrics is null;
         metrics ??= new CacheMetrics();
         var pool = new KvBufferPool(options.PoolRetainedBytes);
@@ -69,9 +72,6 @@ public sealed class CacheEngine : IAsyncDisposable
         {
             tiers.Add(DiskTier.Create(options, pool, metrics));
         }
-
-        // KV that may have been through a lossy codec (disk or remote) is keyed apart from exact KV.
-        defaultNamespace = KvCodecs.WithCodecVariant(defaultNamespace, options);
 
         if (lowerTiers is not null)
         {
