@@ -73,7 +73,10 @@ internal static partial class DiskFile
         }
     }
 
-    /// <summary>Reads until <paramref name="buffer"/> is full or the file ends; returns the bytes read.</summary>
+    /// <summary>
+    /// Reads until <paramref name="buffer"/> is full or the file ends; returns the bytes read. A read that ends off a
+    /// 512-byte boundary is the end of the file (with O_DIRECT the next read would be misaligned).
+    /// </summary>
     public static int ReadFully(SafeFileHandle handle, Span<byte> buffer, long offset)
     {
         var total = 0;
@@ -86,9 +89,42 @@ internal static partial class DiskFile
             }
 
             total += n;
+            if ((n & 511) != 0)
+            {
+                break;
+            }
         }
 
         return total;
+    }
+
+    /// <summary>
+    /// One vectored read (preadv) at <paramref name="offset"/> into <paramref name="first"/> then <paramref name="second"/>,
+    /// repeated until both are full or the file ends; returns the bytes read. The spans must stay pinned (native memory).
+    /// </summary>
+    public static unsafe long ReadFully(SafeFileHandle handle, Span<byte> first, Span<byte> second, long offset)
+    {
+        fixed (byte* a = first)
+        fixed (byte* b = second)
+        {
+            using var firstMemory = new NativeMemoryManager(a, first.Length);
+            using var secondMemory = new NativeMemoryManager(b, second.Length);
+            var buffers = new[] { firstMemory.Memory, secondMemory.Memory };
+            long total = RandomAccess.Read(handle, buffers, offset);
+            if (total < first.Length + (long)second.Length && total > 0 && (total & 511) == 0)
+            {
+                // A short vectored read (a signal, or the end of the file): finish with plain reads.
+                total += total < first.Length
+                    ? ReadFully(handle, first[(int)total..], offset + total)
+                    : 0;
+                if (total >= first.Length)
+                {
+                    total += ReadFully(handle, second[(int)(total - first.Length)..], offset + total);
+                }
+            }
+
+            return total;
+        }
     }
 
     /// <summary>Writes all of <paramref name="buffer"/> at <paramref name="offset"/>.</summary>
@@ -144,6 +180,22 @@ internal static partial class DiskFile
             EInval => new IOException($"O_DIRECT refused for '{path}' (EINVAL)"),
             _ => new IOException($"open('{path}') failed (errno {errno})"),
         };
+    }
+
+    /// <summary>A <see cref="Memory{T}"/> over pinned native memory, for the vectored read.</summary>
+    private sealed unsafe class NativeMemoryManager(byte* pointer, int length) : System.Buffers.MemoryManager<byte>
+    {
+        public override Span<byte> GetSpan() => new(pointer, length);
+
+        public override System.Buffers.MemoryHandle Pin(int elementIndex = 0) => new(pointer + elementIndex);
+
+        public override void Unpin()
+        {
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+        }
     }
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]

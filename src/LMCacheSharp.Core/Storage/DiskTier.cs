@@ -552,34 +552,62 @@ public sealed class DiskTier : IStorageTier
         }
     }
 
-    // The raw codec: the payload is read straight into the chunk that is handed out, then hashed. No copy.
+    // The raw codec: the payload is read straight into the chunk that is handed out, no copy, then hashed. With O_DIRECT,
+    // header block and payload come in one vectored read (one device request). (Reading buffered in 1 MiB pieces hashed
+    // while still in the CPU cache measured slower than one read and one hash pass.)
     private ChunkReadStatus ReadRaw(SafeFileHandle handle, ChunkHash key, Entry entry, out KvChunk? chunk)
     {
         chunk = null;
         var block = _pool.Rent(HeaderBlockSize);
-        KvChunk? result = null;
+        var result = _pool.Rent(entry.RawLength);
         try
         {
-            var headerSpan = DirectIo ? FullSpan(block) : block.Span[..ChunkEnvelope.HeaderSize];
-            if (DiskFile.ReadFully(handle, headerSpan, 0) < ChunkEnvelope.HeaderSize)
+            ulong checksum;
+            ChunkEnvelopeHeader header;
+            if (DirectIo)
             {
-                return ChunkReadStatus.Truncated;
+                var payload = FullSpan(result)[..(int)BlockRound(entry.RawLength)];
+                var read = DiskFile.ReadFully(handle, FullSpan(block), payload, 0);
+                if (read != entry.FileLength)
+                {
+                    return ChunkReadStatus.Truncated;
+                }
+
+                if (!CheckHeader(block.Span[..ChunkEnvelope.HeaderSize], key, entry, out header) || header.Codec != KvCodecId.Raw ||
+                    header.RawLength != entry.RawLength)
+                {
+                    return ChunkReadStatus.HeaderCorrupt;
+                }
+
+                checksum = XxHash3.HashToUInt64(result.Span);
+            }
+            else
+            {
+                var headerSpan = block.Span[..ChunkEnvelope.HeaderSize];
+                if (DiskFile.ReadFully(handle, headerSpan, 0) < ChunkEnvelope.HeaderSize)
+                {
+                    return ChunkReadStatus.Truncated;
+                }
+
+                if (!CheckHeader(headerSpan, key, entry, out header) || header.Codec != KvCodecId.Raw || header.RawLength != entry.RawLength)
+                {
+                    return ChunkReadStatus.HeaderCorrupt;
+                }
+
+                if (DiskFile.ReadFully(handle, result.Span, HeaderBlockSize) != entry.RawLength)
+                {
+                    return ChunkReadStatus.Truncated;
+                }
+
+                checksum = XxHash3.HashToUInt64(result.Span);
             }
 
-            if (!CheckHeader(headerSpan, key, entry, out var header) || header.Codec != KvCodecId.Raw || header.EncodedLength != header.RawLength)
+            if (RandomAccess.GetLength(handle) != entry.FileLength)
             {
-                return ChunkReadStatus.HeaderCorrupt;
+                return ChunkReadStatus.LengthMismatch;
             }
 
-            result = _pool.Rent(header.RawLength);
-            var target = DirectIo ? FullSpan(result)[..(int)BlockRound(header.RawLength)] : result.Span;
-            var read = DiskFile.ReadFully(handle, target, HeaderBlockSize);
-            if (read != header.RawLength || RandomAccess.GetLength(handle) != entry.FileLength)
-            {
-                return ChunkReadStatus.Truncated;
-            }
-
-            if (XxHash3.HashToUInt64(result.Span) != header.EncodedChecksum)
+            if (checksum != header.EncodedChecksum)
             {
                 return ChunkReadStatus.ChecksumMismatch;
             }
