@@ -106,3 +106,36 @@ public sealed class RawCodecRoundTripTests
         Assert.Equal(raw, encoded);
     }
 }
+
+public sealed class KvElementsTests
+{
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void Shuffle_matches_the_scalar_definition_byte_for_byte(int elementSize)
+    {
+        // The encoded format must not depend on the machine's SIMD support: compare with the plain definition.
+        foreach (var length in new[] { 0, 1, 63, 64, 65, 1000, 4096 + 3 })
+        {
+            var source = new byte[length];
+            new Random(length).NextBytes(source);
+            var n = length / elementSize;
+            var expected = new byte[length];
+            for (var b = 0; b < elementSize; b++)
+            {
+                for (var i = 0; i < n; i++)
+                {
+                    expected[(b * n) + i] = source[(i * elementSize) + b];
+                }
+            }
+
+            source.AsSpan(n * elementSize).CopyTo(expected.AsSpan(n * elementSize));
+            var shuffled = new byte[length];
+            KvElements.Shuffle(source, shuffled, elementSize);
+            Assert.Equal(expected, shuffled);
+            var back = new byte[length];
+            KvElements.Unshuffle(shuffled, back, elementSize);
+            Assert.Equal(source, back);
+        }
+    }
+}

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Numerics.Tensors;
 using LMCacheSharp.Core.Kv;
 
 namespace LMCacheSharp.Core.Codecs;
@@ -63,57 +64,56 @@ public sealed class Fp8E4M3Codec : IKvCodec
         var groups = GroupCount(elements);
         var scales = destination[..(groups * paramSize)];
         var codes = destination.Slice(scales.Length, elements);
-        Span<float> x = stackalloc float[GroupSize];
-        for (var g = 0; g < groups; g++)
+        Span<float> block = stackalloc float[KvElements.BlockElements];
+        for (var blockStart = 0; blockStart < elements; blockStart += KvElements.BlockElements)
         {
-            var start = g * GroupSize;
-            var n = Math.Min(GroupSize, elements - start);
-            var values = x[..n];
-            KvElements.Load(raw.Slice(start * elementSize, n * elementSize), type, values);
-            var absMax = 0f;
-            foreach (var v in values)
+            var blockLength = Math.Min(KvElements.BlockElements, elements - blockStart);
+            KvElements.Load(raw.Slice(blockStart * elementSize, blockLength * elementSize), type, block[..blockLength]);
+            for (var start = 0; start < blockLength; start += GroupSize)
             {
-                absMax = Math.Max(absMax, MathF.Abs(v));
-            }
-
-            if (!float.IsFinite(absMax))
-            {
-                throw new NotSupportedException("fp8: the KV holds non-finite values (NaN or infinity), which cannot be quantized.");
-            }
-
-            var scale = absMax / MaxValue;
-            if (paramSize == 2)
-            {
-                var h = (Half)scale;
-                if ((float)h < scale)
+                var g = (blockStart + start) / GroupSize;
+                var values = block.Slice(start, Math.Min(GroupSize, blockLength - start));
+                var absMax = TensorPrimitives.MaxMagnitude(values);
+                absMax = MathF.Abs(absMax);
+                if (!float.IsFinite(absMax))
                 {
-                    h = Half.BitIncrement(h);
+                    throw new NotSupportedException("fp8: the KV holds non-finite values (NaN or infinity), which cannot be quantized.");
                 }
 
-                scale = (float)h;
-                BinaryPrimitives.WriteHalfLittleEndian(scales[(g * 2)..], h);
-            }
-            else
-            {
-                if (scale * MaxValue < absMax)
+                var scale = absMax / MaxValue;
+                if (paramSize == 2)
                 {
-                    scale = MathF.BitIncrement(scale);
+                    var h = (Half)scale;
+                    if ((float)h < scale)
+                    {
+                        h = Half.BitIncrement(h);
+                    }
+
+                    scale = (float)h;
+                    BinaryPrimitives.WriteHalfLittleEndian(scales[(g * 2)..], h);
+                }
+                else
+                {
+                    if (scale * MaxValue < absMax)
+                    {
+                        scale = MathF.BitIncrement(scale);
+                    }
+
+                    BinaryPrimitives.WriteSingleLittleEndian(scales[(g * 4)..], scale);
                 }
 
-                BinaryPrimitives.WriteSingleLittleEndian(scales[(g * 4)..], scale);
-            }
+                var c = codes.Slice(blockStart + start, values.Length);
+                if (scale == 0)
+                {
+                    c.Clear();
+                    continue;
+                }
 
-            var c = codes.Slice(start, n);
-            if (scale == 0)
-            {
-                c.Clear();
-                continue;
-            }
-
-            var inverse = 1.0f / scale;
-            for (var i = 0; i < n; i++)
-            {
-                c[i] = ToE4M3(values[i] * inverse);
+                var inverse = 1.0f / scale;
+                for (var i = 0; i < values.Length; i++)
+                {
+                    c[i] = ToE4M3(values[i] * inverse);
+                }
             }
         }
 
@@ -140,34 +140,37 @@ public sealed class Fp8E4M3Codec : IKvCodec
         var groups = GroupCount(elements);
         var scales = encoded[..(groups * paramSize)];
         var codes = encoded.Slice(scales.Length, elements);
-        Span<float> x = stackalloc float[GroupSize];
+        Span<float> block = stackalloc float[KvElements.BlockElements];
         var table = DecodeTable;
-        for (var g = 0; g < groups; g++)
+        for (var blockStart = 0; blockStart < elements; blockStart += KvElements.BlockElements)
         {
-            var scale = paramSize == 2
-                ? (float)BinaryPrimitives.ReadHalfLittleEndian(scales[(g * 2)..])
-                : BinaryPrimitives.ReadSingleLittleEndian(scales[(g * 4)..]);
-            if (!float.IsFinite(scale) || scale < 0)
+            var blockLength = Math.Min(KvElements.BlockElements, elements - blockStart);
+            for (var start = 0; start < blockLength; start += GroupSize)
             {
-                return false;
-            }
-
-            var start = g * GroupSize;
-            var n = Math.Min(GroupSize, elements - start);
-            var c = codes.Slice(start, n);
-            var values = x[..n];
-            for (var i = 0; i < n; i++)
-            {
-                var v = table[c[i]];
-                if (float.IsNaN(v))
+                var g = (blockStart + start) / GroupSize;
+                var scale = paramSize == 2
+                    ? (float)BinaryPrimitives.ReadHalfLittleEndian(scales[(g * 2)..])
+                    : BinaryPrimitives.ReadSingleLittleEndian(scales[(g * 4)..]);
+                if (!float.IsFinite(scale) || scale < 0)
                 {
-                    return false; // the encoder never writes the NaN codes
+                    return false;
                 }
 
-                values[i] = v * scale;
+                var values = block.Slice(start, Math.Min(GroupSize, blockLength - start));
+                var c = codes.Slice(blockStart + start, values.Length);
+                for (var i = 0; i < values.Length; i++)
+                {
+                    var code = c[i];
+                    if ((code & 0x7F) == 0x7F)
+                    {
+                        return false; // the NaN codes: the encoder never writes them
+                    }
+
+                    values[i] = table[code] * scale;
+                }
             }
 
-            KvElements.Store(values, type, destination.Slice(start * elementSize, n * elementSize));
+            KvElements.Store(block[..blockLength], type, destination.Slice(blockStart * elementSize, blockLength * elementSize));
         }
 
         return true;

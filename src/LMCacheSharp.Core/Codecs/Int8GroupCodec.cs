@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using LMCacheSharp.Core.Kv;
 
 namespace LMCacheSharp.Core.Codecs;
@@ -58,67 +60,83 @@ public sealed class Int8GroupCodec : IKvCodec
         var groups = GroupCount(elements);
         var parameters = destination[..(groups * 2 * paramSize)];
         var quantized = destination.Slice(parameters.Length, elements);
-        Span<float> x = stackalloc float[GroupSize];
-        for (var g = 0; g < groups; g++)
+        Span<float> block = stackalloc float[KvElements.BlockElements];
+        for (var blockStart = 0; blockStart < elements; blockStart += KvElements.BlockElements)
         {
-            var start = g * GroupSize;
-            var n = Math.Min(GroupSize, elements - start);
-            var values = x[..n];
-            KvElements.Load(raw.Slice(start * elementSize, n * elementSize), type, values);
-            var min = float.PositiveInfinity;
-            var max = float.NegativeInfinity;
-            foreach (var v in values)
+            var blockLength = Math.Min(KvElements.BlockElements, elements - blockStart);
+            KvElements.Load(raw.Slice(blockStart * elementSize, blockLength * elementSize), type, block[..blockLength]);
+            for (var start = 0; start < blockLength; start += GroupSize)
             {
-                min = Math.Min(min, v);
-                max = Math.Max(max, v);
-            }
-
-            if (!float.IsFinite(min) || !float.IsFinite(max))
-            {
-                throw new NotSupportedException("int8: the KV holds non-finite values (NaN or infinity), which cannot be quantized.");
-            }
-
-            var scale = (float)(((double)max - min) / 255.0);
-            if (!float.IsFinite(scale))
-            {
-                throw new NotSupportedException("int8: the KV's value range is too wide to quantize.");
-            }
-
-            if (paramSize == 2)
-            {
-                // f16 KV: min is an f16 value already; round the scale up so (max - min) / scale stays within 255.
-                var h = (Half)scale;
-                if ((float)h < scale)
+                var g = (blockStart + start) / GroupSize;
+                var values = block.Slice(start, Math.Min(GroupSize, blockLength - start));
+                var min = TensorPrimitives.Min(values); // NaN when any value is NaN
+                var max = TensorPrimitives.Max(values);
+                if (!float.IsFinite(min) || !float.IsFinite(max))
                 {
-                    h = Half.BitIncrement(h);
+                    throw new NotSupportedException("int8: the KV holds non-finite values (NaN or infinity), which cannot be quantized.");
                 }
 
-                scale = (float)h;
-                BinaryPrimitives.WriteHalfLittleEndian(parameters[(g * 4)..], (Half)min);
-                BinaryPrimitives.WriteHalfLittleEndian(parameters[((g * 4) + 2)..], h);
-            }
-            else
-            {
-                BinaryPrimitives.WriteSingleLittleEndian(parameters[(g * 8)..], min);
-                BinaryPrimitives.WriteSingleLittleEndian(parameters[((g * 8) + 4)..], scale);
-            }
+                var scale = (float)(((double)max - min) / 255.0);
+                if (!float.IsFinite(scale))
+                {
+                    throw new NotSupportedException("int8: the KV's value range is too wide to quantize.");
+                }
 
-            var q = quantized.Slice(start, n);
-            if (scale == 0)
-            {
-                q.Clear();
-                continue;
-            }
+                if (paramSize == 2)
+                {
+                    // f16 KV: min is an f16 value already; round the scale up so (max - min) / scale stays within 255.
+                    var h = (Half)scale;
+                    if ((float)h < scale)
+                    {
+                        h = Half.BitIncrement(h);
+                    }
 
-            var inverse = 1.0f / scale;
-            for (var i = 0; i < n; i++)
-            {
-                var level = MathF.Round((values[i] - min) * inverse);
-                q[i] = (byte)Math.Clamp(level, 0f, 255f);
+                    scale = (float)h;
+                    BinaryPrimitives.WriteHalfLittleEndian(parameters[(g * 4)..], (Half)min);
+                    BinaryPrimitives.WriteHalfLittleEndian(parameters[((g * 4) + 2)..], h);
+                }
+                else
+                {
+                    BinaryPrimitives.WriteSingleLittleEndian(parameters[(g * 8)..], min);
+                    BinaryPrimitives.WriteSingleLittleEndian(parameters[((g * 8) + 4)..], scale);
+                }
+
+                Quantize(values, min, scale, quantized.Slice(blockStart + start, values.Length));
             }
         }
 
         return length;
+    }
+
+    // q = clamp(round((x - min) / scale), 0, 255), round half to even; 32 at a time where vectorized.
+    private static void Quantize(ReadOnlySpan<float> values, float min, float scale, Span<byte> q)
+    {
+        if (scale == 0)
+        {
+            q.Clear();
+            return;
+        }
+
+        var inverse = 1.0f / scale;
+        var i = 0;
+        if (Vector256.IsHardwareAccelerated && values.Length == GroupSize)
+        {
+            var vMin = Vector256.Create(min);
+            var vInverse = Vector256.Create(inverse);
+            var top = Vector256.Create(255f);
+            Vector256<int> Level(ReadOnlySpan<float> v) =>
+                Vector256.ConvertToInt32(Vector256.Min(Vector256.Max(Vector256.Round((Vector256.Create(v) - vMin) * vInverse), Vector256<float>.Zero), top));
+            var low = Vector256.Narrow(Level(values[..8]), Level(values[8..16])).AsUInt16();
+            var high = Vector256.Narrow(Level(values[16..24]), Level(values[24..32])).AsUInt16();
+            Vector256.Narrow(low, high).CopyTo(q);
+            i = GroupSize;
+        }
+
+        for (; i < values.Length; i++)
+        {
+            var level = MathF.Round((values[i] - min) * inverse);
+            q[i] = (byte)Math.Clamp(level, 0f, 255f);
+        }
     }
 
     /// <inheritdoc />
@@ -141,39 +159,62 @@ public sealed class Int8GroupCodec : IKvCodec
         var groups = GroupCount(elements);
         var parameters = encoded[..(groups * 2 * paramSize)];
         var quantized = encoded.Slice(parameters.Length, elements);
-        Span<float> x = stackalloc float[GroupSize];
-        for (var g = 0; g < groups; g++)
+        Span<float> block = stackalloc float[KvElements.BlockElements];
+        for (var blockStart = 0; blockStart < elements; blockStart += KvElements.BlockElements)
         {
-            float min, scale;
-            if (paramSize == 2)
+            var blockLength = Math.Min(KvElements.BlockElements, elements - blockStart);
+            for (var start = 0; start < blockLength; start += GroupSize)
             {
-                min = (float)BinaryPrimitives.ReadHalfLittleEndian(parameters[(g * 4)..]);
-                scale = (float)BinaryPrimitives.ReadHalfLittleEndian(parameters[((g * 4) + 2)..]);
-            }
-            else
-            {
-                min = BinaryPrimitives.ReadSingleLittleEndian(parameters[(g * 8)..]);
-                scale = BinaryPrimitives.ReadSingleLittleEndian(parameters[((g * 8) + 4)..]);
+                var g = (blockStart + start) / GroupSize;
+                float min, scale;
+                if (paramSize == 2)
+                {
+                    min = (float)BinaryPrimitives.ReadHalfLittleEndian(parameters[(g * 4)..]);
+                    scale = (float)BinaryPrimitives.ReadHalfLittleEndian(parameters[((g * 4) + 2)..]);
+                }
+                else
+                {
+                    min = BinaryPrimitives.ReadSingleLittleEndian(parameters[(g * 8)..]);
+                    scale = BinaryPrimitives.ReadSingleLittleEndian(parameters[((g * 8) + 4)..]);
+                }
+
+                if (!float.IsFinite(min) || !float.IsFinite(scale) || scale < 0)
+                {
+                    return false;
+                }
+
+                var values = block.Slice(start, Math.Min(GroupSize, blockLength - start));
+                Dequantize(quantized.Slice(blockStart + start, values.Length), min, scale, values);
             }
 
-            if (!float.IsFinite(min) || !float.IsFinite(scale) || scale < 0)
-            {
-                return false;
-            }
-
-            var start = g * GroupSize;
-            var n = Math.Min(GroupSize, elements - start);
-            var q = quantized.Slice(start, n);
-            var values = x[..n];
-            for (var i = 0; i < n; i++)
-            {
-                values[i] = min + (q[i] * scale);
-            }
-
-            KvElements.Store(values, type, destination.Slice(start * elementSize, n * elementSize));
+            KvElements.Store(block[..blockLength], type, destination.Slice(blockStart * elementSize, blockLength * elementSize));
         }
 
         return true;
+    }
+
+    // x = min + q * scale; 32 at a time where vectorized.
+    private static void Dequantize(ReadOnlySpan<byte> q, float min, float scale, Span<float> values)
+    {
+        var i = 0;
+        if (Vector256.IsHardwareAccelerated && q.Length == GroupSize)
+        {
+            var vMin = Vector256.Create(min);
+            var vScale = Vector256.Create(scale);
+            var (low, high) = Vector256.Widen(Vector256.Create(q));
+            var (a, b) = Vector256.Widen(low);
+            var (c, d) = Vector256.Widen(high);
+            (vMin + (Vector256.ConvertToSingle(a) * vScale)).CopyTo(values);
+            (vMin + (Vector256.ConvertToSingle(b) * vScale)).CopyTo(values[8..]);
+            (vMin + (Vector256.ConvertToSingle(c) * vScale)).CopyTo(values[16..]);
+            (vMin + (Vector256.ConvertToSingle(d) * vScale)).CopyTo(values[24..]);
+            i = GroupSize;
+        }
+
+        for (; i < values.Length; i++)
+        {
+            values[i] = min + (q[i] * scale);
+        }
     }
 
     /// <summary>The scale of each group, for error bounds in tests and measurements (element error &lt;= scale / 2 + dtype rounding).</summary>
