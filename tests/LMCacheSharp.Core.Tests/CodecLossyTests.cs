@@ -40,6 +40,29 @@ public sealed class Int8GroupCodecTests
     }
 
     [Fact]
+    public void Property_whole_groups_quantize_exactly_as_the_scalar_rounding()
+    {
+        // Full groups take the vectorized path: every level must equal the scalar definition with the stored parameters.
+        var format = CodecTestData.Format(KvDataType.F32);
+        Gen.Single[-50f, 50f].Array[32].Array[1, 4].Sample(groups =>
+        {
+            var floats = groups.SelectMany(g => g).ToArray();
+            var raw = new byte[floats.Length * 4];
+            Buffer.BlockCopy(floats, 0, raw, 0, raw.Length);
+            var encoded = new byte[Codec.MaxEncodedLength(raw.Length, format)];
+            Codec.Encode(raw, format, encoded);
+            var groupCount = floats.Length / 32;
+            for (var i = 0; i < floats.Length; i++)
+            {
+                var min = BitConverter.ToSingle(encoded, (i / 32) * 8);
+                var scale = BitConverter.ToSingle(encoded, ((i / 32) * 8) + 4);
+                var expected = scale == 0 ? (byte)0 : (byte)Math.Clamp(MathF.Round((floats[i] - min) * (1.0f / scale)), 0f, 255f);
+                Assert.Equal(expected, encoded[(groupCount * 8) + i]);
+            }
+        }, iter: 300);
+    }
+
+    [Fact]
     public void Constant_groups_decode_exactly_and_the_size_is_as_documented()
     {
         var format = CodecTestData.Format(KvDataType.F16);
@@ -187,6 +210,29 @@ public sealed class Fp8E4M3CodecTests
                 Assert.True(MathF.Abs(x - y) <= bound, $"{type} element {i}: {x} -> {y}, bound {bound}");
             }
         }
+    }
+
+    [Fact]
+    public void Property_whole_groups_encode_exactly_as_the_scalar_rounding()
+    {
+        // Full groups take the vectorized path: every code must equal ToE4M3(x / scale) with the stored scale.
+        var format = CodecTestData.Format(KvDataType.F32);
+        var values = Gen.OneOf(Gen.Single[-1000f, 1000f], Gen.Single[-0.01f, 0.01f], Gen.Const(0f), Gen.Const(-0f), Gen.Single);
+        values.Array[32].Array[1, 4].Sample(groups =>
+        {
+            var floats = groups.SelectMany(g => g).Select(v => float.IsFinite(v) ? v : 1f).ToArray();
+            var raw = new byte[floats.Length * 4];
+            Buffer.BlockCopy(floats, 0, raw, 0, raw.Length);
+            var encoded = new byte[Codec.MaxEncodedLength(raw.Length, format)];
+            Codec.Encode(raw, format, encoded);
+            var groupCount = floats.Length / 32;
+            for (var i = 0; i < floats.Length; i++)
+            {
+                var scale = BitConverter.ToSingle(encoded, (i / 32) * 4);
+                var expected = scale == 0 ? (byte)0 : Fp8E4M3Codec.ToE4M3(floats[i] * (1.0f / scale));
+                Assert.Equal(expected, encoded[(groupCount * 4) + i]);
+            }
+        }, iter: 300);
     }
 
     [Fact]

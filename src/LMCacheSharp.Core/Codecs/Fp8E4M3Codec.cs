@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using LMCacheSharp.Core.Kv;
 
 namespace LMCacheSharp.Core.Codecs;
@@ -109,15 +110,45 @@ public sealed class Fp8E4M3Codec : IKvCodec
                     continue;
                 }
 
-                var inverse = 1.0f / scale;
-                for (var i = 0; i < values.Length; i++)
-                {
-                    c[i] = ToE4M3(values[i] * inverse);
-                }
+                EncodeGroup(values, 1.0f / scale, c);
             }
         }
 
         return length;
+    }
+
+    // c[i] = ToE4M3(values[i] * inverse); 32 at a time where vectorized (bit-identical to the scalar path).
+    private static void EncodeGroup(ReadOnlySpan<float> values, float inverse, Span<byte> c)
+    {
+        var i = 0;
+        if (Vector256.IsHardwareAccelerated && values.Length == GroupSize)
+        {
+            var vInverse = Vector256.Create(inverse);
+            var low = Vector256.Narrow(Codes(Vector256.Create(values[..8]) * vInverse), Codes(Vector256.Create(values[8..16]) * vInverse)).AsUInt16();
+            var high = Vector256.Narrow(Codes(Vector256.Create(values[16..24]) * vInverse), Codes(Vector256.Create(values[24..32]) * vInverse)).AsUInt16();
+            Vector256.Narrow(low, high).CopyTo(c);
+            i = GroupSize;
+        }
+
+        for (; i < values.Length; i++)
+        {
+            c[i] = ToE4M3(values[i] * inverse);
+        }
+    }
+
+    // The vector form of ToE4M3 for finite inputs: subnormal codes by rounding a * 512, normal codes by rounding the
+    // mantissa to 3 bits in the float's bits, saturated at 0x7E (448).
+    private static Vector256<int> Codes(Vector256<float> x)
+    {
+        var bits = x.AsUInt32();
+        var sign = (bits >> 24) & Vector256.Create(0x80u);
+        var a = Vector256.Abs(x);
+        var subnormal = Vector256.ConvertToUInt32(Vector256.Round(a * Vector256.Create(512f)));
+        var ab = a.AsUInt32();
+        ab += Vector256.Create(0x7FFFFu) + ((ab >> 20) & Vector256<uint>.One);
+        var normal = Vector256.Min(((ab >> 23) - Vector256.Create(120u)) << 3 | ((ab >> 20) & Vector256.Create(7u)), Vector256.Create(0x7Eu));
+        var isSubnormal = Vector256.LessThan(a, Vector256.Create(0.015625f)).AsUInt32();
+        return (Vector256.ConditionalSelect(isSubnormal, subnormal, normal) | sign).AsInt32();
     }
 
     /// <inheritdoc />
