@@ -67,7 +67,8 @@ public sealed class LlamaKvCache : IAsyncDisposable
         {
             Shape = shape;
             Format = shape.ToFormat(Layout);
-            Namespace = CreateNamespace(modelFingerprint, shape, Layout);
+            // The engine's variant says which lossy codecs its tiers use: KV that went through them is keyed apart.
+            Namespace = CreateNamespace(modelFingerprint, shape, Layout).WithVariant(engine.Namespace.Variant);
             _connector = new LlamaKvConnector(context, shape, Layout, ScratchSequence);
         }
         else
@@ -111,7 +112,8 @@ public sealed class LlamaKvCache : IAsyncDisposable
 
     /// <summary>Creates the cache side of <paramref name="context"/> over a shared <paramref name="engine"/>.</summary>
     /// <param name="context">The context; it must have a spare sequence id for scratch (see <see cref="LlamaKvCacheOptions.ScratchSequence"/>).</param>
-    /// <param name="engine">The cache engine (its default namespace is not used: this cache's <see cref="Namespace"/> is).</param>
+    /// <param name="engine">The cache engine (its default namespace is not used: this cache's <see cref="Namespace"/> is, with
+    /// the engine namespace's <see cref="CacheNamespace.Variant"/>, which names the lossy codecs of its tiers).</param>
     /// <param name="modelFingerprint">The model fingerprint, e.g. from <see cref="GgufFingerprint.Get"/>.</param>
     /// <param name="options">Options, or null for the defaults.</param>
     public static LlamaKvCache Create(SafeLLamaContextHandle context, CacheEngine engine, string modelFingerprint, LlamaKvCacheOptions? options = null)

@@ -5,7 +5,7 @@ namespace LMCacheSharp.LlamaCpp.Tests;
 
 /// <summary>
 /// The other process of the cross-process test: <c>kv-worker store MODEL FA LAYOUT CHUNK DIR TOKENS</c> prefills the
-/// comma-separated tokens with a cache whose only tier is a <see cref="DirectoryTier"/> over DIR, stores the prompt's
+/// comma-separated tokens with a cache whose only tier is the disk tier over DIR, stores the prompt's
 /// chunks there and prints the tokens stored.
 /// </summary>
 internal static class KvWorker
@@ -29,9 +29,8 @@ internal static class KvWorker
         _ = TestModels.Directory; // installs the quiet log callback
         using var lm = new LlamaTestModel(model, flashAttention);
         var options = new LMCacheOptions { ChunkSize = chunk, LocalCpu = false, LocalDisk = dir, MaxLocalDiskSize = 1 };
-        DirectoryTier? tier = null;
         await using var cache = LlamaKvCache.CreateWithEngine(lm.Handle, GgufFingerprint.Compute(model), options,
-            new LlamaKvCacheOptions { Layout = layout }, lowerTiers: (pool, _) => [tier = new DirectoryTier(dir, pool)]);
+            new LlamaKvCacheOptions { Layout = layout });
         var generator = new CachedGenerator(lm.Handle, cache);
         var result = await generator.PrefillAsync(tokens);
         await cache.Engine.FlushAsync();

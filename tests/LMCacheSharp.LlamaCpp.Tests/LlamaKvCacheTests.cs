@@ -5,6 +5,7 @@ using LLama;
 using LLama.Native;
 using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Storage;
 using LMCacheSharp.LlamaCpp.Gguf;
 
 namespace LMCacheSharp.LlamaCpp.Tests;
@@ -278,25 +279,31 @@ public sealed class LlamaKvCacheTests
         {
             using var lm = new LlamaTestModel(TestModels.Get(TestModels.Gqa(GgmlTensorType.Q8_0)), flashAttention: false);
             var prompt = lm.Tokenize(TestModels.Text, (4 * Chunk) + 2);
-            DirectoryTier? tier = null;
             var options = new LMCacheOptions { ChunkSize = Chunk, LocalCpu = false, LocalDisk = dir, MaxLocalDiskSize = 1 };
             await using var cache = LlamaKvCache.CreateWithEngine(lm.Handle, "test-model", options,
-                new LlamaKvCacheOptions { Layout = LlamaChunkLayout.Portable }, lowerTiers: (pool, _) => [tier = new DirectoryTier(dir, pool)]);
+                new LlamaKvCacheOptions { Layout = LlamaChunkLayout.Portable });
+            var disk = cache.Engine.Storage.Tiers.OfType<DiskTier>().Single();
             var generator = new CachedGenerator(lm.Handle, cache);
             await generator.PrefillAsync(prompt);
             await cache.Engine.FlushAsync();
 
-            var file = tier!.PathOf(cache.Engine.ComputeKeys(prompt, cache.Namespace)[2]);
+            var file = disk.PathOf(cache.Engine.ComputeKeys(prompt, cache.Namespace)[2]);
             var bytes = await File.ReadAllBytesAsync(file);
-            bytes[ChunkEnvelope.HeaderSize + 100] ^= 0x40; // one bit of KV
+            bytes[DiskTier.HeaderBlockSize + 100] ^= 0x40; // one bit of KV
             await File.WriteAllBytesAsync(file, bytes);
 
             var (hit, tokens) = await HitInFreshContextAsync(lm, cache, prompt);
             Assert.Equal(2 * Chunk, hit.CachedTokens);
-            Assert.Equal(1, tier.Refused.GetValueOrDefault(ChunkReadStatus.ChecksumMismatch));
+            Assert.Equal(1, cache.Engine.Metrics.Snapshot().CorruptChunks);
             var reference = lm.Reference(prompt);
             Assert.Equal(0f, LlamaTestModel.MaxAbsDiff(reference.Logits, hit.Logits!));
             Assert.Equal(reference.Tokens, tokens);
+
+            // The corrupt file was deleted and the recomputed chunks stored again: the cache heals.
+            await cache.Engine.FlushAsync();
+            var (again, _) = await HitInFreshContextAsync(lm, cache, prompt);
+            Assert.Equal(4 * Chunk, again.CachedTokens);
+            Assert.Equal(0f, LlamaTestModel.MaxAbsDiff(reference.Logits, again.Logits!));
         }
         finally
         {
@@ -339,9 +346,9 @@ public sealed class LlamaKvCacheTests
             Assert.Equal((3 * Chunk).ToString(CultureInfo.InvariantCulture), stdout.Trim());
 
             using var lm = new LlamaTestModel(model, flashAttention);
-            var options = new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.05 };
+            var options = new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.05, LocalDisk = dir, MaxLocalDiskSize = 1 };
             await using var cache = LlamaKvCache.CreateWithEngine(lm.Handle, GgufFingerprint.Compute(model), options,
-                new LlamaKvCacheOptions { Layout = layout }, lowerTiers: (pool, _) => [new DirectoryTier(dir, pool)]);
+                new LlamaKvCacheOptions { Layout = layout });
             Assert.Equal(3 * Chunk, await cache.PrefetchAsync(prompt));
             var generator = new CachedGenerator(lm.Handle, cache);
             var hit = await generator.PrefillAsync(prompt, captureLogits: true);
@@ -367,6 +374,39 @@ public sealed class LlamaKvCacheTests
         Assert.Equal(0, (await generator.PrefillAsync(prompt, cache.Namespace.WithSalt("tenant-b"))).CachedTokens);
         Assert.Equal(2 * Chunk, (await generator.PrefillAsync(prompt, cache.Namespace.WithSalt("tenant-a"))).CachedTokens);
         Assert.Equal(0, await cache.LookupAsync(prompt)); // the default namespace has no salt
+    }
+
+    [Fact]
+    public async Task ALossyDiskCodecKeysTheConnectorsChunksApartFromExactKv()
+    {
+        var dir = Directory.CreateTempSubdirectory("lmcache-kv-").FullName;
+        try
+        {
+            using var lm = new LlamaTestModel(TestModels.Get(TestModels.Mha(GgmlTensorType.F16)), flashAttention: false);
+            var prompt = lm.Tokenize(TestModels.Text, (2 * Chunk) + 3);
+            var lossy = new LMCacheOptions { ChunkSize = Chunk, LocalCpu = false, LocalDisk = dir, MaxLocalDiskSize = 1, LocalDiskSerde = "int8" };
+            await using (var cache = LlamaKvCache.CreateWithEngine(lm.Handle, "test-model", lossy,
+                new LlamaKvCacheOptions { Layout = LlamaChunkLayout.Portable }))
+            {
+                Assert.Equal("lossy=int8", cache.Namespace.Variant);
+                await new CachedGenerator(lm.Handle, cache).PrefillAsync(prompt);
+                await cache.Engine.FlushAsync();
+                var (hit, _) = await HitInFreshContextAsync(lm, cache, prompt);
+                Assert.Equal(2 * Chunk, hit.CachedTokens); // int8 KV restores (approximately) under its own keys
+            }
+
+            // The same directory read without the lossy codec: exact KV is wanted, the int8 chunks never match.
+            lm.Handle.MemoryClear(true);
+            var exact = new LMCacheOptions { ChunkSize = Chunk, LocalCpu = false, LocalDisk = dir, MaxLocalDiskSize = 1 };
+            await using var exactCache = LlamaKvCache.CreateWithEngine(lm.Handle, "test-model", exact,
+                new LlamaKvCacheOptions { Layout = LlamaChunkLayout.Portable });
+            Assert.Null(exactCache.Namespace.Variant);
+            Assert.Equal(0, await exactCache.LookupAsync(prompt));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Fact]
