@@ -23,7 +23,8 @@ public static class ServingApp
     /// <param name="options">Serving options.</param>
     /// <param name="cacheOptions">Cache options (LMCache keys).</param>
     /// <param name="urls">Addresses to listen on, e.g. http://127.0.0.1:8000 (port 0 picks a free port).</param>
-    /// <param name="lowerTiers">Remote/disk tiers to add under memory, or null.</param>
+    /// <param name="lowerTiers">Extra tiers under those <paramref name="cacheOptions"/> configures (memory, <c>local_disk</c>,
+    /// <c>remote_url</c>), or null.</param>
     /// <param name="configureLogging">Optional logging setup.</param>
     public static WebApplication Build(ServingOptions options, LMCacheOptions cacheOptions, IEnumerable<string> urls,
         Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null, Action<ILoggingBuilder>? configureLogging = null)

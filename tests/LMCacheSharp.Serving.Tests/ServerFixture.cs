@@ -48,7 +48,8 @@ public sealed class TestServer : IAsyncDisposable
 
     public InferenceService Service => _app.Services.GetRequiredService<InferenceService>();
 
-    public static async Task<TestServer> StartAsync(Action<ServingOptions>? configure = null, int chunkSize = 16)
+    public static async Task<TestServer> StartAsync(Action<ServingOptions>? configure = null, int chunkSize = 16,
+        Action<LMCacheOptions>? configureCache = null)
     {
         var options = new ServingOptions
         {
@@ -62,6 +63,7 @@ public sealed class TestServer : IAsyncDisposable
         };
         configure?.Invoke(options);
         var cache = new LMCacheOptions { ChunkSize = chunkSize, MaxLocalCpuSize = 0.05 };
+        configureCache?.Invoke(cache);
         var app = ServingApp.Build(options, cache, ["http://127.0.0.1:0"]);
         await app.StartAsync();
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

@@ -86,13 +86,13 @@ internal static class ServeCommand
             var url = $"http://{r.GetValue(host)}:{r.GetValue(port)}";
             try
             {
-                await using var app = ServingApp.Build(options, cacheOptions, [url], RemoteTiers.For(cacheOptions));
+                await using var app = ServingApp.Build(options, cacheOptions, [url]);
                 await app.StartAsync(ct);
                 Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{options.ModelName ?? Path.GetFileNameWithoutExtension(options.ModelPath!)}', cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
                 await app.WaitForShutdownAsync(ct);
                 return 0;
             }
-            catch (Exception e) when (e is InvalidDataException or FileNotFoundException or ArgumentException or IOException)
+            catch (Exception e) when (e is InvalidDataException or FileNotFoundException or ArgumentException or IOException or LMCacheConfigurationException)
             {
                 await Console.Error.WriteLineAsync("lmcache serve: " + e.Message);
                 return 1;

@@ -6,6 +6,7 @@ using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
 using LMCacheSharp.Core.Storage;
 using LMCacheSharp.LlamaCpp;
+using LMCacheSharp.Remote;
 using LMCacheSharp.Serving.OpenAi;
 using Microsoft.Extensions.Logging;
 
@@ -62,7 +63,8 @@ public sealed class InferenceService : IAsyncDisposable
     /// <param name="cacheOptions">Cache options (LMCache keys).</param>
     /// <param name="metrics">Request metrics.</param>
     /// <param name="cacheMetrics">Cache metrics.</param>
-    /// <param name="lowerTiers">Disk/remote tiers to add under the memory tier, or null.</param>
+    /// <param name="lowerTiers">Extra tiers to add under the memory, disk and remote tiers that <paramref name="cacheOptions"/>
+    /// configures, or null.</param>
     /// <param name="logger">Where problems are logged.</param>
     public static InferenceService Create(string modelPath, ServingOptions options, LMCacheOptions cacheOptions, ServingMetrics metrics,
         CacheMetrics cacheMetrics, Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers, ILogger logger)
@@ -99,7 +101,7 @@ public sealed class InferenceService : IAsyncDisposable
             {
                 var fingerprint = GgufFingerprint.Get(modelPath);
                 cache = LlamaKvCache.CreateWithEngine(context.NativeHandle, fingerprint, cacheOptions, new LlamaKvCacheOptions { Logger = logger },
-                    cacheMetrics, lowerTiers);
+                    cacheMetrics, WithRemote(cacheOptions, lowerTiers));
             }
 
             var name = options.ModelName ?? Path.GetFileNameWithoutExtension(modelPath);
@@ -221,6 +223,19 @@ public sealed class InferenceService : IAsyncDisposable
     }
 
     // llama.cpp logs every load, state restore and context at info level to stderr: route it to the logger (info as debug).
+    /// <summary>The remote tier that <c>remote_url</c> names (validated now, connected lazily), then <paramref name="extra"/>.</summary>
+    private static Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? WithRemote(LMCacheOptions cacheOptions,
+        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? extra)
+    {
+        var remote = RemoteTierFactory.LowerTiers(cacheOptions);
+        return (remote, extra) switch
+        {
+            (null, _) => extra,
+            (_, null) => remote,
+            _ => (pool, metrics) => [.. remote(pool, metrics), .. extra(pool, metrics)],
+        };
+    }
+
     private static void RouteNativeLogs(ILogger logger)
     {
         LLama.Native.NativeLogConfig.llama_log_set((level, message) =>

@@ -1,0 +1,51 @@
+using System.Net;
+using System.Net.Sockets;
+using LMCacheSharp.Server;
+
+namespace LMCacheSharp.Serving.Tests;
+
+/// <summary>Two <c>lmcache serve</c> instances (each its own model context and memory tier) sharing one cache server.</summary>
+public sealed class SharedCacheServerTests
+{
+    [Fact]
+    public async Task A_prompt_answered_by_instance_one_is_a_cache_hit_on_instance_two()
+    {
+        await using var cacheServer = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
+        await cacheServer.StartAsync(TestContext.Current.CancellationToken);
+        await using var one = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: c => c.RemoteUrl = cacheServer.Url);
+        await using var two = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: c => c.RemoteUrl = cacheServer.Url);
+        await using var alone = await TestServer.StartAsync(o => { o.EnableCache = false; o.EnableInContextSharing = false; });
+        var prompt = Prompts.Long("shared across instances") + " What do caches keep?";
+
+        var (first, cold, promptTokens) = await one.CompleteAsync(prompt);
+        Assert.Equal(0, cold);
+        await one.Service.Cache!.Engine.FlushAsync(TestContext.Current.CancellationToken); // remote puts go in the background
+        Assert.True(cacheServer.Store.GetStats().Items > 0, "instance one stored nothing on the cache server");
+
+        var (second, warm, _) = await two.CompleteAsync(prompt);
+        Assert.True(warm >= promptTokens - 16, $"instance two restored {warm} of {promptTokens} prompt tokens");
+        Assert.Equal(0, warm % 16);
+        Assert.Equal(first, second);
+        Assert.Equal((await alone.CompleteAsync(prompt)).Text, second); // the same greedy output as without any cache
+    }
+
+    [Fact]
+    public async Task A_dead_cache_server_only_costs_cache_hits()
+    {
+        int port;
+        using (var listener = new TcpListener(IPAddress.Loopback, 0))
+        {
+            listener.Start();
+            port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        }
+
+        await using var server = await TestServer.StartAsync(o => o.EnableInContextSharing = false,
+            configureCache: c => { c.RemoteUrl = $"lm://127.0.0.1:{port}"; c.LocalCpu = false; c.RemoteTimeoutMs = 200; });
+        var prompt = Prompts.Long("nobody listens");
+        var (first, cold, _) = await server.CompleteAsync(prompt + " one");
+        var (second, warm, _) = await server.CompleteAsync(prompt + " one");
+        Assert.Equal(0, cold);
+        Assert.Equal(0, warm);
+        Assert.Equal(first, second);
+    }
+}
