@@ -12,7 +12,7 @@ namespace LMCacheSharp.Benchmarks;
 
 /// <summary>
 /// Codec speed and size on real KV: the prompt chunks of a llama.cpp model in the connector's portable layout (plain f16
-/// K/V rows), from a generated model (8 x 512, MHA, flash attention on: 4 chunks of 8 MiB) and from stories260K (3 chunks of
+/// K/V rows), from a generated model (8 x 512, MHA, flash attention on: 4 chunks of 4 MiB) and from stories260K (3 chunks of
 /// 128 tokens; skipped when the model is absent). Encode and decode of all chunks per operation; the Ratio column is raw /
 /// encoded bytes, the GB/s column raw bytes over the median time. The lossy codecs' effect on generation is measured by
 /// <see cref="CodecGenerationBenchmarks"/>.

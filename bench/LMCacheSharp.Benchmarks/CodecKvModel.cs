@@ -58,7 +58,7 @@ internal sealed class CodecKvModel : IDisposable
     public static IReadOnlyList<string> Names { get; } = ["generated", "stories260K"];
 
     /// <summary>
-    /// "generated": 8 layers x 512, MHA 8 x 64, f16, flash attention on, 4 chunks of 256 tokens (32 KiB of KV per token: 8 MiB
+    /// "generated": 8 layers x 512, MHA 8 x 64, f16, flash attention on, 4 chunks of 256 tokens (16 KiB of f16 KV per token: 4 MiB
     /// chunks). "stories260K": the shared trained model (5 layers x 64, GQA 8/4 heads of 8, flash attention off as its head
     /// size needs on CPU), 3 chunks of 128 tokens of a story. Null (with the reason) when stories260K is absent or altered.
     /// </summary>
