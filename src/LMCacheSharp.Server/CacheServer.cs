@@ -61,52 +61,68 @@ public sealed class CacheServer : IAsyncDisposable
     public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
 
     /// <summary>Builds a server; nothing listens until <see cref="StartAsync"/>.</summary>
+    /// <exception cref="IOException">The disk directory cannot be opened or is in use by another process.</exception>
     /// <param name="options">Validated here.</param>
-    /// <param name="store">The store, or null for a <see cref="MemoryCacheStore"/> of <see cref="CacheServerOptions.CapacityBytes"/> (owned by the server).</param>
+    /// <param name="store">
+    /// The store, or null for one owned by the server: a <see cref="MemoryCacheStore"/> of <see cref="CacheServerOptions.CapacityBytes"/>,
+    /// or with <see cref="CacheServerOptions.Disk"/> a <see cref="DiskBackedCacheStore"/> (which opens the directory here).
+    /// </param>
     /// <param name="configureLogging">Optional logging setup (default: console, warnings and up from ASP.NET Core).</param>
     public static CacheServer Create(CacheServerOptions options, ICacheStore? store = null, Action<ILoggingBuilder>? configureLogging = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var ownsStore = store is null;
-        store ??= new MemoryCacheStore(options.CapacityBytes);
-        var metrics = new CacheServerMetrics();
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
-        configureLogging?.Invoke(builder.Logging);
-        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = options.ShutdownTimeout);
-        builder.Services.AddSingleton(store);
-        // Large pipe blocks: Kestrel's default 4 KiB blocks cap each socket read at 4 KiB (see LargeBlockMemoryPool).
-        builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
-        builder.Services.AddSingleton(options);
-        builder.Services.AddSingleton(metrics);
-        var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
-        ListenOptions? protocol = null, http = null;
-        builder.WebHost.ConfigureKestrel(k =>
+        store ??= options.Disk is { } disk ? new DiskBackedCacheStore(options.CapacityBytes, disk) : new MemoryCacheStore(options.CapacityBytes);
+        try
         {
-            k.Listen(address, options.Port, l =>
+            var metrics = new CacheServerMetrics();
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+            configureLogging?.Invoke(builder.Logging);
+            builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = options.ShutdownTimeout);
+            builder.Services.AddSingleton(store);
+            // Large pipe blocks: Kestrel's default 4 KiB blocks cap each socket read at 4 KiB (see LargeBlockMemoryPool).
+            builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
+            builder.Services.AddSingleton(options);
+            builder.Services.AddSingleton(metrics);
+            var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
+            ListenOptions? protocol = null, http = null;
+            builder.WebHost.ConfigureKestrel(k =>
             {
-                protocol = l;
-                l.UseConnectionHandler<CacheConnectionHandler>();
-            });
-            if (options.MetricsPort is { } metricsPort)
-            {
-                k.Listen(address, metricsPort, l =>
+                k.Listen(address, options.Port, l =>
                 {
-                    http = l;
-                    l.Protocols = HttpProtocols.Http1;
+                    protocol = l;
+                    l.UseConnectionHandler<CacheConnectionHandler>();
                 });
+                if (options.MetricsPort is { } metricsPort)
+                {
+                    k.Listen(address, metricsPort, l =>
+                    {
+                        http = l;
+                        l.Protocols = HttpProtocols.Http1;
+                    });
+                }
+            });
+            var app = builder.Build();
+            if (options.MetricsPort is not null)
+            {
+                var registry = CreateRegistry(metrics, store);
+                app.MapMetrics("/metrics", registry);
             }
-        });
-        var app = builder.Build();
-        if (options.MetricsPort is not null)
-        {
-            var registry = CreateRegistry(metrics, store);
-            app.MapMetrics("/metrics", registry);
-        }
 
-        // Kestrel runs the Listen callbacks while the app is built, so the endpoints are known here.
-        return new CacheServer(app, protocol!, http, options, store, ownsStore, metrics);
+            // Kestrel runs the Listen callbacks while the app is built, so the endpoints are known here.
+            return new CacheServer(app, protocol!, http, options, store, ownsStore, metrics);
+        }
+        catch
+        {
+            if (ownsStore)
+            {
+                store.Dispose(); // releases the disk directory's lock
+            }
+
+            throw;
+        }
     }
 
     /// <summary>Binds and starts accepting connections.</summary>
@@ -141,7 +157,15 @@ public sealed class CacheServer : IAsyncDisposable
         await _app.DisposeAsync().ConfigureAwait(false);
         if (_ownsStore)
         {
-            Store.Dispose();
+            // A disk-backed store finishes its queued disk writes here, after the last connection has closed.
+            if (Store is IAsyncDisposable asyncStore)
+            {
+                await asyncStore.DisposeAsync().ConfigureAwait(false);
+            }
+            else
+            {
+                Store.Dispose();
+            }
         }
     }
 
@@ -184,7 +208,8 @@ public sealed class CacheServer : IAsyncDisposable
         return registry;
     }
 
-    private static bool IsGauge(string name) => name is "items" or "used_bytes" or "capacity_bytes" or "connections_active";
+    private static bool IsGauge(string name) => name is "items" or "used_bytes" or "capacity_bytes" or "connections_active"
+        or "disk_items" or "disk_used_bytes" or "disk_capacity_bytes" or "disk_queued_bytes";
 
     private static string Describe(string name) => name switch
     {
@@ -195,6 +220,13 @@ public sealed class CacheServer : IAsyncDisposable
         "hits" => "Keys found by GET, MGET and EXISTS-PREFIX.",
         "misses" => "Keys not found by GET, MGET and EXISTS-PREFIX.",
         "connections_active" => "Connections open.",
+        "disk_items" => "Values on disk.",
+        "disk_used_bytes" => "Bytes of files on disk (4 KiB blocks).",
+        "disk_capacity_bytes" => "Disk capacity in bytes.",
+        "disk_queued_bytes" => "Bytes of values waiting for the disk writer.",
+        "disk_hits" => "GETs that missed memory and were served from disk.",
+        "disk_writes_dropped" => "Values not written to disk because the write queue was full.",
+        "disk_refused" => "Values kept in memory only (key not 32 bytes, or not a chunk envelope).",
         _ => name.StartsWith("requests_", StringComparison.Ordinal) ? $"{name[9..].ToUpperInvariant()} requests." : name.Replace('_', ' ') + ".",
     };
 }

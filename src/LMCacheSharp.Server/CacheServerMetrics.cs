@@ -40,7 +40,7 @@ public sealed class CacheServerMetrics
 
     internal void AuthFailure() => Interlocked.Increment(ref _authFailures);
 
-    /// <summary>Every counter by name (the STATS reply and the Prometheus export), with the store's sizes.</summary>
+    /// <summary>Every counter by name (the STATS reply and the Prometheus export), with the store's sizes (and its disk's, <c>disk_*</c>, when it has one).</summary>
     public IReadOnlyList<KeyValuePair<string, long>> Snapshot(CacheStoreStats store)
     {
         var list = new List<KeyValuePair<string, long>>(32)
@@ -60,6 +60,25 @@ public sealed class CacheServerMetrics
             new("request_errors", Interlocked.Read(ref _requestErrors)),
             new("auth_failures", Interlocked.Read(ref _authFailures)),
         };
+        if (store.Disk is { } disk)
+        {
+            list.AddRange(
+            [
+                new("disk_items", disk.Items),
+                new("disk_used_bytes", disk.UsedBytes),
+                new("disk_capacity_bytes", disk.CapacityBytes),
+                new("disk_queued_bytes", disk.QueuedBytes),
+                new("disk_hits", disk.Hits),
+                new("disk_writes", disk.Writes),
+                new("disk_writes_dropped", disk.WritesDropped),
+                new("disk_refused", disk.Refused),
+                new("disk_write_failures", disk.WriteFailures),
+                new("disk_evictions", disk.Evictions),
+                new("disk_corrupt", disk.Corrupt),
+                new("disk_errors", disk.Errors),
+            ]);
+        }
+
         foreach (var op in Enum.GetValues<Opcode>())
         {
             list.Add(new("requests_" + OpcodeName(op), Interlocked.Read(ref _requests[(int)op & 15])));

@@ -41,6 +41,12 @@ public sealed class CacheServerOptions
     /// <summary>How long a graceful stop waits for requests in progress. Default 5 s; range 0..10 min.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// Persistence: values also go to a disk directory and survive a restart (<see cref="DiskBackedCacheStore"/>). Default
+    /// null (memory only).
+    /// </summary>
+    public DiskStoreOptions? Disk { get; set; }
+
     /// <summary>Every problem with the current values; empty when valid.</summary>
     public IReadOnlyList<string> GetErrors()
     {
@@ -82,6 +88,11 @@ public sealed class CacheServerOptions
         if (ShutdownTimeout < TimeSpan.Zero || ShutdownTimeout > TimeSpan.FromMinutes(10))
         {
             errors.Add($"shutdown timeout: must be in 0..10 min, got {ShutdownTimeout}");
+        }
+
+        if (Disk is not null)
+        {
+            errors.AddRange(Disk.GetErrors());
         }
 
         if (Limits is null)

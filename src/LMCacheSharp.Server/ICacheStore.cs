@@ -7,7 +7,27 @@ namespace LMCacheSharp.Server;
 /// <param name="UsedBytes">Bytes held (buffer capacity: values are kept in 4 KiB-aligned native buffers).</param>
 /// <param name="CapacityBytes">Capacity in bytes.</param>
 /// <param name="Evictions">Values evicted to make room since start.</param>
-public readonly record struct CacheStoreStats(long Items, long UsedBytes, long CapacityBytes, long Evictions);
+public readonly record struct CacheStoreStats(long Items, long UsedBytes, long CapacityBytes, long Evictions)
+{
+    /// <summary>The disk behind the memory (<see cref="DiskBackedCacheStore"/>), or null for a store without one.</summary>
+    public DiskStoreStats? Disk { get; init; }
+}
+
+/// <summary>Sizes and counters of the disk behind a <see cref="DiskBackedCacheStore"/> (STATS and /metrics: <c>disk_*</c>).</summary>
+/// <param name="Items">Values on disk.</param>
+/// <param name="UsedBytes">Bytes of files on disk (whole 4 KiB blocks).</param>
+/// <param name="CapacityBytes">Disk capacity in bytes.</param>
+/// <param name="QueuedBytes">Bytes of values waiting for the background writer.</param>
+/// <param name="Hits">GETs that missed memory and were served from disk.</param>
+/// <param name="Writes">Values written to disk.</param>
+/// <param name="WritesDropped">PUTs not written to disk because the write queue was full (kept in memory only).</param>
+/// <param name="Refused">PUTs kept in memory only because the key is not 32 bytes or the value is not a chunk envelope for it.</param>
+/// <param name="WriteFailures">Disk writes that failed (bad payload checksum, larger than the disk, I/O error).</param>
+/// <param name="Evictions">Files evicted to make room.</param>
+/// <param name="Corrupt">Files that failed verification when read (each a miss; the file is deleted).</param>
+/// <param name="Errors">I/O errors of the disk tier.</param>
+public readonly record struct DiskStoreStats(long Items, long UsedBytes, long CapacityBytes, long QueuedBytes, long Hits, long Writes,
+    long WritesDropped, long Refused, long WriteFailures, long Evictions, long Corrupt, long Errors);
 
 /// <summary>
 /// Where the cache server keeps values: opaque byte strings under opaque byte keys. The session rents a buffer with
