@@ -7,7 +7,8 @@ namespace LMCacheSharp.Cli.Commands;
 
 /// <summary>
 /// <c>lmcache server</c>: the standalone cache server that many inference processes share (<c>remote_url: lm://host:port</c>).
-/// Settings come from LMCACHE_SERVER_* environment variables, then the command line.
+/// Settings come from LMCACHE_SERVER_* environment variables, then the command line. With <c>--disk DIR</c> values are also
+/// written to a disk directory (behind a bounded queue) and a restarted server serves them again.
 /// </summary>
 internal static class ServerCommand
 {
@@ -20,9 +21,13 @@ internal static class ServerCommand
         var metricsPort = new Option<int?>("--metrics-port") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (LMCACHE_SERVER_METRICS_PORT). Default off." };
         var maxConnections = new Option<int?>("--max-connections") { Description = "Connections served at once (LMCACHE_SERVER_MAX_CONNECTIONS). Default 1024." };
         var maxValue = new Option<string?>("--max-value-size") { Description = "Largest value accepted, e.g. 256MB (LMCACHE_SERVER_MAX_VALUE_SIZE). Default 256MB." };
+        var disk = new Option<string?>("--disk") { Description = "Also keep values in this directory, so a restarted server serves them again (LMCACHE_SERVER_DISK). Default off." };
+        var diskCapacity = new Option<string?>("--disk-capacity") { Description = "Bytes of files kept in --disk before LRU eviction, e.g. 100GB (LMCACHE_SERVER_DISK_CAPACITY). Default 10GB." };
+        var diskQueue = new Option<string?>("--disk-write-queue") { Description = "Bytes of values waiting for the disk writer before disk writes are dropped (LMCACHE_SERVER_DISK_WRITE_QUEUE). Default 256MB." };
+        var diskFsync = new Option<bool?>("--disk-fsync") { Description = "fsync every file written to --disk (LMCACHE_SERVER_DISK_FSYNC). Default false." };
         var command = new Command("server", "Run the cache server: a shared KV store for several lmcache serve instances (remote_url: lm://host:port).")
         {
-            host, port, capacity, token, metricsPort, maxConnections, maxValue,
+            host, port, capacity, token, metricsPort, maxConnections, maxValue, disk, diskCapacity, diskQueue, diskFsync,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -40,6 +45,23 @@ internal static class ServerCommand
                     throw new ArgumentException($"--max-value-size: must be in 1..{ProtocolLimits.ValueBytesCeiling} bytes, got {valueBytes}");
                 }
 
+                static bool? EnvBool(string name) => Env(name) is { } v
+                    ? v.ToLowerInvariant() switch
+                    {
+                        "1" or "true" or "yes" or "on" => true,
+                        "0" or "false" or "no" or "off" => false,
+                        _ => throw new ArgumentException($"LMCACHE_SERVER_{name}: not a boolean: '{v}'"),
+                    }
+                    : null;
+                var diskDirectory = r.GetValue(disk) ?? Env("DISK");
+                var diskCapacityText = r.GetValue(diskCapacity) ?? Env("DISK_CAPACITY");
+                var diskQueueText = r.GetValue(diskQueue) ?? Env("DISK_WRITE_QUEUE");
+                var fsync = r.GetValue(diskFsync) ?? EnvBool("DISK_FSYNC");
+                if (diskDirectory is null && (diskCapacityText is not null || diskQueueText is not null || fsync is not null))
+                {
+                    throw new ArgumentException("--disk-capacity, --disk-write-queue and --disk-fsync need --disk DIR");
+                }
+
                 options = new CacheServerOptions
                 {
                     Host = r.GetValue(host) ?? Env("HOST") ?? "127.0.0.1",
@@ -49,9 +71,16 @@ internal static class ServerCommand
                     MetricsPort = r.GetValue(metricsPort) ?? EnvInt("METRICS_PORT"),
                     MaxConnections = r.GetValue(maxConnections) ?? EnvInt("MAX_CONNECTIONS") ?? 1024,
                     Limits = new ProtocolLimits { MaxValueBytes = (int)valueBytes, MaxFrameBytes = (int)Math.Min(valueBytes + (1 << 20), ProtocolLimits.FrameBytesCeiling) },
+                    Disk = diskDirectory is null ? null : new DiskStoreOptions
+                    {
+                        Directory = Core.Storage.DiskTierOptions.ParseDirectory(diskDirectory),
+                        CapacityBytes = ByteSize.Parse(diskCapacityText ?? "10GB"),
+                        WriteQueueBytes = ByteSize.Parse(diskQueueText ?? "256MB"),
+                        Fsync = fsync ?? false,
+                    },
                 };
             }
-            catch (Exception e) when (e is ArgumentException or FormatException or OverflowException)
+            catch (Exception e) when (e is ArgumentException or FormatException or OverflowException or LMCacheConfigurationException)
             {
                 await Console.Error.WriteLineAsync("lmcache server: " + e.Message);
                 return 2;
@@ -70,6 +99,13 @@ internal static class ServerCommand
                 await server.StartAsync(ct);
                 Console.WriteLine($"lmcache server: {server.Url} (capacity {ByteSize.Format(options.CapacityBytes)}, auth {(string.IsNullOrEmpty(options.AuthToken) ? "off" : "on")}" +
                     $"{(server.MetricsUrl is { } m ? $", metrics {m}" : "")}); Ctrl+C to stop");
+                if (server.Store is DiskBackedCacheStore persistent)
+                {
+                    var scan = persistent.Disk.StartupScan;
+                    Console.WriteLine($"lmcache server: disk {persistent.Disk.Root} (capacity {ByteSize.Format(persistent.Disk.CapacityBytes)}): " +
+                        $"{scan.Recovered} values recovered ({ByteSize.Format(persistent.Disk.UsedBytes)}), {scan.Discarded} corrupt files deleted, " +
+                        $"{scan.EvictedOverCapacity} evicted over capacity, in {scan.Elapsed.TotalSeconds:0.00} s");
+                }
                 await server.WaitForShutdownAsync(ct);
                 return 0;
             }
