@@ -34,6 +34,18 @@ public sealed class ServingCacheTests
     }
 
     [Fact]
+    public async Task A_finished_sequence_serves_the_next_request_only_and_unrelated_ones_free_it()
+    {
+        await using var server = await TestServer.StartAsync(o => o.EnableCache = false);
+        await server.CompleteAsync(Prompts.Long("first topic"));
+        Assert.Equal(1, await ResidentsAfterTheStepAsync(server)); // kept for whoever comes next
+
+        var (_, shared, _) = await server.CompleteAsync(Prompts.Long("other subject"));
+        Assert.Equal(0, shared); // nothing in common: the first sequence was freed rather than kept beside it
+        Assert.Equal(1, await ResidentsAfterTheStepAsync(server));
+    }
+
+    [Fact]
     public async Task Different_salts_never_share_and_the_same_salt_does()
     {
         await using var server = await TestServer.StartAsync();
@@ -139,5 +151,17 @@ public sealed class ServingCacheTests
         // With one sequence, this only completes once the abandoned request was dropped.
         var done = server.CompleteAsync("next please", 3);
         Assert.Same(done, await Task.WhenAny(done, Task.Delay(TimeSpan.FromSeconds(60))));
+    }
+
+    // The scheduler publishes the count after the step that answered; give it a moment to get there.
+    private static async Task<int> ResidentsAfterTheStepAsync(TestServer server)
+    {
+        for (var i = 0; i < 50 && server.Service.ResidentSequences == 0; i++)
+        {
+            await Task.Delay(20);
+        }
+
+        await Task.Delay(50);
+        return server.Service.ResidentSequences;
     }
 }

@@ -57,6 +57,9 @@ public sealed class InferenceService : IAsyncDisposable
     /// <summary>Request metrics.</summary>
     public ServingMetrics Metrics => _metrics;
 
+    /// <summary>Finished sequences whose KV cells are still in the context, kept for in-context prefix sharing.</summary>
+    internal int ResidentSequences => _scheduler.ResidentSequences;
+
     /// <summary>Loads the model and creates the context, the cache and the scheduler.</summary>
     /// <param name="modelPath">The GGUF to serve.</param>
     /// <param name="options">Serving options (validated here).</param>
