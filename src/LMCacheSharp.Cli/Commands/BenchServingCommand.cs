@@ -70,44 +70,57 @@ internal static class BenchServingCommand
                 return 1;
             }
 
-            var results = new List<RequestResult>();
             var endpoints = r.GetValue(urls) ?? [];
-            if (endpoints.Length > 0)
+            var targets = new List<(string Name, string Url)>();
+            var apps = new List<WebApplication>();
+            try
             {
-                foreach (var url in endpoints)
+                if (endpoints.Length > 0)
                 {
-                    results.AddRange(await RunAsync(url, url, items, r.GetValue(maxTokens), ct));
+                    targets.AddRange(endpoints.Select(u => (u, u)));
                 }
-            }
-            else
-            {
-                foreach (var config in r.GetValue(configs)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                else
                 {
-                    if (config is not ("off" or "context" or "tiers" or "on"))
+                    // All configurations run side by side and each request goes to every one of them in turn (rotating
+                    // the order), so that noise on a shared machine spreads over all configurations alike.
+                    foreach (var config in r.GetValue(configs)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                     {
-                        await Console.Error.WriteLineAsync($"unknown configuration '{config}': use off, context, tiers, on");
-                        return 2;
+                        if (config is not ("off" or "context" or "tiers" or "on"))
+                        {
+                            await Console.Error.WriteLineAsync($"unknown configuration '{config}': use off, context, tiers, on");
+                            return 2;
+                        }
+
+                        var options = new ServingOptions
+                        {
+                            ModelPath = r.GetValue(model),
+                            ContextSize = r.GetValue(ctx),
+                            MaxConcurrentRequests = 4,
+                            EnableCache = config is "tiers" or "on",
+                            EnableInContextSharing = config is "context" or "on",
+                        };
+                        var app = ServingApp.Build(options, new LMCacheOptions { MaxLocalCpuSize = 4 }, ["http://127.0.0.1:0"], null,
+                            l => l.SetMinimumLevel(LogLevel.Warning));
+                        apps.Add(app);
+                        await app.StartAsync(ct);
+                        var url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+                        Console.WriteLine($"configuration '{config}' ({options.ModelName}) at {url}");
+                        targets.Add((config, url));
                     }
+                }
 
-                    var options = new ServingOptions
-                    {
-                        ModelPath = r.GetValue(model),
-                        ContextSize = r.GetValue(ctx),
-                        MaxConcurrentRequests = 4,
-                        EnableCache = config is "tiers" or "on",
-                        EnableInContextSharing = config is "context" or "on",
-                    };
-                    await using var app = ServingApp.Build(options, new LMCacheOptions { MaxLocalCpuSize = 4 }, ["http://127.0.0.1:0"], null,
-                        l => l.SetMinimumLevel(LogLevel.Warning));
-                    await app.StartAsync(ct);
-                    var url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-                    Console.WriteLine($"== configuration '{config}' ({options.ModelName}) at {url}");
-                    results.AddRange(await RunAsync(url, config, items, r.GetValue(maxTokens), ct));
-                    await app.StopAsync(ct);
+                var results = await RunAsync(targets, items, r.GetValue(maxTokens), ct);
+                Report(results, r.GetValue(output)!, targets.Select(t => t.Name).ToList());
+            }
+            finally
+            {
+                foreach (var app in apps)
+                {
+                    await app.StopAsync(CancellationToken.None);
+                    await app.DisposeAsync();
                 }
             }
 
-            Report(results, r.GetValue(output)!);
             return 0;
         });
         return command;
@@ -118,66 +131,84 @@ internal static class BenchServingCommand
     internal sealed record RequestResult(string Config, string Workload, bool Cold, double TtftMs, double TotalMs, int PromptTokens, int CachedTokens,
         int CompletionTokens);
 
-    private static async Task<List<RequestResult>> RunAsync(string url, string config, List<WorkItem> items, int maxTokens, CancellationToken ct)
+    private static async Task<List<RequestResult>> RunAsync(List<(string Name, string Url)> targets, List<WorkItem> items, int maxTokens,
+        CancellationToken ct)
     {
-        using var http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromMinutes(30) };
-        var results = new List<RequestResult>();
-        var i = 0;
-        // One short unmeasured request first, so model load, JIT and first-touch costs land in no configuration's numbers.
-        using (var warm = await http.PostAsync("/v1/completions", JsonContent.Create(new JsonObject { ["prompt"] = "warm up", ["max_tokens"] = 2 }), ct))
+        var clients = targets.Select(t => (t.Name, Http: new HttpClient { BaseAddress = new Uri(t.Url), Timeout = TimeSpan.FromMinutes(30) })).ToList();
+        try
         {
-            warm.EnsureSuccessStatusCode();
-        }
+            foreach (var (_, http) in clients)
+            {
+                // One short unmeasured request first, so model load, JIT and first-touch costs land in no configuration's numbers.
+                using var warm = await http.PostAsync("/v1/completions", JsonContent.Create(new JsonObject { ["prompt"] = "warm up", ["max_tokens"] = 2 }), ct);
+                warm.EnsureSuccessStatusCode();
+            }
 
-        foreach (var item in items)
-        {
-            var body = new JsonObject
+            var results = new List<RequestResult>();
+            for (var i = 0; i < items.Count; i++)
             {
-                ["prompt"] = item.Prompt,
-                ["max_tokens"] = maxTokens,
-                ["temperature"] = 0,
-                ["stream"] = true,
-                ["stream_options"] = new JsonObject { ["include_usage"] = true },
-            };
-            var start = Stopwatch.GetTimestamp();
-            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
-            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
-            response.EnsureSuccessStatusCode();
-            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
-            double? ttft = null;
-            int prompt = 0, cached = 0, completion = 0;
-            while (await reader.ReadLineAsync(ct) is { } line)
-            {
-                if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]")
+                for (var k = 0; k < clients.Count; k++)
                 {
-                    continue;
+                    var (name, http) = clients[(i + k) % clients.Count];
+                    results.Add(await SendAsync(http, name, items[i], maxTokens, ct));
                 }
 
-                ttft ??= Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                var chunk = JsonNode.Parse(line["data: ".Length..]);
-                if (chunk?["usage"] is JsonObject usage)
+                if ((i + 1) % 10 == 0 || i + 1 == items.Count)
                 {
-                    prompt = usage["prompt_tokens"]!.GetValue<int>();
-                    completion = usage["completion_tokens"]!.GetValue<int>();
-                    cached = usage["prompt_tokens_details"]?["cached_tokens"]?.GetValue<int>() ?? 0;
+                    Console.WriteLine($"  {i + 1}/{items.Count} requests x {clients.Count} configurations");
                 }
             }
 
-            var total = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-            results.Add(new RequestResult(config, item.Workload, item.Cold, ttft ?? total, total, prompt, cached, completion));
-            if (++i % 10 == 0 || i == items.Count)
-            {
-                Console.WriteLine($"  {i}/{items.Count} requests");
-            }
+            return results;
         }
-
-        return results;
+        finally
+        {
+            clients.ForEach(c => c.Http.Dispose());
+        }
     }
 
-    private static void Report(List<RequestResult> results, string outputDir)
+    private static async Task<RequestResult> SendAsync(HttpClient http, string config, WorkItem item, int maxTokens, CancellationToken ct)
+    {
+        var body = new JsonObject
+        {
+            ["prompt"] = item.Prompt,
+            ["max_tokens"] = maxTokens,
+            ["temperature"] = 0,
+            ["stream"] = true,
+            ["stream_options"] = new JsonObject { ["include_usage"] = true },
+        };
+        var start = Stopwatch.GetTimestamp();
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+        response.EnsureSuccessStatusCode();
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
+        double? ttft = null;
+        int prompt = 0, cached = 0, completion = 0;
+        while (await reader.ReadLineAsync(ct) is { } line)
+        {
+            if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]")
+            {
+                continue;
+            }
+
+            ttft ??= Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            var chunk = JsonNode.Parse(line["data: ".Length..]);
+            if (chunk?["usage"] is JsonObject usage)
+            {
+                prompt = usage["prompt_tokens"]!.GetValue<int>();
+                completion = usage["completion_tokens"]!.GetValue<int>();
+                cached = usage["prompt_tokens_details"]?["cached_tokens"]?.GetValue<int>() ?? 0;
+            }
+        }
+
+        var total = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        return new RequestResult(config, item.Workload, item.Cold, ttft ?? total, total, prompt, cached, completion);
+    }
+
+    private static void Report(List<RequestResult> results, string outputDir, List<string> configs)
     {
         Directory.CreateDirectory(outputDir);
-        var rows = results.Where(r => r.Workload != "chat-warmup").GroupBy(r => (r.Config, r.Workload, r.Cold)).OrderBy(g => g.Key.Workload).ThenBy(g => g.Key.Cold ? 0 : 1).ThenBy(g => g.Key.Config)
+        var rows = results.Where(r => r.Workload != "chat-warmup").GroupBy(r => (r.Config, r.Workload, r.Cold)).OrderBy(g => g.Key.Workload).ThenBy(g => g.Key.Cold ? 0 : 1).ThenBy(g => configs.IndexOf(g.Key.Config))
             .Select(g => new
             {
                 g.Key.Config,
@@ -199,7 +230,6 @@ internal static class BenchServingCommand
                 $"| {row.Workload} | {row.Kind} | {row.Config} | {row.Requests} | {row.PromptTokens:F0} | {row.CachedShare:P0} | {row.P50:F1} | {row.P90:F1} | {row.TokensPerSecond:F0} |");
         }
 
-        var configs = rows.Select(r => r.Config).Distinct().ToList();
         if (configs.Count >= 2)
         {
             table.AppendLine();
@@ -230,7 +260,7 @@ internal static class BenchServingCommand
 
         File.WriteAllText(Path.Combine(outputDir, "serving.csv"), csv.ToString());
         var png = Path.Combine(outputDir, "serving-ttft.png");
-        Charts.Bars(png, "Time to first token, p50 (ms)", rows.Select(r => r.Config).Distinct().ToList(),
+        Charts.Bars(png, "Time to first token, p50 (ms)", configs,
             rows.Select(r => $"{r.Workload} {r.Kind}").Distinct().ToList(),
             (config, series) => rows.FirstOrDefault(r => r.Config == config && $"{r.Workload} {r.Kind}" == series)?.P50 ?? 0);
         Console.WriteLine($"results: {outputDir}/serving.json, serving.csv, serving-summary.md, serving-ttft.png");
