@@ -38,6 +38,14 @@ public sealed class CacheServerOptions
     /// </summary>
     public int WriteSliceBytes { get; set; } = 1 << 20;
 
+    /// <summary>
+    /// How long a connection may go without receiving a byte while it is inside a frame (a header begun, or a body not yet
+    /// complete) before it is closed, so a stalled or malicious client cannot hold a connection slot and a partly received
+    /// value forever. Idle time between frames is not limited (pooled clients keep connections open). Default 30 s; range
+    /// 100 ms..1 h, or <see cref="Timeout.InfiniteTimeSpan"/> for no limit.
+    /// </summary>
+    public TimeSpan FrameTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
     /// <summary>How long a graceful stop waits for requests in progress. Default 5 s; range 0..10 min.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
@@ -83,6 +91,11 @@ public sealed class CacheServerOptions
         if (WriteSliceBytes is < 4096 or > 64 << 20)
         {
             errors.Add($"write slice: must be in 4KB..64MB, got {WriteSliceBytes} bytes");
+        }
+
+        if (FrameTimeout != Timeout.InfiniteTimeSpan && (FrameTimeout < TimeSpan.FromMilliseconds(100) || FrameTimeout > TimeSpan.FromHours(1)))
+        {
+            errors.Add($"frame timeout: must be in 100 ms..1 h (or infinite), got {FrameTimeout}");
         }
 
         if (ShutdownTimeout < TimeSpan.Zero || ShutdownTimeout > TimeSpan.FromMinutes(10))

@@ -16,6 +16,8 @@ namespace LMCacheSharp.Server;
 /// gets one <see cref="StatusCode.ProtocolViolation"/> frame (request id 0) and the connection is closed; anything
 /// unexpected is logged and the connection is closed. Clients see short messages only.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "The frame timer lives and is disposed within RunAsync, the only entry point.")]
 public sealed partial class CacheSession
 {
     private const int FlushThreshold = 64 << 10;
@@ -31,8 +33,10 @@ public sealed partial class CacheSession
     private bool _authenticated;
     private long _unflushed;
     private bool _needMoreData;
+    private bool _partialHeader;
     private long _bodyRead;
     private volatile bool _stopping;
+    private CancellationTokenSource? _frameTimer;
 
     /// <summary>Creates a session.</summary>
     public CacheSession(IDuplexPipe transport, ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILogger logger)
@@ -83,6 +87,12 @@ public sealed partial class CacheSession
             Log.FramingViolation(_logger, e.Reason);
             await TrySendFinalAsync(StatusCode.ProtocolViolation, e.Message).ConfigureAwait(false);
         }
+        catch (FrameTimeoutException e)
+        {
+            _metrics.ProtocolError();
+            Log.StalledClient(_logger, e.Message);
+            await TrySendFinalAsync(StatusCode.ProtocolViolation, "frame timeout: " + e.Message).ConfigureAwait(false);
+        }
         catch (Exception e) when (e is IOException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
         {
             // The peer went away mid-frame, or the transport was aborted: nothing to answer.
@@ -95,6 +105,7 @@ public sealed partial class CacheSession
         }
         finally
         {
+            _frameTimer?.Dispose();
             await _input.CompleteAsync().ConfigureAwait(false);
             await _output.CompleteAsync().ConfigureAwait(false);
         }
@@ -108,7 +119,7 @@ public sealed partial class CacheSession
             if (_needMoreData || !_input.TryRead(out result))
             {
                 await FlushAsync().ConfigureAwait(false);
-                result = await _input.ReadAsync().ConfigureAwait(false);
+                result = _partialHeader ? await ReadInsideFrameAsync().ConfigureAwait(false) : await _input.ReadAsync().ConfigureAwait(false);
             }
 
             var buffer = result.Buffer;
@@ -116,6 +127,7 @@ public sealed partial class CacheSession
             {
                 _input.AdvanceTo(buffer.Start);
                 _needMoreData = false;
+                _partialHeader = false;
                 _metrics.BytesIn(FrameHeader.Size);
                 return header;
             }
@@ -140,6 +152,7 @@ public sealed partial class CacheSession
 
             _input.AdvanceTo(buffer.Start, buffer.End);
             _needMoreData = true;
+            _partialHeader = !buffer.IsEmpty;
         }
     }
 
@@ -400,6 +413,38 @@ public sealed partial class CacheSession
         }
     }
 
+    /// <summary>
+    /// A read inside a frame: it fails with <see cref="FrameTimeoutException"/> when no byte arrives within
+    /// <see cref="CacheServerOptions.FrameTimeout"/>. The timer is reused from read to read.
+    /// </summary>
+    private async ValueTask<ReadResult> ReadInsideFrameAsync()
+    {
+        var timeout = _options.FrameTimeout;
+        if (timeout == Timeout.InfiniteTimeSpan)
+        {
+            return await _input.ReadAsync().ConfigureAwait(false);
+        }
+
+        if (_frameTimer is null || !_frameTimer.TryReset())
+        {
+            _frameTimer?.Dispose();
+            _frameTimer = new CancellationTokenSource();
+        }
+
+        _frameTimer.CancelAfter(timeout);
+        try
+        {
+            return await _input.ReadAsync(_frameTimer.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (_frameTimer.IsCancellationRequested)
+        {
+            throw new FrameTimeoutException(timeout);
+        }
+    }
+
+    /// <summary>A client sent part of a frame and then nothing for <see cref="CacheServerOptions.FrameTimeout"/>.</summary>
+    private sealed class FrameTimeoutException(TimeSpan timeout) : Exception($"no data for {timeout.TotalSeconds:0.###} s inside a frame");
+
     private delegate void SliceAction<in TState>(TState state, ReadOnlySequence<byte> slice, long offset);
 
     /// <summary>Hands the next <paramref name="length"/> body bytes to <paramref name="onSlice"/> as they arrive.</summary>
@@ -408,7 +453,7 @@ public sealed partial class CacheSession
         long done = 0;
         while (done < length)
         {
-            var result = await _input.ReadAsync().ConfigureAwait(false);
+            var result = await ReadInsideFrameAsync().ConfigureAwait(false);
             var buffer = result.Buffer;
             if (buffer.IsEmpty)
             {
@@ -484,6 +529,9 @@ public sealed partial class CacheSession
 
         [LoggerMessage(Level = LogLevel.Error, Message = "closing a connection after an unexpected error")]
         public static partial void UnexpectedError(ILogger logger, Exception exception);
+
+        [LoggerMessage(Level = LogLevel.Information, Message = "closing a stalled connection: {Message}")]
+        public static partial void StalledClient(ILogger logger, string message);
 
         [LoggerMessage(Level = LogLevel.Debug, Message = "connection closed inside a frame header ({Bytes} bytes)")]
         public static partial void ClosedInsideHeader(ILogger logger, long bytes);

@@ -139,6 +139,50 @@ public class CacheServerTests
         Assert.Equal(1, server.Store.GetStats().Items);
     }
 
+    [Theory]
+    [InlineData("header")]
+    [InlineData("body")]
+    public async Task A_client_that_stalls_inside_a_frame_is_closed_and_idle_clients_are_not(string where)
+    {
+        await using var server = await StartAsync(new CacheServerOptions { FrameTimeout = TimeSpan.FromMilliseconds(300) });
+        using var idle = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await idle.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken);
+
+        using var stalled = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await stalled.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken);
+        var writer = new System.Buffers.ArrayBufferWriter<byte>();
+        FrameWriter.WritePutHead(writer, 1, "stalled"u8, 100_000);
+        var sent = where == "header" ? writer.WrittenSpan[..7].ToArray() : [.. writer.WrittenSpan, .. Value(1000, 3)];
+        await stalled.SendAsync(sent, TestContext.Current.CancellationToken);
+
+        var reply = new byte[4096];
+        var received = 0;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (await stalled.ReceiveAsync(reply.AsMemory(received), timeout.Token) is var n and > 0)
+        {
+            received += n;
+        }
+
+        var header = FrameHeader.Parse(reply, ProtocolLimits.Default, isRequest: false);
+        Assert.Equal(StatusCode.ProtocolViolation, header.Status);
+        Assert.Equal(0, server.Store.GetStats().Items); // the half-sent value was never stored
+
+        // A connection that sat idle between frames for longer than the frame timeout is still served.
+        await Task.Delay(600, TestContext.Current.CancellationToken);
+        var ping = new System.Buffers.ArrayBufferWriter<byte>();
+        FrameWriter.WriteEmpty(ping, Opcode.Ping, StatusCode.Ok, 7);
+        await idle.SendAsync(ping.WrittenMemory, TestContext.Current.CancellationToken);
+        var pong = new byte[FrameHeader.Size];
+        for (var got = 0; got < pong.Length;)
+        {
+            var n = await idle.ReceiveAsync(pong.AsMemory(got), timeout.Token);
+            Assert.True(n > 0, "the idle connection was closed");
+            got += n;
+        }
+
+        Assert.Equal(StatusCode.Ok, FrameHeader.Parse(pong, ProtocolLimits.Default, isRequest: false).Status);
+    }
+
     private static byte[] SetLength(byte[] frame, uint length)
     {
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(12), length);
@@ -209,8 +253,12 @@ public class CacheServerTests
     [Fact]
     public void Options_name_every_bad_value()
     {
-        var errors = new CacheServerOptions { Host = "not a host", Port = 70000, CapacityBytes = 1, MaxConnections = 0, MetricsPort = -1, WriteSliceBytes = 1 }.GetErrors();
-        Assert.Equal(6, errors.Count);
+        var errors = new CacheServerOptions
+        {
+            Host = "not a host", Port = 70000, CapacityBytes = 1, MaxConnections = 0, MetricsPort = -1, WriteSliceBytes = 1,
+            FrameTimeout = TimeSpan.FromMilliseconds(1),
+        }.GetErrors();
+        Assert.Equal(7, errors.Count);
         Assert.Empty(new CacheServerOptions().GetErrors());
     }
 }

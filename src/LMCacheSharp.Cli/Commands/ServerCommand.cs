@@ -20,6 +20,7 @@ internal static class ServerCommand
         var token = new Option<string?>("--auth-token") { Description = "Token clients must AUTH with (LMCACHE_SERVER_AUTH_TOKEN; the variable keeps it out of ps)." };
         var metricsPort = new Option<int?>("--metrics-port") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (LMCACHE_SERVER_METRICS_PORT). Default off." };
         var maxConnections = new Option<int?>("--max-connections") { Description = "Connections served at once (LMCACHE_SERVER_MAX_CONNECTIONS). Default 1024." };
+        var frameTimeout = new Option<int?>("--frame-timeout") { Description = "Seconds a connection may stall inside a frame before it is closed (LMCACHE_SERVER_FRAME_TIMEOUT). Default 30; 0: no limit." };
         var maxValue = new Option<string?>("--max-value-size") { Description = "Largest value accepted, e.g. 256MB (LMCACHE_SERVER_MAX_VALUE_SIZE). Default 256MB." };
         var disk = new Option<string?>("--disk") { Description = "Also keep values in this directory, so a restarted server serves them again (LMCACHE_SERVER_DISK). Default off." };
         var diskCapacity = new Option<string?>("--disk-capacity") { Description = "Bytes of files kept in --disk before LRU eviction, e.g. 100GB (LMCACHE_SERVER_DISK_CAPACITY). Default 10GB." };
@@ -27,7 +28,7 @@ internal static class ServerCommand
         var diskFsync = new Option<bool?>("--disk-fsync") { Description = "fsync every file written to --disk (LMCACHE_SERVER_DISK_FSYNC). Default false." };
         var command = new Command("server", "Run the cache server: a shared KV store for several lmcache serve instances (remote_url: lm://host:port).")
         {
-            host, port, capacity, token, metricsPort, maxConnections, maxValue, disk, diskCapacity, diskQueue, diskFsync,
+            host, port, capacity, token, metricsPort, maxConnections, frameTimeout, maxValue, disk, diskCapacity, diskQueue, diskFsync,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -70,6 +71,8 @@ internal static class ServerCommand
                     AuthToken = r.GetValue(token) ?? Env("AUTH_TOKEN"),
                     MetricsPort = r.GetValue(metricsPort) ?? EnvInt("METRICS_PORT"),
                     MaxConnections = r.GetValue(maxConnections) ?? EnvInt("MAX_CONNECTIONS") ?? 1024,
+                    FrameTimeout = (r.GetValue(frameTimeout) ?? EnvInt("FRAME_TIMEOUT") ?? 30) is var seconds and not 0
+                        ? TimeSpan.FromSeconds(seconds) : Timeout.InfiniteTimeSpan,
                     Limits = new ProtocolLimits { MaxValueBytes = (int)valueBytes, MaxFrameBytes = (int)Math.Min(valueBytes + (1 << 20), ProtocolLimits.FrameBytesCeiling) },
                     Disk = diskDirectory is null ? null : new DiskStoreOptions
                     {
