@@ -8,6 +8,7 @@
 # (random weights, generated once into $LMCACHE_HOME/models) is served.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/demo-common.sh
 CACHE_PORT=${CACHE_PORT:-65432}
 PORT1=${PORT1:-8001}
 PORT2=${PORT2:-8002}
@@ -26,14 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # URL NAME
-  for _ in $(seq 1 1200); do
-    if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  echo "$2 did not come up; its log:"; cat "$logs/$2.log"; exit 1
-}
-
 echo "== cache server on 127.0.0.1:$CACHE_PORT"
 "${LMCACHE[@]}" server --port "$CACHE_PORT" --capacity 2GB >"$logs/server.log" 2>&1 &
 pids+=($!)
@@ -46,33 +39,16 @@ for name in one two; do
   "${LMCACHE[@]}" serve --port "$port" "${MODEL_ARGS[@]}" --lmcache "remote_url=lm://127.0.0.1:$CACHE_PORT" \
     >"$logs/$name.log" 2>&1 &
   pids+=($!)
-  wait_for "http://127.0.0.1:$port/health" "$name"
+  demo_wait_for "http://127.0.0.1:$port/health" "$logs/$name.log"
 done
 
-# A long document (about 2,000 tokens) and a question.
-doc=""
-for i in $(seq 1 40); do
-  doc+="Section $i. A KV cache stores the keys and values that attention computed for every token of a prompt, so that a later request sharing the prefix can skip recomputing them. "
-done
-body="{\"prompt\": \"${doc}Question: what does a KV cache store? Answer:\", \"max_tokens\": 16, \"temperature\": 0}"
-
-ask() { # NAME PORT
-  local out
-  out=$(curl -sf -w '\n%{time_total}' -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$2/v1/completions")
-  local json=${out%$'\n'*} seconds=${out##*$'\n'}
-  local prompt cached text
-  prompt=$(grep -o '"prompt_tokens":[0-9]*' <<<"$json" | head -1 | cut -d: -f2)
-  cached=$(grep -o '"cached_tokens":[0-9]*' <<<"$json" | head -1 | cut -d: -f2)
-  text=$(grep -o '"text":"[^"]*"' <<<"$json" | head -1 | cut -d: -f2-)
-  printf '%-13s prompt_tokens=%-5s cached_tokens=%-5s time=%6.3fs text=%s\n' "$1" "$prompt" "$cached" "$seconds" "$text"
-  echo "$text" >"$logs/$1.text"
-}
+body=$(demo_body)
 
 echo "== the same request to instance one, then to instance two"
-ask "instance one" "$PORT1"
+demo_ask "instance one" "$PORT1" "$body" "$logs/one.text"
 sleep 1 # the remote tier writes in the background
-ask "instance two" "$PORT2"
-if cmp -s "$logs/instance one.text" "$logs/instance two.text"; then
+demo_ask "instance two" "$PORT2" "$body" "$logs/two.text"
+if cmp -s "$logs/one.text" "$logs/two.text"; then
   echo "== same output on both instances"
 else
   echo "== OUTPUTS DIFFER"; exit 1
