@@ -255,7 +255,12 @@ public class CacheServerTests
     {
         var errors = new CacheServerOptions
         {
-            Host = "not a host", Port = 70000, CapacityBytes = 1, MaxConnections = 0, MetricsPort = -1, WriteSliceBytes = 1,
+            Host = "not a host",
+            Port = 70000,
+            CapacityBytes = 1,
+            MaxConnections = 0,
+            MetricsPort = -1,
+            WriteSliceBytes = 1,
             FrameTimeout = TimeSpan.FromMilliseconds(1),
         }.GetErrors();
         Assert.Equal(7, errors.Count);
