@@ -34,7 +34,7 @@ start() { # NAME
 }
 
 stop() {
-  kill -INT "$pid"
+  kill -TERM "$pid" # graceful in ASP.NET Core (SIGINT is ignored by background jobs of a script)
   wait "$pid" 2>/dev/null || true
   pid=""
 }
