@@ -1,5 +1,6 @@
 using System.Diagnostics.CodeAnalysis;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Storage;
 
 namespace LMCacheSharp.Server;
 
@@ -13,8 +14,7 @@ public sealed class MemoryCacheStore : ICacheStore
     private readonly Dictionary<byte[], Entry> _entries;
     private readonly Dictionary<byte[], Entry>.AlternateLookup<ReadOnlySpan<byte>> _bySpan;
     private readonly KvBufferPool _pool;
-    private Entry? _head; // most recently used
-    private Entry? _tail; // least recently used
+    private readonly LruList<Entry> _lru = new(); // head: most recently used; tail: the next victim
     private long _usedBytes;
     private long _evictions;
     private bool _disposed;
@@ -62,16 +62,16 @@ public sealed class MemoryCacheStore : ICacheStore
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_bySpan.TryGetValue(key, out var existing))
             {
-                Unlink(existing);
+                _lru.Unlink(existing);
                 _entries.Remove(existing.Key);
                 _usedBytes -= existing.Value.Capacity;
                 replaced = existing.Value;
             }
 
-            while (_usedBytes + size > CapacityBytes && _tail is not null)
+            while (_usedBytes + size > CapacityBytes && _lru.Tail is not null)
             {
-                var victim = _tail;
-                Unlink(victim);
+                var victim = _lru.Tail;
+                _lru.Unlink(victim);
                 _entries.Remove(victim.Key);
                 _usedBytes -= victim.Value.Capacity;
                 (evicted ??= []).Add(victim.Value);
@@ -80,7 +80,7 @@ public sealed class MemoryCacheStore : ICacheStore
 
             var entry = new Entry(existing?.Key ?? key.ToArray(), value.AddRef());
             _entries.Add(entry.Key, entry);
-            LinkAtHead(entry);
+            _lru.LinkAtHead(entry);
             _usedBytes += size;
         }
 
@@ -99,7 +99,7 @@ public sealed class MemoryCacheStore : ICacheStore
                 return null;
             }
 
-            MoveToHead(entry);
+            _lru.MoveToHead(entry);
             return entry.Value.AddRef();
         }
     }
@@ -114,7 +114,7 @@ public sealed class MemoryCacheStore : ICacheStore
                 return false;
             }
 
-            MoveToHead(entry);
+            _lru.MoveToHead(entry);
             return true;
         }
     }
@@ -130,7 +130,7 @@ public sealed class MemoryCacheStore : ICacheStore
                 return false;
             }
 
-            Unlink(entry);
+            _lru.Unlink(entry);
             _entries.Remove(entry.Key);
             _usedBytes -= entry.Value.Capacity;
             value = entry.Value;
@@ -148,7 +148,7 @@ public sealed class MemoryCacheStore : ICacheStore
         {
             values = [.. _entries.Values.Select(e => e.Value)];
             _entries.Clear();
-            _head = _tail = null;
+            _lru.Clear();
             _usedBytes = 0;
         }
 
@@ -176,60 +176,11 @@ public sealed class MemoryCacheStore : ICacheStore
         _pool.Dispose();
     }
 
-    private void MoveToHead(Entry entry)
-    {
-        if (_head != entry)
-        {
-            Unlink(entry);
-            LinkAtHead(entry);
-        }
-    }
-
-    private void LinkAtHead(Entry entry)
-    {
-        entry.Previous = null;
-        entry.Next = _head;
-        if (_head is not null)
-        {
-            _head.Previous = entry;
-        }
-
-        _head = entry;
-        _tail ??= entry;
-    }
-
-    private void Unlink(Entry entry)
-    {
-        if (entry.Previous is not null)
-        {
-            entry.Previous.Next = entry.Next;
-        }
-        else if (_head == entry)
-        {
-            _head = entry.Next;
-        }
-
-        if (entry.Next is not null)
-        {
-            entry.Next.Previous = entry.Previous;
-        }
-        else if (_tail == entry)
-        {
-            _tail = entry.Previous;
-        }
-
-        entry.Previous = entry.Next = null;
-    }
-
-    private sealed class Entry(byte[] key, KvChunk value)
+    private sealed class Entry(byte[] key, KvChunk value) : LruNode<Entry>
     {
         public byte[] Key { get; } = key;
 
         public KvChunk Value { get; } = value;
-
-        public Entry? Previous { get; set; }
-
-        public Entry? Next { get; set; }
     }
 
     /// <summary>Byte-wise key equality, with lookups by span (no allocation).</summary>

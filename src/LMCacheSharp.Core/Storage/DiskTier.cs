@@ -52,8 +52,7 @@ public sealed class DiskTier : IStorageTier
     private readonly IKvCodec _codec;
     private readonly bool _fsync;
     private readonly FileStream _lockFile;
-    private Entry? _head; // most recently used
-    private Entry? _tail; // least recently used
+    private readonly LruList<Entry> _lru = new(); // head: most recently used; tail: the next victim
     private long _usedBytes;
     private long _tempCounter;
     private bool _disposed;
@@ -190,7 +189,7 @@ public sealed class DiskTier : IStorageTier
                 return null;
             }
 
-            MoveToHead(entry);
+            _lru.MoveToHead(entry);
         }
 
         var path = PathOf(key);
@@ -396,7 +395,7 @@ public sealed class DiskTier : IStorageTier
                 return null;
             }
 
-            MoveToHead(entry);
+            _lru.MoveToHead(entry);
         }
 
         var path = PathOf(key);
@@ -458,9 +457,9 @@ public sealed class DiskTier : IStorageTier
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            while (_tail is not null)
+            while (_lru.Tail is not null)
             {
-                DropLocked(_tail);
+                DropLocked(_lru.Tail);
             }
         }
     }
@@ -471,7 +470,7 @@ public sealed class DiskTier : IStorageTier
         lock (_lock)
         {
             var keys = new List<ChunkHash>(_entries.Count);
-            for (var e = _head; e is not null; e = e.Next)
+            for (var e = _lru.Head; e is not null; e = e.Next)
             {
                 keys.Add(e.Key);
             }
@@ -529,7 +528,7 @@ public sealed class DiskTier : IStorageTier
 
             _disposed = true;
             _entries.Clear();
-            _head = _tail = null;
+            _lru.Clear();
         }
 
         _lockFile.Dispose();
@@ -678,7 +677,7 @@ public sealed class DiskTier : IStorageTier
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_entries.TryGetValue(key, out var existing))
             {
-                MoveToHead(existing);
+                _lru.MoveToHead(existing);
                 refreshed = true;
                 return false;
             }
@@ -689,9 +688,9 @@ public sealed class DiskTier : IStorageTier
                 return false;
             }
 
-            while (_usedBytes + reserved > CapacityBytes && _tail is not null)
+            while (_usedBytes + reserved > CapacityBytes && _lru.Tail is not null)
             {
-                DropLocked(_tail);
+                DropLocked(_lru.Tail);
                 evicted++;
             }
 
@@ -720,7 +719,7 @@ public sealed class DiskTier : IStorageTier
             _writing.Remove(key);
             _usedBytes += entry.BlockBytes - reserved;
             _entries[key] = entry;
-            LinkAtHead(entry);
+            _lru.LinkAtHead(entry);
             sync = _fsync;
         }
 
@@ -768,7 +767,7 @@ public sealed class DiskTier : IStorageTier
     private void DropLocked(Entry entry)
     {
         _entries.Remove(entry.Key);
-        Unlink(entry);
+        _lru.Unlink(entry);
         _usedBytes -= entry.BlockBytes;
         try
         {
@@ -844,13 +843,13 @@ public sealed class DiskTier : IStorageTier
             foreach (var (entry, _) in found)
             {
                 _entries[entry.Key] = entry;
-                LinkAtHead(entry);
+                _lru.LinkAtHead(entry);
                 _usedBytes += entry.BlockBytes;
             }
 
-            while (_usedBytes > CapacityBytes && _tail is not null)
+            while (_usedBytes > CapacityBytes && _lru.Tail is not null)
             {
-                DropLocked(_tail);
+                DropLocked(_lru.Tail);
                 evicted++;
             }
         }
@@ -902,54 +901,7 @@ public sealed class DiskTier : IStorageTier
         }
     }
 
-    private void MoveToHead(Entry entry)
-    {
-        if (_head == entry)
-        {
-            return;
-        }
-
-        Unlink(entry);
-        LinkAtHead(entry);
-    }
-
-    private void LinkAtHead(Entry entry)
-    {
-        entry.Previous = null;
-        entry.Next = _head;
-        if (_head is not null)
-        {
-            _head.Previous = entry;
-        }
-
-        _head = entry;
-        _tail ??= entry;
-    }
-
-    private void Unlink(Entry entry)
-    {
-        if (entry.Previous is not null)
-        {
-            entry.Previous.Next = entry.Next;
-        }
-        else if (_head == entry)
-        {
-            _head = entry.Next;
-        }
-
-        if (entry.Next is not null)
-        {
-            entry.Next.Previous = entry.Previous;
-        }
-        else if (_tail == entry)
-        {
-            _tail = entry.Previous;
-        }
-
-        entry.Previous = entry.Next = null;
-    }
-
-    private sealed class Entry(ChunkHash key, KvCodecId codec, long fileLength, int rawLength)
+    private sealed class Entry(ChunkHash key, KvCodecId codec, long fileLength, int rawLength) : LruNode<Entry>
     {
         public ChunkHash Key { get; } = key;
 
@@ -960,9 +912,5 @@ public sealed class DiskTier : IStorageTier
         public int RawLength { get; } = rawLength;
 
         public long BlockBytes => BlockRound(FileLength);
-
-        public Entry? Previous { get; set; }
-
-        public Entry? Next { get; set; }
     }
 }

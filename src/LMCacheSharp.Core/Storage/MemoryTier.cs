@@ -16,8 +16,7 @@ public sealed class MemoryTier : IStorageTier
     private readonly Stack<Entry> _freeEntries = new();
     private readonly CacheMetrics? _metrics;
     private readonly bool _verifyOnRead;
-    private Entry? _head; // most recently used
-    private Entry? _tail; // least recently used
+    private readonly LruList<Entry> _lru = new(); // head: most recently used; tail: the next victim
     private long _usedBytes;
     private bool _disposed;
 
@@ -93,7 +92,7 @@ public sealed class MemoryTier : IStorageTier
                 return null;
             }
 
-            MoveToHead(entry);
+            _lru.MoveToHead(entry);
             chunk = entry.Chunk!.AddRef();
         }
 
@@ -125,14 +124,14 @@ public sealed class MemoryTier : IStorageTier
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_entries.TryGetValue(chunk.Key, out var existing))
             {
-                MoveToHead(existing);
+                _lru.MoveToHead(existing);
                 return true;
             }
 
-            while (_usedBytes + size > CapacityBytes && _tail is not null)
+            while (_usedBytes + size > CapacityBytes && _lru.Tail is not null)
             {
-                var victim = _tail;
-                Unlink(victim);
+                var victim = _lru.Tail;
+                _lru.Unlink(victim);
                 _entries.Remove(victim.Key);
                 _usedBytes -= victim.Chunk!.Capacity;
                 // Release outside the lock would be nicer, but Release only touches the pool's own lock.
@@ -146,7 +145,7 @@ public sealed class MemoryTier : IStorageTier
             entry.Key = chunk.Key;
             entry.Chunk = chunk.AddRef();
             _entries.Add(chunk.Key, entry);
-            LinkAtHead(entry);
+            _lru.LinkAtHead(entry);
             _usedBytes += size;
         }
 
@@ -169,7 +168,7 @@ public sealed class MemoryTier : IStorageTier
                 return false;
             }
 
-            Unlink(entry);
+            _lru.Unlink(entry);
             chunk = entry.Chunk;
             entry.Chunk = null;
             _usedBytes -= chunk!.Capacity;
@@ -191,12 +190,11 @@ public sealed class MemoryTier : IStorageTier
             {
                 chunks.Add(entry.Chunk!);
                 entry.Chunk = null;
-                entry.Previous = entry.Next = null;
                 _freeEntries.Push(entry);
             }
 
             _entries.Clear();
-            _head = _tail = null;
+            _lru.Clear();
             _usedBytes = 0;
         }
 
@@ -212,7 +210,7 @@ public sealed class MemoryTier : IStorageTier
         lock (_lock)
         {
             var keys = new List<ChunkHash>(_entries.Count);
-            for (var e = _head; e is not null; e = e.Next)
+            for (var e = _lru.Head; e is not null; e = e.Next)
             {
                 keys.Add(e.Key);
             }
@@ -262,58 +260,9 @@ public sealed class MemoryTier : IStorageTier
         return ValueTask.CompletedTask;
     }
 
-    private void MoveToHead(Entry entry)
-    {
-        if (_head == entry)
-        {
-            return;
-        }
-
-        Unlink(entry);
-        LinkAtHead(entry);
-    }
-
-    private void LinkAtHead(Entry entry)
-    {
-        entry.Previous = null;
-        entry.Next = _head;
-        if (_head is not null)
-        {
-            _head.Previous = entry;
-        }
-
-        _head = entry;
-        _tail ??= entry;
-    }
-
-    private void Unlink(Entry entry)
-    {
-        if (entry.Previous is not null)
-        {
-            entry.Previous.Next = entry.Next;
-        }
-        else
-        {
-            _head = entry.Next;
-        }
-
-        if (entry.Next is not null)
-        {
-            entry.Next.Previous = entry.Previous;
-        }
-        else
-        {
-            _tail = entry.Previous;
-        }
-
-        entry.Previous = entry.Next = null;
-    }
-
-    private sealed class Entry
+    private sealed class Entry : LruNode<Entry>
     {
         public ChunkHash Key;
         public KvChunk? Chunk;
-        public Entry? Previous;
-        public Entry? Next;
     }
 }
