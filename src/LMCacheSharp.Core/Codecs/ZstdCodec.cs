@@ -1,4 +1,3 @@
-using System.Buffers;
 using LMCacheSharp.Core.Kv;
 using ZstdSharp;
 
@@ -9,7 +8,7 @@ namespace LMCacheSharp.Core.Codecs;
 /// level <see cref="Level"/>. Zstd's entropy coding gains on the exponent bytes that LZ4 cannot; it is slower. Compressor
 /// and decompressor contexts are kept per thread. Decodes bit-exactly.
 /// </summary>
-public sealed class ZstdCodec : IKvCodec
+public sealed class ZstdCodec : ShuffledCompressionCodec
 {
     /// <summary>Compression level used by the registered instance (1: fastest standard level; the level does not affect decoding).</summary>
     public const int DefaultLevel = 1;
@@ -38,65 +37,16 @@ public sealed class ZstdCodec : IKvCodec
     public int Level { get; }
 
     /// <inheritdoc />
-    public KvCodecId Id => KvCodecId.Zstd;
+    public override KvCodecId Id => KvCodecId.Zstd;
 
     /// <inheritdoc />
-    public string Name => "zstd";
+    public override string Name => "zstd";
 
     /// <inheritdoc />
-    public bool IsLossless => true;
+    public override int MaxEncodedLength(int rawLength, KvFormat format) => checked((int)Compressor.GetCompressBound(rawLength));
 
     /// <inheritdoc />
-    public int MaxEncodedLength(int rawLength, KvFormat format) => checked((int)Compressor.GetCompressBound(rawLength));
-
-    /// <inheritdoc />
-    public int Encode(ReadOnlySpan<byte> raw, KvFormat format, Span<byte> destination)
-    {
-        var elementSize = KvElements.ElementSize(format.DataType);
-        if (elementSize < 2 || raw.Length < elementSize)
-        {
-            return Compress(raw, destination);
-        }
-
-        var shuffled = ArrayPool<byte>.Shared.Rent(raw.Length);
-        try
-        {
-            KvElements.Shuffle(raw, shuffled, elementSize);
-            return Compress(shuffled.AsSpan(0, raw.Length), destination);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(shuffled);
-        }
-    }
-
-    /// <inheritdoc />
-    public bool TryDecode(ReadOnlySpan<byte> encoded, KvFormat format, Span<byte> destination)
-    {
-        var elementSize = KvElements.ElementSize(format.DataType);
-        if (elementSize < 2 || destination.Length < elementSize)
-        {
-            return Decompress(encoded, destination);
-        }
-
-        var shuffled = ArrayPool<byte>.Shared.Rent(destination.Length);
-        try
-        {
-            if (!Decompress(encoded, shuffled.AsSpan(0, destination.Length)))
-            {
-                return false;
-            }
-
-            KvElements.Unshuffle(shuffled.AsSpan(0, destination.Length), destination, elementSize);
-            return true;
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(shuffled);
-        }
-    }
-
-    private int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
+    protected override int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
         if (_compressor is null || _compressorLevel != Level)
         {
@@ -108,7 +58,8 @@ public sealed class ZstdCodec : IKvCodec
         return _compressor.Wrap(source, destination);
     }
 
-    private static bool Decompress(ReadOnlySpan<byte> source, Span<byte> destination)
+    /// <inheritdoc />
+    protected override bool Decompress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
         try
         {
