@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using LMCacheSharp.Core.Engine;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Tests.Shared;
 
 namespace LMCacheSharp.Remote.Tests;
 
@@ -57,21 +58,7 @@ internal static class TestChunks
     }
 
     /// <summary>The URLs .ci/services writes (environment variables win).</summary>
-    public static string? ServiceUrl(string name)
-    {
-        if (Environment.GetEnvironmentVariable(name) is { Length: > 0 } fromEnvironment)
-        {
-            return fromEnvironment;
-        }
-
-        var file = Environment.GetEnvironmentVariable("LMCACHE_TEST_SERVICES_FILE") ?? "/tmp/lmcache-test-services.env";
-        if (!File.Exists(file))
-        {
-            return null;
-        }
-
-        return File.ReadAllLines(file).Select(l => l.Split('=', 2)).Where(p => p.Length == 2 && p[0] == name).Select(p => p[1].Trim()).FirstOrDefault();
-    }
+    public static string? ServiceUrl(string name) => TestServices.Url(name);
 }
 
 /// <summary>A fake engine sequence whose KV is a function of (token, position): what one engine stores another must restore exactly.</summary>

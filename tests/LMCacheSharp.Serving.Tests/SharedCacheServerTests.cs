@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using LMCacheSharp.Server;
+using LMCacheSharp.Tests.Shared;
 
 namespace LMCacheSharp.Serving.Tests;
 
@@ -27,6 +28,57 @@ public sealed class SharedCacheServerTests
         Assert.Equal(0, warm % 16);
         Assert.Equal(first, second);
         Assert.Equal((await alone.CompleteAsync(prompt)).Text, second); // the same greedy output as without any cache
+    }
+
+    [Fact]
+    public async Task Two_instances_share_through_redis_when_a_redis_server_runs()
+    {
+        var url = TestServices.Url("LMCACHE_TEST_REDIS_URL");
+        Assert.SkipWhen(url is null, "no redis-server: .ci/services starts one and writes /tmp/lmcache-test-services.env");
+        var salt = Guid.NewGuid().ToString("N"); // keys of earlier runs in a long-lived redis never match
+        await using var one = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: c => c.RemoteUrl = url);
+        await using var two = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: c => c.RemoteUrl = url);
+        var prompt = Prompts.Long("shared through redis") + " Why?";
+
+        var (first, cold, promptTokens) = await one.CompleteAsync(prompt, salt: salt);
+        Assert.Equal(0, cold);
+        await one.Service.Cache!.Engine.FlushAsync(TestContext.Current.CancellationToken);
+        var (second, warm, _) = await two.CompleteAsync(prompt, salt: salt);
+        Assert.True(warm >= promptTokens - 16, $"instance two restored {warm} of {promptTokens} prompt tokens");
+        Assert.Equal(first, second);
+    }
+
+    [Fact]
+    public async Task A_restarted_instance_finds_its_disk_cache_warm()
+    {
+        var dir = Directory.CreateTempSubdirectory("lmcache-serving-disk-").FullName;
+        try
+        {
+            void Disk(Core.Configuration.LMCacheOptions c)
+            {
+                c.LocalCpu = false; // every hit of the second process comes from disk
+                c.LocalDisk = dir;
+                c.MaxLocalDiskSize = 0.1;
+            }
+
+            var prompt = Prompts.Long("kept on disk") + " And then?";
+            string first;
+            int promptTokens;
+            await using (var before = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: Disk))
+            {
+                (first, var cold, promptTokens) = await before.CompleteAsync(prompt);
+                Assert.Equal(0, cold);
+            } // disposing flushes the background writer
+
+            await using var after = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: Disk);
+            var (second, warm, _) = await after.CompleteAsync(prompt);
+            Assert.True(warm >= promptTokens - 16, $"the restarted instance restored {warm} of {promptTokens} prompt tokens");
+            Assert.Equal(first, second);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [Fact]
