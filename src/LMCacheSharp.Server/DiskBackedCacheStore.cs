@@ -3,7 +3,6 @@ using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
 using LMCacheSharp.Core.Storage;
-using Microsoft.Win32.SafeHandles;
 
 namespace LMCacheSharp.Server;
 
@@ -370,35 +369,17 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
             return;
         }
 
-        // The tier keeps a key's first file ("a key names one chunk"); a PUT replaces, so a different envelope (another
-        // codec, say) goes through a delete. The same envelope again (same header, payload checksum included) is not rewritten.
-        if (_disk.Contains(key) && !StoredHeaderEquals(key, bytes[..ChunkEnvelope.HeaderSize]))
-        {
-            _disk.Remove(key);
-        }
-
-        if (_disk.PutEnvelope(key, bytes))
+        // A PUT replaces: a different envelope (another codec, say) takes the file's place; the same one is not rewritten.
+        if (_disk.PutEnvelope(key, bytes, replace: true))
         {
             Interlocked.Increment(ref _writes);
         }
         else
         {
-            // A payload checksum that does not match, a value larger than the disk, or a failed write.
+            // A payload checksum that does not match, a value larger than the disk, or a failed write: an older envelope on
+            // disk must not come back in its place.
             Interlocked.Increment(ref _failed);
-        }
-    }
-
-    private bool StoredHeaderEquals(ChunkHash key, ReadOnlySpan<byte> header)
-    {
-        Span<byte> stored = stackalloc byte[ChunkEnvelope.HeaderSize];
-        try
-        {
-            using SafeFileHandle handle = File.OpenHandle(_disk.PathOf(key));
-            return RandomAccess.Read(handle, stored, 0) == stored.Length && stored.SequenceEqual(header);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
+            _disk.Remove(key);
         }
     }
 

@@ -357,6 +357,38 @@ public sealed class DiskTierTests : IAsyncLifetime
     }
 
     [Fact]
+    public void An_envelope_put_with_replace_takes_the_place_of_a_different_one_and_only_refreshes_the_same_one()
+    {
+        var tier = Open();
+        using var chunk = MakeChunk(16, 8);
+        byte[] Envelope(IKvCodec codec)
+        {
+            var bytes = new byte[ChunkEnvelope.MaxSerializedLength(chunk, codec)];
+            return bytes[..ChunkEnvelope.Serialize(chunk, codec, bytes)];
+        }
+
+        var zstd = Envelope(ZstdCodec.Instance);
+        var lz4 = Envelope(Lz4Codec.Instance);
+        Assert.True(tier.PutEnvelope(chunk.Key, zstd));
+        Assert.True(tier.PutEnvelope(chunk.Key, lz4)); // without replace: a key names one chunk, the first file stays
+        Assert.Equal(zstd, StoredEnvelope());
+
+        var path = tier.PathOf(chunk.Key);
+        Assert.True(tier.PutEnvelope(chunk.Key, zstd, replace: true)); // the same envelope: kept
+        Assert.Equal(zstd, StoredEnvelope());
+        Assert.True(tier.PutEnvelope(chunk.Key, lz4, replace: true)); // another codec: replaced
+        Assert.Equal(lz4, StoredEnvelope());
+        Assert.Equal(1, tier.Count);
+        Assert.Equal(DiskTier.HeaderBlockSize + lz4.Length - ChunkEnvelope.HeaderSize, new FileInfo(path).Length);
+
+        byte[] StoredEnvelope()
+        {
+            using var stored = tier.GetEnvelope(chunk.Key);
+            return stored!.Span.ToArray();
+        }
+    }
+
+    [Fact]
     public void Direct_io_is_used_where_the_filesystem_takes_it_and_falls_back_where_it_does_not()
     {
         var root = Path.Join(_dir.FullName, "direct");

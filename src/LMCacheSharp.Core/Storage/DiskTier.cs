@@ -302,7 +302,7 @@ public sealed class DiskTier : IStorageTier
                 }
             }
 
-            committed = CommitWrite(key, temp, path, new Entry(key, _codec.Id, fileLength, chunk.Length), reserved);
+            committed = CommitWrite(key, temp, path, new Entry(key, _codec.Id, fileLength, chunk.Length, encodedChecksum), reserved);
             return committed;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -325,7 +325,12 @@ public sealed class DiskTier : IStorageTier
     /// it is, without decoding it: the header and the payload checksum are verified first. For the cache server's
     /// persistence. False when the bytes are not a valid envelope for <paramref name="key"/>, too large, or the write failed.
     /// </summary>
-    public bool PutEnvelope(ChunkHash key, ReadOnlySpan<byte> envelope)
+    /// <param name="key">The chunk key (the envelope's header must name it).</param>
+    /// <param name="envelope">Header and encoded payload.</param>
+    /// <param name="replace">False (the tier's rule: a key names one chunk): when the key is stored, it is only marked as
+    /// used. True (a store's PUT semantics): a different envelope stored under the key (another codec or payload) is
+    /// replaced; the same envelope is only marked as used, not rewritten.</param>
+    public bool PutEnvelope(ChunkHash key, ReadOnlySpan<byte> envelope, bool replace = false)
     {
         if (ChunkEnvelope.TryReadHeader(envelope, out var header) != ChunkReadStatus.Ok || header.Key != key ||
             envelope.Length != ChunkEnvelope.HeaderSize + (long)header.EncodedLength ||
@@ -336,7 +341,7 @@ public sealed class DiskTier : IStorageTier
 
         var fileLength = HeaderBlockSize + (long)header.EncodedLength;
         var reserved = BlockRound(fileLength);
-        if (!TryBeginWrite(key, reserved, out var refreshed))
+        if (!TryBeginWrite(key, reserved, out var refreshed, replace ? header : null))
         {
             return refreshed;
         }
@@ -361,7 +366,7 @@ public sealed class DiskTier : IStorageTier
                 }
             }
 
-            committed = CommitWrite(key, temp, path, new Entry(key, header.Codec, fileLength, header.RawLength), reserved);
+            committed = CommitWrite(key, temp, path, new Entry(key, header.Codec, fileLength, header.RawLength, header.EncodedChecksum), reserved);
             return committed;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -663,7 +668,12 @@ public sealed class DiskTier : IStorageTier
         HeaderBlockSize + (long)header.EncodedLength == entry.FileLength && KvCodecs.Find(header.Codec) is not null;
 
     // Reserves room for a write of key; false (with refreshed = true) when the key is stored or being written already.
-    private bool TryBeginWrite(ChunkHash key, long reserved, out bool refreshed)
+    /// <summary>
+    /// Reserves room for a new file of <paramref name="key"/>. False with <paramref name="refreshed"/> set when the key is
+    /// already stored (marked as used instead) or being written; when <paramref name="replacing"/> is given, a stored file
+    /// whose codec, length or payload checksum differ from that header is dropped and the write goes ahead.
+    /// </summary>
+    private bool TryBeginWrite(ChunkHash key, long reserved, out bool refreshed, ChunkEnvelopeHeader? replacing = null)
     {
         refreshed = false;
         if (reserved > CapacityBytes)
@@ -677,9 +687,15 @@ public sealed class DiskTier : IStorageTier
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_entries.TryGetValue(key, out var existing))
             {
-                _lru.MoveToHead(existing);
-                refreshed = true;
-                return false;
+                if (replacing is not { } h || (existing.Codec == h.Codec && existing.EncodedChecksum == h.EncodedChecksum &&
+                    existing.FileLength == HeaderBlockSize + (long)h.EncodedLength))
+                {
+                    _lru.MoveToHead(existing);
+                    refreshed = true;
+                    return false;
+                }
+
+                DropLocked(existing); // replaced: the new file is renamed over the old name
             }
 
             if (!_writing.Add(key))
@@ -816,7 +832,7 @@ public sealed class DiskTier : IStorageTier
                         ChunkEnvelope.TryReadHeader(header, out var h) == ChunkReadStatus.Ok && h.Key == key &&
                         length == HeaderBlockSize + (long)h.EncodedLength && KvCodecs.Find(h.Codec) is not null)
                     {
-                        entry = new Entry(key, h.Codec, length, h.RawLength);
+                        entry = new Entry(key, h.Codec, length, h.RawLength, h.EncodedChecksum);
                     }
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -901,7 +917,7 @@ public sealed class DiskTier : IStorageTier
         }
     }
 
-    private sealed class Entry(ChunkHash key, KvCodecId codec, long fileLength, int rawLength) : LruNode<Entry>
+    private sealed class Entry(ChunkHash key, KvCodecId codec, long fileLength, int rawLength, ulong encodedChecksum) : LruNode<Entry>
     {
         public ChunkHash Key { get; } = key;
 
@@ -910,6 +926,9 @@ public sealed class DiskTier : IStorageTier
         public long FileLength { get; } = fileLength;
 
         public int RawLength { get; } = rawLength;
+
+        /// <summary>XxHash3 of the encoded payload: with the codec and length, tells whether an envelope is this file's.</summary>
+        public ulong EncodedChecksum { get; } = encodedChecksum;
 
         public long BlockBytes => BlockRound(FileLength);
     }
