@@ -46,14 +46,18 @@ internal static class ServerCommand
                     throw new ArgumentException($"--max-value-size: must be in 1..{ProtocolLimits.ValueBytesCeiling} bytes, got {valueBytes}");
                 }
 
-                static bool? EnvBool(string name) => Env(name) is { } v
-                    ? v.ToLowerInvariant() switch
+                static bool? EnvBool(string name)
+                {
+                    try
                     {
-                        "1" or "true" or "yes" or "on" => true,
-                        "0" or "false" or "no" or "off" => false,
-                        _ => throw new ArgumentException($"LMCACHE_SERVER_{name}: not a boolean: '{v}'"),
+                        return Env(name) is { } v ? LMCacheConfigLoader.ParseBool(v) : null;
                     }
-                    : null;
+                    catch (FormatException e)
+                    {
+                        throw new ArgumentException($"LMCACHE_SERVER_{name}: {e.Message}", e);
+                    }
+                }
+
                 var diskDirectory = r.GetValue(disk) ?? Env("DISK");
                 var diskCapacityText = r.GetValue(diskCapacity) ?? Env("DISK_CAPACITY");
                 var diskQueueText = r.GetValue(diskQueue) ?? Env("DISK_WRITE_QUEUE");

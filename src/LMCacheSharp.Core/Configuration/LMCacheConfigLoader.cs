@@ -215,7 +215,9 @@ public static class LMCacheConfigLoader
     private static int ParseInt(string v) =>
         int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out var i) ? i : throw new FormatException($"'{v}' is not an integer");
 
-    private static bool ParseBool(string v) => v.ToLowerInvariant() switch
+    /// <summary>A boolean as configuration writes it: true/false, 1/0, yes/no, on/off (any case).</summary>
+    /// <exception cref="FormatException">Anything else.</exception>
+    public static bool ParseBool(string v) => (v ?? throw new ArgumentNullException(nameof(v))).ToLowerInvariant() switch
     {
         "true" or "1" or "yes" or "on" => true,
         "false" or "0" or "no" or "off" => false,

@@ -415,8 +415,8 @@ internal sealed class InferenceScheduler : IDisposable
             return;
         }
 
-        FreeResidentsExcept(slot, shared > 0 ? donor : null);
-        if (donor is not null && shared > 0)
+        FreeResidentsExcept(slot, donor); // a donor always shares at least MinSharedTokens
+        if (donor is not null)
         {
             job.Donor = donor;
             job.DonorTokens = shared;

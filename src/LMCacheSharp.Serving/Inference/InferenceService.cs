@@ -225,7 +225,6 @@ public sealed class InferenceService : IAsyncDisposable
         return result;
     }
 
-    // llama.cpp logs every load, state restore and context at info level to stderr: route it to the logger (info as debug).
     /// <summary>The remote tier that <c>remote_url</c> names (validated now, connected lazily), then <paramref name="extra"/>.</summary>
     private static Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? WithRemote(LMCacheOptions cacheOptions,
         Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? extra)
@@ -239,6 +238,7 @@ public sealed class InferenceService : IAsyncDisposable
         };
     }
 
+    // llama.cpp logs every load, state restore and context at info level to stderr: route it to the logger (info as debug).
     private static void RouteNativeLogs(ILogger logger)
     {
         LLama.Native.NativeLogConfig.llama_log_set((level, message) =>
