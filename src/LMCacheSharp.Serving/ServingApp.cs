@@ -35,6 +35,10 @@ public static class ServingApp
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls([.. urls]);
         builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = OpenAiEndpoints.MaxBodyBytes);
+        // One line per request from our own logger; ASP.NET Core's own six lines only at Debug.
+        builder.Logging.SetMinimumLevel(options.LogLevel);
+        builder.Logging.AddFilter("Microsoft", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Warning);
+        builder.Logging.AddFilter("System.Net.Http", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Warning);
         if (configureLogging is not null)
         {
             configureLogging(builder.Logging);
@@ -46,6 +50,7 @@ public static class ServingApp
             options.ModelName ??= DefaultModel.Name;
         }
 
+        builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(new ServingMetrics());
         builder.Services.AddSingleton(new CacheMetrics());
         builder.Services.AddSingleton(sp => InferenceService.Create(modelPath, options, cacheOptions, sp.GetRequiredService<ServingMetrics>(),
@@ -56,6 +61,33 @@ public static class ServingApp
         Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult();
         var app = builder.Build();
         var service = app.Services.GetRequiredService<InferenceService>();
+        service.Metrics.ObserveLoopProgressAge(() => service.LoopProgressAgeSeconds);
+        var requestLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving.Requests");
+        app.Use(async (http, next) =>
+        {
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
+            try
+            {
+                await next(http).ConfigureAwait(false);
+            }
+            finally
+            {
+                LogRequest(requestLog, http, start);
+            }
+        });
+        app.UseStatusCodePages(async context =>
+        {
+            // Routing's bare 404 and 405 get OpenAI's error shape like every other error.
+            var http = context.HttpContext;
+            if (http.Response.StatusCode is 404 or 405)
+            {
+                var message = http.Response.StatusCode == 404
+                    ? $"no endpoint {http.Request.Path} (see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics)"
+                    : $"{http.Request.Method} is not allowed on {http.Request.Path}";
+                await OpenAiEndpoints.WriteErrorAsync(http, http.Response.StatusCode, message, "invalid_request_error",
+                    code: http.Response.StatusCode == 404 ? "not_found" : "method_not_allowed").ConfigureAwait(false);
+            }
+        });
         app.UseExceptionHandler(error => error.Run(async http =>
         {
             var e = http.Features.Get<IExceptionHandlerFeature>()?.Error;
@@ -65,10 +97,33 @@ public static class ServingApp
                 return;
             }
 
+            http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving").LogError(e, "unhandled error on {Path}", http.Request.Path.Value);
             await OpenAiEndpoints.WriteErrorAsync(http, 500, "internal server error", "server_error").ConfigureAwait(false);
         }));
         app.MapOpenAi(service);
         app.MapMetrics("/metrics");
         return app;
+    }
+
+    private static void LogRequest(ILogger log, HttpContext http, long start)
+    {
+        if (!log.IsEnabled(LogLevel.Information))
+        {
+            return;
+        }
+
+        var totalMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        var status = http.RequestAborted.IsCancellationRequested && !http.Response.HasStarted ? 499 : http.Response.StatusCode;
+        if (http.Items.TryGetValue(OpenAiEndpoints.JobItem, out var item) && item is GenerationJob job)
+        {
+            var usage = job.Final?.Usage;
+            log.LogInformation("{Method} {Path} {Status} prompt={Prompt} cached={Cached} completion={Completion} ttft_ms={Ttft:F1} total_ms={Total:F1}{Finish}",
+                http.Request.Method, http.Request.Path.Value, status, job.PromptTokens.Length, usage?.CachedTokens ?? 0, usage?.CompletionTokens ?? 0,
+                job.TimeToFirstToken?.TotalMilliseconds ?? 0, totalMs, job.Final is { Finish: { } f } ? " finish=" + f.ToString().ToLowerInvariant() : "");
+        }
+        else if (http.Request.Path != "/metrics" && http.Request.Path != "/health")
+        {
+            log.LogInformation("{Method} {Path} {Status} total_ms={Total:F1}", http.Request.Method, http.Request.Path.Value, status, totalMs);
+        }
     }
 }

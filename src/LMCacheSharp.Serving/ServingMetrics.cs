@@ -34,6 +34,18 @@ public sealed class ServingMetrics : IDisposable
         _inFlight = _meter.CreateUpDownCounter<long>("lmcache_serving.requests_in_flight", "{request}", "Requests queued or running.");
     }
 
+    private Func<double>? _loopAge;
+
+    /// <summary>Exports <c>lmcache_serving_loop_progress_age_seconds</c>: seconds since the inference loop last made progress (0 when idle).</summary>
+    internal void ObserveLoopProgressAge(Func<double> age)
+    {
+        if (Interlocked.Exchange(ref _loopAge, age) is null)
+        {
+            _meter.CreateObservableGauge("lmcache_serving.loop_progress_age", () => _loopAge?.Invoke() ?? 0, "s",
+                "Seconds since the inference loop last finished a step while requests were pending (0 when idle).");
+        }
+    }
+
     /// <summary>Prompt tokens computed by prefill since start (in-process total).</summary>
     public long TotalPrefilledTokens => Interlocked.Read(ref _totalPrefilled);
 

@@ -9,8 +9,14 @@ public sealed class ServingOptions
     /// <summary>Name the model is served under (/v1/models). Default: the file name without extension.</summary>
     public string? ModelName { get; set; }
 
-    /// <summary>KV cells of the context, shared by all sequences. Default 4096; range 64..1048576.</summary>
-    public int ContextSize { get; set; } = 4096;
+    /// <summary>
+    /// KV cells of the context, shared by all sequences; range 64..1048576. Default null: <see cref="DefaultContextSize"/>,
+    /// or the model's trained context when that is smaller.
+    /// </summary>
+    public int? ContextSize { get; set; }
+
+    /// <summary>The context size when none is given and the model was trained on at least this many tokens.</summary>
+    public const int DefaultContextSize = 4096;
 
     /// <summary>Requests decoded at once, one sequence each. Default 4; range 1..64.</summary>
     public int MaxConcurrentRequests { get; set; } = 4;
@@ -36,11 +42,20 @@ public sealed class ServingOptions
     /// <summary>Reuse KV of other sequences in the same context that share a prefix. Default true.</summary>
     public bool EnableInContextSharing { get; set; } = true;
 
+    /// <summary>
+    /// /health reports 503 when the inference loop has made no progress for this long while requests are pending.
+    /// Default 60 s (one prefill step of a large model on a slow CPU takes seconds); range 1 s..1 h.
+    /// </summary>
+    public TimeSpan StallTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Minimum level logged. Default Information: one line per request; Debug adds ASP.NET Core's and llama.cpp's lines.</summary>
+    public Microsoft.Extensions.Logging.LogLevel LogLevel { get; set; } = Microsoft.Extensions.Logging.LogLevel.Information;
+
     /// <summary>Every problem, each naming its option and range.</summary>
     public IReadOnlyList<string> GetErrors()
     {
         var errors = new List<string>();
-        if (ContextSize is < 64 or > 1_048_576)
+        if (ContextSize is not null and (< 64 or > 1_048_576))
         {
             errors.Add($"--ctx-size: must be 64..1048576 tokens, got {ContextSize}");
         }
@@ -73,6 +88,11 @@ public sealed class ServingOptions
         if (DefaultMaxTokens is < 1 or > 1_048_576)
         {
             errors.Add($"--default-max-tokens: must be 1..1048576, got {DefaultMaxTokens}");
+        }
+
+        if (StallTimeout < TimeSpan.FromSeconds(1) || StallTimeout > TimeSpan.FromHours(1))
+        {
+            errors.Add($"--stall-timeout: must be 1..3600 seconds, got {StallTimeout.TotalSeconds}");
         }
 
         if (ModelPath is not null && !File.Exists(ModelPath))

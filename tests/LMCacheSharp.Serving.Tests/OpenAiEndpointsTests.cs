@@ -78,7 +78,7 @@ public sealed class OpenAiEndpointsTests : IAsyncLifetime
     [InlineData("/v1/completions", """{"prompt":"x","model":"gpt-4"}""", "does not exist", "model")]
     [InlineData("/v1/completions", """{"prompt":"x","temperature":5}""", "temperature", "temperature")]
     [InlineData("/v1/completions", """{"prompt":"x","max_tokens":0}""", "max_tokens", "max_tokens")]
-    [InlineData("/v1/completions", """{"prompt":"x","max_tokens":100000}""", "context", "messages")]
+    [InlineData("/v1/completions", """{"prompt":"x","max_tokens":100000}""", "context", "max_tokens")]
     [InlineData("/v1/completions", """{"max_tokens":3}""", "'prompt' is required", "prompt")]
     [InlineData("/v1/completions", """{"prompt":"x","stop":[1,2]}""", "'stop'", "stop")]
     [InlineData("/v1/completions", """{"prompt":"x","n":3}""", "'n'", "n")]

@@ -1,7 +1,9 @@
 using System.CommandLine;
 using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Serving;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 
 namespace LMCacheSharp.Cli.Commands;
 
@@ -16,7 +18,7 @@ internal static class ServeCommand
         var cacheSettings = new Option<string[]>("--lmcache") { Description = "Cache setting KEY=VALUE (LMCache key), repeatable; wins over --config and LMCACHE_*.", AllowMultipleArgumentsPerToken = false };
         var host = new Option<string>("--host") { Description = "Address to bind.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port (0 picks a free one).", DefaultValueFactory = _ => 8000 };
-        var ctx = new Option<int>("--ctx-size") { Description = "KV cells of the context, shared by concurrent requests.", DefaultValueFactory = _ => 4096 };
+        var ctx = new Option<int?>("--ctx-size") { Description = "KV cells of the context, shared by concurrent requests. Default: 4096, or the model's trained context when smaller." };
         var concurrent = new Option<int>("--max-concurrent") { Description = "Requests decoded together (one sequence each).", DefaultValueFactory = _ => 4 };
         var queue = new Option<int>("--max-queue") { Description = "Requests that may wait; beyond it: 429.", DefaultValueFactory = _ => 64 };
         var batch = new Option<int>("--batch-size") { Description = "Tokens per decode call.", DefaultValueFactory = _ => 512 };
@@ -24,9 +26,11 @@ internal static class ServeCommand
         var flash = new Option<string>("--flash-attention") { Description = "on, off or auto (auto: on for head size >= 64).", DefaultValueFactory = _ => "auto" };
         var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens when a request gives none.", DefaultValueFactory = _ => 256 };
         var noCache = new Option<bool>("--no-cache") { Description = "Serve without the KV cache (the baseline)." };
+        var logLevel = new Option<string>("--log-level") { Description = "trace, debug, information, warning, error or none (information: one line per request).", DefaultValueFactory = _ => "information" };
+        var stall = new Option<double>("--stall-timeout") { Description = "Seconds without progress of the inference loop (with requests pending) after which /health answers 503.", DefaultValueFactory = _ => 60 };
         var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
         {
-            model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache,
+            model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache, logLevel, stall,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -63,8 +67,16 @@ internal static class ServeCommand
                 return 2;
             }
 
+            if (!TryParseLogLevel(r.GetValue(logLevel)!, out var level))
+            {
+                await Console.Error.WriteLineAsync($"--log-level must be trace, debug, information, warning, error or none, got '{r.GetValue(logLevel)}'");
+                return 2;
+            }
+
             var options = new ServingOptions
             {
+                LogLevel = level,
+                StallTimeout = TimeSpan.FromSeconds(Math.Clamp(r.GetValue(stall), 0, 1e6)),
                 ModelPath = r.GetValue(model),
                 ModelName = r.GetValue(modelName),
                 ContextSize = r.GetValue(ctx),
@@ -83,12 +95,21 @@ internal static class ServeCommand
                 return 2;
             }
 
+            // A busy port is found before minutes go into generating or loading a model.
+            if (PortInUse(r.GetValue(host)!, r.GetValue(port)) is { } busy)
+            {
+                await Console.Error.WriteLineAsync(busy);
+                return 2;
+            }
+
             var url = $"http://{r.GetValue(host)}:{r.GetValue(port)}";
             try
             {
                 await using var app = ServingApp.Build(options, cacheOptions, [url]);
                 await app.StartAsync(ct);
-                Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{options.ModelName ?? Path.GetFileNameWithoutExtension(options.ModelPath!)}', cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
+                var service = app.Services.GetRequiredService<LMCacheSharp.Serving.Inference.InferenceService>();
+                var ctxSource = options.ContextSize is null ? (service.ContextSize < ServingOptions.DefaultContextSize ? ", the model's trained context" : ", the default") : "";
+                Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{service.ModelName}', context {service.ContextSize} tokens{ctxSource}, cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
                 await app.WaitForShutdownAsync(ct);
                 return 0;
             }
@@ -99,5 +120,60 @@ internal static class ServeCommand
             }
         });
         return command;
+    }
+
+    internal static bool TryParseLogLevel(string text, out LogLevel level)
+    {
+        level = text.ToLowerInvariant() switch
+        {
+            "trace" => LogLevel.Trace,
+            "debug" => LogLevel.Debug,
+            "information" or "info" => LogLevel.Information,
+            "warning" or "warn" => LogLevel.Warning,
+            "error" => LogLevel.Error,
+            "none" => LogLevel.None,
+            _ => (LogLevel)(-1),
+        };
+        return level >= 0;
+    }
+
+    /// <summary>A one-line message when <paramref name="port"/> cannot be bound on <paramref name="host"/>, else null (port 0 is always free).</summary>
+    internal static string? PortInUse(string host, int port)
+    {
+        if (port == 0)
+        {
+            return null;
+        }
+
+        if (port is < 0 or > 65535)
+        {
+            return $"--port must be 0..65535, got {port}";
+        }
+
+        System.Net.IPAddress address;
+        if (host is "localhost")
+        {
+            address = System.Net.IPAddress.Loopback;
+        }
+        else if (!System.Net.IPAddress.TryParse(host, out address!))
+        {
+            return null; // a host name: Kestrel resolves it and reports its own error
+        }
+
+        try
+        {
+            using var probe = new System.Net.Sockets.TcpListener(address, port);
+            probe.Start();
+            probe.Stop();
+            return null;
+        }
+        catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
+        {
+            return $"port {port} is in use; pass --port";
+        }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            return $"cannot listen on {host}:{port}: {e.Message}";
+        }
     }
 }

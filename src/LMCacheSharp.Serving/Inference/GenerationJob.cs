@@ -77,8 +77,12 @@ public sealed class GenerationJob
 
     internal void Emit(GenerationEvent e) => _events.Writer.TryWrite(e);
 
+    /// <summary>The final event's usage and finish reason, once the request ended.</summary>
+    public GenerationEvent? Final { get; private set; }
+
     internal void Complete(GenerationEvent last)
     {
+        Final = last;
         _events.Writer.TryWrite(last);
         _events.Writer.TryComplete();
     }

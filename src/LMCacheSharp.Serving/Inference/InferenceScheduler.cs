@@ -41,6 +41,11 @@ internal sealed class InferenceScheduler : IDisposable
     internal const int MinSharedTokens = 32;
 
     private int _residentSequences;
+    private long _lastProgress = Stopwatch.GetTimestamp();
+    private int _running;
+    private int _queued;
+    private volatile bool _loopDead;
+    private GenerationJob? _waitingForRoom;
 
     /// <summary>Finished sequences whose cells are still in the context (as of the last step).</summary>
     public int ResidentSequences => Volatile.Read(ref _residentSequences);
@@ -63,8 +68,29 @@ internal sealed class InferenceScheduler : IDisposable
 
     public int BatchSize { get; }
 
+    /// <summary>When the loop last finished a step or went idle (a <see cref="Stopwatch"/> timestamp).</summary>
+    public long LastProgressTimestamp => Interlocked.Read(ref _lastProgress);
+
+    /// <summary>Requests running or queued (as of the last step, plus those queued since).</summary>
+    public int Pending => Volatile.Read(ref _running) + Volatile.Read(ref _queued);
+
+    /// <summary>True when the inference thread ended while the scheduler was not disposed.</summary>
+    public bool LoopDead => _loopDead;
+
+    /// <summary>Test hook: runs at the start of every step on the inference thread.</summary>
+    internal Action? BeforeStep { get; set; }
+
     /// <summary>Queues a job; false when the queue is full.</summary>
-    public bool TryEnqueue(GenerationJob job) => _queue.Writer.TryWrite(job);
+    public bool TryEnqueue(GenerationJob job)
+    {
+        if (!_queue.Writer.TryWrite(job))
+        {
+            return false;
+        }
+
+        Interlocked.Increment(ref _queued);
+        return true;
+    }
 
     public void Dispose()
     {
@@ -76,6 +102,7 @@ internal sealed class InferenceScheduler : IDisposable
             slot.Job?.Fail("server shutting down");
         }
 
+        _waitingForRoom?.Complete(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
         while (_queue.Reader.TryRead(out var job))
         {
             job.Complete(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
@@ -86,38 +113,51 @@ internal sealed class InferenceScheduler : IDisposable
 
     private void Run()
     {
-        while (!_stop.IsCancellationRequested)
+        try
         {
-            try
+            while (!_stop.IsCancellationRequested)
             {
-                if (!_slots.Any(s => s.Job is not null))
+                try
                 {
-                    // Idle: block until a request arrives.
-                    if (!_queue.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult())
+                    if (!_slots.Any(s => s.Job is not null) && _waitingForRoom is null)
                     {
-                        return;
+                        // Idle: block until a request arrives (idle counts as progress: nothing is stuck).
+                        Interlocked.Exchange(ref _lastProgress, Stopwatch.GetTimestamp());
+                        if (!_queue.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult())
+                        {
+                            return;
+                        }
+                    }
+
+                    BeforeStep?.Invoke();
+                    Step();
+                    Volatile.Write(ref _residentSequences, _slots.Count(s => s.Job is null && s.Materialized.Count > 0));
+                    Volatile.Write(ref _running, _slots.Count(s => s.Job is not null) + (_waitingForRoom is null ? 0 : 1));
+                    Interlocked.Exchange(ref _lastProgress, Stopwatch.GetTimestamp());
+                }
+                catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (Exception e)
+                {
+                    // Never let one bad step kill the server: fail what was running and go on with a clean context.
+                    _logger.LogError(e, "inference step failed; failing the running requests");
+                    foreach (var slot in _slots)
+                    {
+                        if (slot.Job is not null)
+                        {
+                            FailSlot(slot, "internal error during inference");
+                        }
+
+                        ClearSlot(slot);
                     }
                 }
-
-                Step();
-                Volatile.Write(ref _residentSequences, _slots.Count(s => s.Job is null && s.Materialized.Count > 0));
             }
-            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception e)
-            {
-                // Never let one bad step kill the server: fail what was running and go on with a clean context.
-                _logger.LogError(e, "inference step failed; failing the running requests");
-                foreach (var slot in _slots)
-                {
-                    slot.Job?.Fail("internal error during inference");
-                    slot.Job?.Dispose();
-                    slot.Job = null;
-                    ClearSlot(slot);
-                }
-            }
+        }
+        finally
+        {
+            _loopDead = !_stop.IsCancellationRequested;
         }
     }
 
@@ -183,9 +223,10 @@ internal sealed class InferenceScheduler : IDisposable
             if (!EvictOneResident())
             {
                 // No finished sequence left to drop: fail the newest request to make room for the others.
+                // (Admission reserves prompt + max_tokens for every request, so this is a backstop, not a policy.)
                 var victim = _slots.Where(s => s.Job is not null).MaxBy(s => s.Job!.AdmittedAt)!;
-                victim.Job!.Fail("the context is full (too many tokens in flight); retry later");
-                ClearSlot(victim);
+                _logger.LogWarning("llama_decode found no KV slot with {Running} requests running; failing the newest", _slots.Count(s => s.Job is not null));
+                FailSlot(victim, "the context is full (too many tokens in flight); retry later");
             }
 
             return; // nothing was decoded; the next step rebuilds the batch
@@ -193,7 +234,14 @@ internal sealed class InferenceScheduler : IDisposable
 
         if (result != DecodeResult.Ok)
         {
-            throw new InvalidOperationException($"llama_decode failed: {result}");
+            // The batch's sequences may hold part of it: fail exactly those requests and free their cells; the others go on.
+            _logger.LogError("llama_decode failed ({Result}) for a batch of {Tokens} tokens; failing its {Requests} requests", result, _batch.TokenCount, inBatch.Count);
+            foreach (var (slot, _, _) in inBatch)
+            {
+                FailSlot(slot, $"inference failed (llama_decode: {result})");
+            }
+
+            return;
         }
 
         foreach (var (slot, count, logitIndex) in inBatch)
@@ -244,6 +292,21 @@ internal sealed class InferenceScheduler : IDisposable
 
             slot.ClearWhenIdle = false;
         }
+    }
+
+    /// <summary>Fails the slot's request, frees its sequence and makes the slot free: nothing stays half-admitted.</summary>
+    private void FailSlot(Slot slot, string message)
+    {
+        if (slot.Job is { } job)
+        {
+            job.Fail(message);
+            _metrics.Finished("error", job.Prompt.Length, job.CacheRestored + job.Shared, job.Generated, 0);
+            job.Dispose();
+            slot.Job = null;
+            slot.LastUsed = ++_clock;
+        }
+
+        ClearSlot(slot); // a request waiting on this slot as its donor is planned again by WakeWaiters
     }
 
     private void SampleAndEmit(Slot slot, int logitIndex)
@@ -306,6 +369,13 @@ internal sealed class InferenceScheduler : IDisposable
 
     private void DropCancelled()
     {
+        if (_waitingForRoom is { Cancellation.IsCancellationRequested: true } waiting)
+        {
+            _waitingForRoom = null;
+            waiting.Complete(new GenerationEvent("", FinishReason.Cancelled));
+            _metrics.Finished("cancelled", waiting.PromptTokens.Length, 0, 0, 0);
+        }
+
         foreach (var slot in _slots)
         {
             if (slot.Job is { } job && job.Request.Cancellation.IsCancellationRequested)
@@ -329,16 +399,36 @@ internal sealed class InferenceScheduler : IDisposable
         {
             // A free sequence: an empty one first, else the least recently used finished one that no waiting request relies on.
             var slot = _slots.Where(s => s.Job is null && !IsDonor(s)).OrderBy(s => s.Materialized.Count == 0 ? 0 : 1).ThenBy(s => s.LastUsed).FirstOrDefault();
-            if (slot is null || !_queue.Reader.TryRead(out var request))
+            if (slot is null)
             {
                 return;
             }
 
+            var request = _waitingForRoom;
+            if (request is null)
+            {
+                if (!_queue.Reader.TryRead(out request))
+                {
+                    return;
+                }
+
+                Interlocked.Decrement(ref _queued);
+            }
+
+            _waitingForRoom = null;
             if (request.Cancellation.IsCancellationRequested)
             {
                 request.Complete(new GenerationEvent("", FinishReason.Cancelled));
                 _metrics.Finished("cancelled", request.PromptTokens.Length, 0, 0, 0);
                 continue;
+            }
+
+            // Every running request may grow to prompt + max_tokens cells: admit only what fits beside them, so a
+            // request never fails because of the others (it waits, first in line, until one finishes).
+            if (ReservedCells() + request.PromptTokens.Length + request.MaxTokens > _context.ContextSize && _slots.Any(s => s.Job is not null))
+            {
+                _waitingForRoom = request;
+                return;
             }
 
             ClearSlot(slot);
@@ -505,6 +595,8 @@ internal sealed class InferenceScheduler : IDisposable
         ClearSlot(victim);
         return true;
     }
+
+    private int ReservedCells() => _slots.Sum(s => s.Job is { } j ? j.Prompt.Length + j.Request.MaxTokens : 0);
 
     private bool IsDonor(Slot slot) => _slots.Any(s => s.Job is { State: JobState.WaitingForDonor } j && j.Donor == slot);
 

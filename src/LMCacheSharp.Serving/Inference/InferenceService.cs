@@ -30,6 +30,7 @@ public sealed class InferenceService : IAsyncDisposable
     {
         ModelPath = modelPath;
         ModelName = modelName;
+        Logger = logger;
         _weights = weights;
         _context = context;
         Cache = cache;
@@ -37,7 +38,58 @@ public sealed class InferenceService : IAsyncDisposable
         _metrics = metrics;
         _chat = new ChatPromptFormatter(weights);
         _scheduler = new InferenceScheduler(weights, context, cache, options, metrics, logger);
+        VocabularySize = weights.Vocab.Count;
+        MaxTokenBytes = LongestTokenBytes(weights);
     }
+
+    /// <summary>Tokens in the model's vocabulary; token-id prompts must lie in 0..VocabularySize-1.</summary>
+    public int VocabularySize { get; }
+
+    /// <summary>Bytes of the longest token piece (special tokens included): no token covers more text than this.</summary>
+    public int MaxTokenBytes { get; }
+
+    /// <summary>
+    /// The most UTF-8 bytes a prompt can have and still fit the context: every token covers at most
+    /// <see cref="MaxTokenBytes"/> bytes, so a longer text needs more tokens than the context holds. Longer prompts are
+    /// rejected before they are tokenized.
+    /// </summary>
+    public long MaxPromptBytes => (long)ContextSize * MaxTokenBytes;
+
+    /// <summary>
+    /// The largest request body accepted, in bytes: room for a prompt of <see cref="MaxPromptBytes"/> written entirely in
+    /// JSON escapes (\uXXXX: 6 bytes a character) plus 1 MiB for the rest, at most <see cref="OpenAiEndpoints.MaxBodyBytes"/>.
+    /// </summary>
+    public long MaxRequestBodyBytes => Math.Min(OpenAiEndpoints.MaxBodyBytes, MaxPromptBytes * 6 + (1L << 20));
+
+    /// <summary>Whether the inference loop is healthy: not dead, and not stuck on a step for longer than <paramref name="stallAfter"/> while work is pending.</summary>
+    public (bool Healthy, string Status, double ProgressAgeSeconds) GetLoopHealth(TimeSpan stallAfter)
+    {
+        var age = System.Diagnostics.Stopwatch.GetElapsedTime(_scheduler.LastProgressTimestamp);
+        if (_scheduler.LoopDead)
+        {
+            return (false, "inference loop stopped", age.TotalSeconds);
+        }
+
+        if (_scheduler.Pending > 0 && age > stallAfter)
+        {
+            return (false, $"inference loop made no progress for {age.TotalSeconds:F0} s with {_scheduler.Pending} requests pending", age.TotalSeconds);
+        }
+
+        return (true, "ok", _scheduler.Pending > 0 ? age.TotalSeconds : 0);
+    }
+
+    /// <summary>Seconds since the inference loop last made progress (0 when idle).</summary>
+    public double LoopProgressAgeSeconds => _scheduler.Pending > 0 ? System.Diagnostics.Stopwatch.GetElapsedTime(_scheduler.LastProgressTimestamp).TotalSeconds : 0;
+
+    /// <summary>Test hook: runs at the start of every scheduler step, on the inference thread.</summary>
+    internal Action? BeforeSchedulerStep
+    {
+        get => _scheduler.BeforeStep;
+        set => _scheduler.BeforeStep = value;
+    }
+
+    /// <summary>Where the service logs.</summary>
+    internal ILogger Logger { get; }
 
     /// <summary>The GGUF file served.</summary>
     public string ModelPath { get; }
@@ -82,7 +134,7 @@ public sealed class InferenceService : IAsyncDisposable
         }
 
         RouteNativeLogs(logger);
-        var parameters = LlamaContextSettings.Create(modelPath, (uint)options.ContextSize, options.FlashAttention ?? false,
+        var parameters = LlamaContextSettings.Create(modelPath, (uint)(options.ContextSize ?? ServingOptions.DefaultContextSize), options.FlashAttention ?? false,
             options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize);
         LLamaWeights weights;
         try
@@ -99,6 +151,11 @@ public sealed class InferenceService : IAsyncDisposable
         try
         {
             parameters.FlashAttention = options.FlashAttention ?? DefaultFlashAttention(weights);
+            if (options.ContextSize is null && TrainedContext(weights) is { } trained && trained < ServingOptions.DefaultContextSize)
+            {
+                parameters.ContextSize = (uint)Math.Max(64, trained); // more cells than the model was trained on only produce noise
+            }
+
             context = weights.CreateContext(parameters);
             if (options.EnableCache)
             {
@@ -119,11 +176,85 @@ public sealed class InferenceService : IAsyncDisposable
         }
     }
 
-    /// <summary>Tokenizes a completion prompt (BOS added when the model wants one; special-token text is not parsed).</summary>
-    public int[] TokenizeCompletion(string prompt) => Tokenize(prompt, special: false);
+    /// <summary>
+    /// Tokenizes a completion prompt (BOS added when the model wants one; special-token text is not parsed). A text too long
+    /// to fit the context is rejected (<see cref="OpenAiRequestException"/>, context_length_exceeded) without tokenizing it.
+    /// </summary>
+    public int[] TokenizeCompletion(string prompt)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        CheckPromptBytes(prompt, "prompt");
+        return Tokenize(prompt, special: false);
+    }
 
-    /// <summary>Formats and tokenizes chat messages (special tokens of the template are parsed).</summary>
-    public int[] TokenizeChat(IReadOnlyList<ChatMessageInput> messages) => Tokenize(_chat.Format(messages), special: true);
+    /// <summary>Formats and tokenizes chat messages (special tokens of the template are parsed); too long: as <see cref="TokenizeCompletion"/>.</summary>
+    public int[] TokenizeChat(IReadOnlyList<ChatMessageInput> messages)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        long bytes = 0;
+        foreach (var m in messages)
+        {
+            bytes += Encoding.UTF8.GetByteCount(m.Content);
+        }
+
+        if (bytes > MaxPromptBytes)
+        {
+            throw TooLong(bytes, "messages");
+        }
+
+        var text = _chat.Format(messages);
+        CheckPromptBytes(text, "messages");
+        return Tokenize(text, special: true);
+    }
+
+    /// <summary>Checks a prompt given as token ids: every id in the vocabulary. Returns a copy.</summary>
+    public int[] CheckTokenIds(IReadOnlyList<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        var result = new int[tokens.Count];
+        for (var i = 0; i < result.Length; i++)
+        {
+            var t = tokens[i];
+            if (t < 0 || t >= VocabularySize)
+            {
+                throw new OpenAiRequestException($"'prompt[{i}]' is token id {t}, outside this model's vocabulary 0..{VocabularySize - 1}", "prompt");
+            }
+
+            result[i] = t;
+        }
+
+        return result;
+    }
+
+    /// <summary>The text of <paramref name="tokens"/> (for echo of token-id prompts).</summary>
+    public string Detokenize(IReadOnlyList<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        var decoder = new StreamingTokenDecoder(Encoding.UTF8, _weights);
+        foreach (var t in tokens)
+        {
+            decoder.Add((LLama.Native.LLamaToken)t);
+        }
+
+        return decoder.Read();
+    }
+
+    private void CheckPromptBytes(string text, string param)
+    {
+        // A UTF-16 character is at most 3 UTF-8 bytes: count exactly only when the text could be too long.
+        if ((long)text.Length * 3 > MaxPromptBytes)
+        {
+            var bytes = (long)Encoding.UTF8.GetByteCount(text);
+            if (bytes > MaxPromptBytes)
+            {
+                throw TooLong(bytes, param);
+            }
+        }
+    }
+
+    private OpenAiRequestException TooLong(long bytes, string param) => new(
+        $"This model's context holds {ContextSize} tokens; the prompt has {bytes} bytes of text, more than {ContextSize} tokens can cover. Shorten the prompt.",
+        param, "context_length_exceeded");
 
     /// <summary>Stop strings the chat layout implies (the default layout's end-of-turn marker).</summary>
     public IReadOnlyList<string> ChatStopStrings => _chat.UsesModelTemplate ? [] : ["<|im_end|>"];
@@ -132,13 +263,26 @@ public sealed class InferenceService : IAsyncDisposable
     /// Validates, prefetches the prompt's cached prefix into memory, and queues the request. Throws
     /// <see cref="OpenAiRequestException"/> (400) for a prompt that cannot fit, (429) when the queue is full.
     /// </summary>
-    public async Task<GenerationJob> SubmitAsync(int[] promptTokens, GenerationParameters parameters, CancellationToken cancellationToken)
+    /// <param name="promptTokens">The prompt's tokens.</param>
+    /// <param name="parameters">Sampling and cache parameters.</param>
+    /// <param name="cancellationToken">Fires when the client goes away: the request is dropped wherever it is.</param>
+    /// <param name="promptParam">The request field errors about the prompt name ("prompt" or "messages").</param>
+    public async Task<GenerationJob> SubmitAsync(int[] promptTokens, GenerationParameters parameters, CancellationToken cancellationToken,
+        string promptParam = "prompt")
     {
         ArgumentNullException.ThrowIfNull(promptTokens);
         ArgumentNullException.ThrowIfNull(parameters);
         if (promptTokens.Length == 0)
         {
-            throw new OpenAiRequestException("the prompt is empty", "prompt");
+            throw new OpenAiRequestException("the prompt is empty", promptParam);
+        }
+
+        // The prompt needs its cells plus at least one for the first generated token (vLLM: prompt + max_tokens <= context).
+        if (promptTokens.Length >= ContextSize)
+        {
+            throw new OpenAiRequestException(
+                $"This model's context holds {ContextSize} tokens; the prompt has {promptTokens.Length}, which leaves no room to generate. Shorten the prompt.",
+                promptParam, "context_length_exceeded");
         }
 
         var maxTokens = parameters.MaxTokens ?? Math.Min(_options.DefaultMaxTokens, ContextSize - promptTokens.Length);
@@ -146,7 +290,7 @@ public sealed class InferenceService : IAsyncDisposable
         {
             throw new OpenAiRequestException(
                 $"This model's context holds {ContextSize} tokens; the prompt has {promptTokens.Length} and max_tokens asks for {maxTokens}. Shorten the prompt or lower max_tokens.",
-                "messages", "context_length_exceeded");
+                parameters.MaxTokensParam, "context_length_exceeded");
         }
 
         var ns = Cache?.Namespace ?? new CacheNamespace("nocache", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
@@ -267,6 +411,25 @@ public sealed class InferenceService : IAsyncDisposable
                     break;
             }
         });
+    }
+
+    private static int LongestTokenBytes(LLamaWeights weights)
+    {
+        Span<byte> piece = stackalloc byte[256];
+        var longest = 1;
+        for (var t = 0; t < weights.Vocab.Count; t++)
+        {
+            var n = (int)weights.NativeHandle.TokenToSpan((LLama.Native.LLamaToken)t, piece, 0, true);
+            longest = Math.Max(longest, n); // a piece longer than the buffer reports its full length
+        }
+
+        return longest;
+    }
+
+    private static int? TrainedContext(LLamaWeights weights)
+    {
+        var arch = weights.Metadata.GetValueOrDefault("general.architecture", "llama");
+        return int.TryParse(weights.Metadata.GetValueOrDefault(arch + ".context_length"), out var n) && n > 0 ? n : null;
     }
 
     // Flash attention on CPU pays off for usual head sizes but is 4-5x slower for tiny heads (DESIGN section 6).

@@ -4,15 +4,23 @@ using System.Text.Json.Nodes;
 using LMCacheSharp.Serving.Inference;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
 
 namespace LMCacheSharp.Serving.OpenAi;
 
 /// <summary>The OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions, /health.</summary>
 public static class OpenAiEndpoints
 {
-    /// <summary>Largest request body accepted (bytes).</summary>
+    /// <summary>
+    /// Largest request body accepted by any endpoint (bytes). The completion endpoints accept less:
+    /// <see cref="InferenceService.MaxRequestBodyBytes"/>, derived from the context size.
+    /// </summary>
     public const long MaxBodyBytes = 32L << 20;
+
+    /// <summary>Where the handler leaves the request's job for the request log line (<see cref="HttpContext.Items"/> key).</summary>
+    internal const string JobItem = "lmcache.job";
 
     /// <summary>Maps the endpoints onto <paramref name="app"/>.</summary>
     public static IEndpointRouteBuilder MapOpenAi(this IEndpointRouteBuilder app, InferenceService service)
@@ -20,7 +28,18 @@ public static class OpenAiEndpoints
         ArgumentNullException.ThrowIfNull(app);
         ArgumentNullException.ThrowIfNull(service);
         var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        app.MapGet("/health", () => Results.Json(new { status = "ok", model = service.ModelName, cache = service.Cache is not null }));
+        app.MapGet("/health", (HttpContext http) =>
+        {
+            var (healthy, status, age) = service.GetLoopHealth(StallTimeout(http));
+            return Results.Json(new
+            {
+                status = healthy ? "ok" : "unhealthy",
+                reason = healthy ? null : status,
+                model = service.ModelName,
+                cache = service.Cache is not null,
+                loop_progress_age_seconds = Math.Round(age, 3)
+            }, statusCode: healthy ? 200 : 503);
+        });
         app.MapGet("/v1/models", () => Results.Json(new
         {
             @object = "list",
@@ -36,6 +55,11 @@ public static class OpenAiEndpoints
     {
         ArgumentNullException.ThrowIfNull(http);
         http.Response.StatusCode = status;
+        if (status == 429)
+        {
+            http.Response.Headers.RetryAfter = "1";
+        }
+
         return http.Response.WriteAsJsonAsync(new JsonObject
         {
             ["error"] = new JsonObject
@@ -55,11 +79,20 @@ public static class OpenAiEndpoints
         ChatCompletionRequest? chatRequest = null;
         int[] prompt;
         GenerationParameters parameters;
+        string? echo = null;
         try
         {
-            if (http.Request.ContentLength > MaxBodyBytes)
+            // No prompt that fits the context needs a bigger body (InferenceService.MaxRequestBodyBytes): refuse it before
+            // reading it, or as soon as a body without a length passes the limit.
+            var limit = service.MaxRequestBodyBytes;
+            if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } bodyLimit)
             {
-                throw new OpenAiRequestException($"the request body is larger than {MaxBodyBytes} bytes", null, "invalid_request_error", 413);
+                bodyLimit.MaxRequestBodySize = limit;
+            }
+
+            if (http.Request.ContentLength > limit)
+            {
+                throw BodyTooLarge(service, limit);
             }
 
             JsonDocument doc;
@@ -70,6 +103,10 @@ public static class OpenAiEndpoints
             catch (JsonException e)
             {
                 throw new OpenAiRequestException($"the request body is not valid JSON: {e.Message}");
+            }
+            catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+            {
+                throw BodyTooLarge(service, limit);
             }
 
             using (doc)
@@ -85,23 +122,30 @@ public static class OpenAiEndpoints
                 {
                     completion = OpenAiRequestParser.ParseCompletion(doc.RootElement);
                     CheckModel(completion.Model, service);
-                    prompt = service.TokenizeCompletion(completion.Prompt);
+                    prompt = completion.PromptTokens is { } ids ? service.CheckTokenIds(ids) : service.TokenizeCompletion(completion.Prompt);
                     parameters = completion.Parameters;
+                    echo = !completion.Echo ? null : completion.PromptTokens is { } echoed ? service.Detokenize(echoed) : completion.Prompt;
                 }
             }
 
-            var job = await service.SubmitAsync(prompt, parameters, aborted).ConfigureAwait(false);
+            if (parameters.IgnoredFields.Count > 0 && service.Logger.IsEnabled(LogLevel.Debug))
+            {
+                service.Logger.LogDebug("{Path}: ignored unknown fields {Fields}", http.Request.Path.Value, string.Join(", ", parameters.IgnoredFields));
+            }
+
+            aborted.ThrowIfCancellationRequested(); // the client left while its body was parsed and tokenized
+            var job = await service.SubmitAsync(prompt, parameters, aborted, chat ? "messages" : "prompt").ConfigureAwait(false);
+            http.Items[JobItem] = job;
             var id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
             var model = service.ModelName;
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             if (parameters.Stream)
             {
-                await StreamAsync(http, job, id, model, created, chat, parameters.StreamIncludeUsage, completion?.Echo == true ? completion.Prompt : null)
-                    .ConfigureAwait(false);
+                await StreamAsync(http, job, id, model, created, chat, parameters.StreamIncludeUsage, echo).ConfigureAwait(false);
             }
             else
             {
-                await RespondAsync(http, job, id, model, created, chat, completion?.Echo == true ? completion.Prompt : null).ConfigureAwait(false);
+                await RespondAsync(http, job, id, model, created, chat, echo).ConfigureAwait(false);
             }
         }
         catch (OpenAiRequestException e)
@@ -117,6 +161,13 @@ public static class OpenAiEndpoints
             // The client went away; the scheduler frees its sequence.
         }
     }
+
+    private static OpenAiRequestException BodyTooLarge(InferenceService service, long limit) => new(
+        $"the request body is larger than {limit} bytes, more than any prompt that fits this model's {service.ContextSize}-token context needs",
+        null, "request_too_large", StatusCodes.Status413PayloadTooLarge);
+
+    private static TimeSpan StallTimeout(HttpContext http) =>
+        http.RequestServices.GetService(typeof(ServingOptions)) is ServingOptions o ? o.StallTimeout : TimeSpan.FromSeconds(60);
 
     private static void CheckModel(string model, InferenceService service)
     {

@@ -13,6 +13,12 @@ public sealed record GenerationParameters
     /// <summary>Tokens to generate at most (max_tokens / max_completion_tokens). Null: the server default.</summary>
     public int? MaxTokens { get; init; }
 
+    /// <summary>The field <see cref="MaxTokens"/> came from, for error messages. Default "max_tokens".</summary>
+    public string MaxTokensParam { get; init; } = "max_tokens";
+
+    /// <summary>Request fields this server does not know and ignored (as vLLM does); logged at debug level.</summary>
+    public IReadOnlyList<string> IgnoredFields { get; init; } = [];
+
     /// <summary>0 means greedy. Default 1.</summary>
     public float Temperature { get; init; } = 1f;
 
@@ -41,8 +47,12 @@ public sealed record GenerationParameters
     public IReadOnlyDictionary<string, string> Tags { get; init; } = new Dictionary<string, string>();
 }
 
-/// <summary>POST /v1/completions.</summary>
-public sealed record CompletionRequest(string Model, string Prompt, GenerationParameters Parameters, bool Echo);
+/// <summary>POST /v1/completions. The prompt is text or, when <see cref="PromptTokens"/> is set, token ids (then <see cref="Prompt"/> is empty).</summary>
+public sealed record CompletionRequest(string Model, string Prompt, GenerationParameters Parameters, bool Echo)
+{
+    /// <summary>The prompt as token ids (<c>"prompt": [1, 2, 3]</c>), or null for a text prompt.</summary>
+    public IReadOnlyList<int>? PromptTokens { get; init; }
+}
 
 /// <summary>POST /v1/chat/completions.</summary>
 public sealed record ChatCompletionRequest(string Model, IReadOnlyList<ChatMessageInput> Messages, GenerationParameters Parameters);
@@ -77,15 +87,86 @@ public static class OpenAiRequestParser
             throw new OpenAiRequestException("'prompt' is required", "prompt");
         }
 
-        var text = prompt.ValueKind switch
+        IReadOnlyList<int>? tokens = null;
+        var text = "";
+        if (prompt.ValueKind == JsonValueKind.String)
         {
-            JsonValueKind.String => prompt.GetString()!,
-            JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => prompt[0].GetString()!,
-            JsonValueKind.Array => throw new OpenAiRequestException("'prompt' as a list must hold exactly one string (batched prompts are not supported)", "prompt"),
-            _ => throw new OpenAiRequestException("'prompt' must be a string", "prompt"),
-        };
+            text = ReadString(prompt, "prompt");
+        }
+        else if (prompt.ValueKind == JsonValueKind.Array && prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String)
+        {
+            text = ReadString(prompt[0], "prompt");
+        }
+        else if (prompt.ValueKind == JsonValueKind.Array && prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.Array)
+        {
+            tokens = ReadTokenIds(prompt[0]);
+        }
+        else if (prompt.ValueKind == JsonValueKind.Array && prompt.GetArrayLength() > 0 && prompt[0].ValueKind == JsonValueKind.Number)
+        {
+            tokens = ReadTokenIds(prompt);
+        }
+        else if (prompt.ValueKind == JsonValueKind.Array)
+        {
+            throw new OpenAiRequestException("'prompt' as a list must be token ids, or hold exactly one string or one list of token ids (batched prompts are not supported)", "prompt");
+        }
+        else
+        {
+            throw new OpenAiRequestException("'prompt' must be a string or a list of token ids", "prompt");
+        }
+
         RejectUnsupported(body);
-        return new CompletionRequest(model, text, ParseParameters(body), OptionalBool(body, "echo") ?? false);
+        var parameters = ParseParameters(body, CompletionFields);
+        return new CompletionRequest(model, text, parameters, OptionalBool(body, "echo") ?? false) { PromptTokens = tokens };
+    }
+
+    /// <summary>Fields of /v1/completions this server reads (others are ignored and listed at debug level).</summary>
+    private static readonly HashSet<string> CompletionFields = new(StringComparer.Ordinal)
+    {
+        "model", "prompt", "echo", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "cache_salt",
+        "kv_transfer_params", "n", "best_of", "user",
+    };
+
+    /// <summary>Fields of /v1/chat/completions this server reads.</summary>
+    private static readonly HashSet<string> ChatFields = new(StringComparer.Ordinal)
+    {
+        "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options",
+        "cache_salt", "kv_transfer_params", "n", "best_of", "user",
+    };
+
+    private static int[] ReadTokenIds(JsonElement array)
+    {
+        var n = array.GetArrayLength();
+        if (n == 0)
+        {
+            throw new OpenAiRequestException("'prompt' must not be empty", "prompt");
+        }
+
+        var tokens = new int[n];
+        var i = 0;
+        foreach (var e in array.EnumerateArray())
+        {
+            if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out tokens[i]))
+            {
+                throw new OpenAiRequestException($"'prompt[{i}]' must be an integer token id", "prompt");
+            }
+
+            i++;
+        }
+
+        return tokens;
+    }
+
+    /// <summary>A JSON string's value; invalid text (a lone surrogate escape such as \ud800) is a 400 naming the field.</summary>
+    private static string ReadString(JsonElement e, string name)
+    {
+        try
+        {
+            return e.GetString()!;
+        }
+        catch (InvalidOperationException)
+        {
+            throw new OpenAiRequestException($"'{name}' is not valid text (a lone UTF-16 surrogate or invalid UTF-8)", name);
+        }
     }
 
     /// <summary>Parses a /v1/chat/completions body.</summary>
@@ -119,23 +200,24 @@ public static class OpenAiRequestParser
                 throw new OpenAiRequestException($"'{where}.role' must be system, developer, user, assistant or tool, got '{role}'", where + ".role");
             }
 
-            list.Add(new ChatMessageInput(role == "developer" ? "system" : role, ReadContent(m, where)));
+            list.Add(new ChatMessageInput(role == "developer" ? "system" : role, ReadContent(m, where, role)));
         }
 
         RejectUnsupported(body);
-        return new ChatCompletionRequest(model, list, ParseParameters(body));
+        return new ChatCompletionRequest(model, list, ParseParameters(body, ChatFields));
     }
 
-    private static string ReadContent(JsonElement message, string where)
+    private static string ReadContent(JsonElement message, string where, string role)
     {
         if (!message.TryGetProperty("content", out var content) || content.ValueKind == JsonValueKind.Null)
         {
-            return "";
+            // As OpenAI: an assistant turn may carry tool calls instead of text; every other role needs content.
+            return role is "assistant" ? "" : throw new OpenAiRequestException($"'{where}.content' is required for a {role} message", where + ".content");
         }
 
         if (content.ValueKind == JsonValueKind.String)
         {
-            return content.GetString()!;
+            return ReadString(content, where + ".content");
         }
 
         if (content.ValueKind != JsonValueKind.Array)
@@ -151,18 +233,28 @@ public static class OpenAiRequestParser
                 throw new OpenAiRequestException($"'{where}.content' parts must be of type 'text' (images and audio are not supported)", where + ".content");
             }
 
-            text.Append(OptionalString(part, "text"));
+            text.Append(OptionalString(part, "text", where + ".content"));
         }
 
         return text.ToString();
     }
 
-    private static GenerationParameters ParseParameters(JsonElement body)
+    private static GenerationParameters ParseParameters(JsonElement body, HashSet<string> known)
     {
-        var maxTokens = OptionalInt(body, "max_completion_tokens") ?? OptionalInt(body, "max_tokens");
+        var maxTokensParam = body.TryGetProperty("max_completion_tokens", out var mct) && mct.ValueKind != JsonValueKind.Null ? "max_completion_tokens" : "max_tokens";
+        var maxTokens = OptionalInt(body, maxTokensParam);
         if (maxTokens is < 1)
         {
-            throw new OpenAiRequestException("'max_tokens' must be at least 1", "max_tokens");
+            throw new OpenAiRequestException($"'{maxTokensParam}' must be at least 1", maxTokensParam);
+        }
+
+        var ignored = new List<string>();
+        foreach (var p in body.EnumerateObject())
+        {
+            if (!known.Contains(p.Name))
+            {
+                ignored.Add(p.Name);
+            }
         }
 
         var temperature = OptionalFloat(body, "temperature") ?? 1f;
@@ -186,11 +278,11 @@ public static class OpenAiRequestParser
         {
             if (st.ValueKind == JsonValueKind.String)
             {
-                stop.Add(st.GetString()!);
+                stop.Add(ReadString(st, "stop"));
             }
             else if (st.ValueKind == JsonValueKind.Array && st.EnumerateArray().All(e => e.ValueKind == JsonValueKind.String))
             {
-                stop.AddRange(st.EnumerateArray().Select(e => e.GetString()!));
+                stop.AddRange(st.EnumerateArray().Select(e => ReadString(e, "stop")));
             }
             else
             {
@@ -209,6 +301,8 @@ public static class OpenAiRequestParser
         return new GenerationParameters
         {
             MaxTokens = maxTokens,
+            MaxTokensParam = maxTokensParam,
+            IgnoredFields = ignored,
             Temperature = temperature,
             TopP = topP,
             Seed = seed is null ? null : unchecked((uint)seed.Value),
@@ -248,7 +342,7 @@ public static class OpenAiRequestParser
             }
             else if (p.Name.StartsWith("lmcache.tag.", StringComparison.Ordinal) && p.Name.Length > "lmcache.tag.".Length)
             {
-                tags[p.Name["lmcache.tag.".Length..]] = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : p.Value.GetRawText();
+                tags[p.Name["lmcache.tag.".Length..]] = p.Value.ValueKind == JsonValueKind.String ? ReadString(p.Value, "kv_transfer_params") : p.Value.GetRawText();
             }
 
             // Other keys belong to other connectors (disaggregated prefill etc.): ignored, as vLLM does.
@@ -278,10 +372,10 @@ public static class OpenAiRequestParser
         }
     }
 
-    private static string? OptionalString(JsonElement e, string name) =>
+    private static string? OptionalString(JsonElement e, string name, string? where = null) =>
         !e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
-        : v.ValueKind == JsonValueKind.String ? v.GetString()
-        : throw new OpenAiRequestException($"'{name}' must be a string", name);
+        : v.ValueKind == JsonValueKind.String ? ReadString(v, where ?? name)
+        : throw new OpenAiRequestException($"'{where ?? name}' must be a string", where ?? name);
 
     private static bool? OptionalBool(JsonElement e, string name) =>
         !e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
