@@ -30,7 +30,8 @@ public sealed class LlamaKvCacheOptions
 /// The cache side of one llama.cpp context: looks up, restores and stores the KV of any of its sequences through a
 /// <see cref="CacheEngine"/>, so several requests decoded together in one context (one sequence each) share one cache.
 /// <list type="bullet">
-/// <item><see cref="PrefetchAsync"/> (any thread) brings a prompt's hit chunks into the memory tier;</item>
+/// <item><see cref="PrefetchAsync"/> (any thread) brings a prompt's hit chunks into the memory tier and pins them;
+/// <see cref="Restore"/> (inference thread) writes them into a sequence without touching any tier;</item>
 /// <item><see cref="RestoreAsync"/> (inference thread, between decodes) writes the leading hit chunks into an empty
 /// sequence, never the whole prompt (the last token is always left to decode, for its logits);</item>
 /// <item><see cref="StoreAsync"/> (inference thread, between decodes; call it after the first token is sampled) reads
@@ -240,26 +241,79 @@ public sealed class LlamaKvCache : IAsyncDisposable
     }
 
     /// <summary>
-    /// Brings the leading hit chunks of <paramref name="promptTokens"/> into the memory tier (from disk or remote tiers),
-    /// so that a following <see cref="RestoreAsync"/> on the inference thread does not wait on I/O. Any thread; returns the
-    /// tokens now restorable.
+    /// Finds the leading cached chunks of <paramref name="promptTokens"/> in any tier (never the last token), brings them
+    /// into memory and pins them, so that <see cref="Restore"/> on the inference thread touches no tier and never waits.
+    /// Any thread; the caller disposes the result. A cache problem is an empty prefix, never an exception (cancellation
+    /// still throws).
     /// </summary>
-    public async ValueTask<int> PrefetchAsync(ReadOnlyMemory<int> promptTokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
+    public async ValueTask<CachedPrefix> PrefetchAsync(ReadOnlyMemory<int> promptTokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
     {
         if (!Usable(ns, promptTokens.Length - 1, out ns))
         {
-            return 0;
+            return CachedPrefix.Empty(ns);
         }
 
         try
         {
-            return await Engine.PrefetchAsync(promptTokens[..^1], ns, cancellationToken).ConfigureAwait(false);
+            return await Engine.PinAsync(promptTokens[..^1], ns, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
             _logger.LogWarning(e, "KV cache prefetch failed; treated as a miss");
+            return CachedPrefix.Empty(ns);
+        }
+    }
+
+    /// <summary>
+    /// Pins the chunks after <paramref name="prefix"/>'s run that the memory tier holds now (stored since the prefetch).
+    /// Memory only, never a wait. Returns the tokens <see cref="Restore"/> would restore.
+    /// </summary>
+    public int ExtendInMemory(CachedPrefix prefix)
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        return _connector is null || prefix.Namespace.Format != Format ? 0 : Engine.ExtendInMemory(prefix);
+    }
+
+    /// <summary>
+    /// Clears <paramref name="sequence"/> and restores into it the pinned chunks of <paramref name="prefix"/> (from
+    /// <see cref="PrefetchAsync"/>). Touches no tier. Returns the tokens restored (decode the prompt from there); 0 on any
+    /// problem, with the sequence left empty. Call on the inference thread, between decodes.
+    /// </summary>
+    public int Restore(LLamaSeqId sequence, CachedPrefix prefix)
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        CheckSequence(sequence);
+        if (_connector is null || prefix.Namespace.Format != Format || Engine.ExtendInMemory(prefix) == 0)
+        {
             return 0;
         }
+
+        _context.MemorySequenceRemove(sequence, -1, -1);
+        _connector.Sequence = sequence;
+        try
+        {
+            return CheckRestored(sequence, Engine.Restore(prefix, _connector));
+        }
+        catch (Exception e)
+        {
+            _logger.LogWarning(e, "KV restore failed; treated as a miss");
+            _context.MemorySequenceRemove(sequence, -1, -1);
+            _context.MemorySequenceRemove(ScratchSequence, -1, -1);
+            return 0;
+        }
+    }
+
+    private int CheckRestored(LLamaSeqId sequence, int restored)
+    {
+        if (restored > 0 && (_context.MemorySequenceMinPosition(sequence) != 0 || _context.MemorySequenceMaxPosition(sequence) != restored - 1))
+        {
+            _logger.LogWarning("KV restore left positions {Min}..{Max} for {Restored} tokens; dropped", _context.MemorySequenceMinPosition(sequence).Value,
+                _context.MemorySequenceMaxPosition(sequence).Value, restored);
+            _context.MemorySequenceRemove(sequence, -1, -1);
+            return 0;
+        }
+
+        return restored;
     }
 
     /// <summary>
@@ -282,15 +336,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         try
         {
             var restored = await Engine.RetrieveAsync(promptTokens[..^1], _connector, ns, cancellationToken).ConfigureAwait(false);
-            if (restored > 0 && (_context.MemorySequenceMinPosition(sequence) != 0 || _context.MemorySequenceMaxPosition(sequence) != restored - 1))
-            {
-                _logger.LogWarning("KV restore left positions {Min}..{Max} for {Restored} tokens; dropped", _context.MemorySequenceMinPosition(sequence).Value,
-                    _context.MemorySequenceMaxPosition(sequence).Value, restored);
-                _context.MemorySequenceRemove(sequence, -1, -1);
-                return 0;
-            }
-
-            return restored;
+            return CheckRestored(sequence, restored);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {

@@ -306,4 +306,94 @@ public class CacheEnginePrefetchTests
 
         Assert.Equal(0, pool.RentedCount);
     }
+
+    [Fact]
+    public async Task Pinned_chunks_restore_without_any_tier_even_after_eviction()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var remote = new EnvelopeTier(pool);
+        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(64, 21);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            await engine.Storage.Memory!.ClearAsync();
+            remote.Values.TryRemove(engine.ComputeKeys(tokens)[3], out _);
+
+            using var prefix = await engine.PinAsync(tokens);
+            Assert.Equal(48, prefix.Tokens);
+            await engine.Storage.Memory.ClearAsync(); // evicted while the request waited
+            remote.Throw = true;                     // and no lower tier answers
+            var target = new FakeSequence(TestData.SmallFormat, tokens);
+            Assert.Equal(48, engine.Restore(prefix, target));
+            Assert.Equal([(0, 16), (16, 16), (32, 16)], target.WrittenRanges);
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
+    public async Task A_corrupt_pinned_chunk_ends_the_run_and_its_lower_tier_delete_does_not_wait()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var remote = new EnvelopeTier(pool);
+        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(64, 22);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            var keys = engine.ComputeKeys(tokens);
+            // Memory holds a chunk under key 1 that does not match what the key promises (15 tokens, not 16).
+            engine.Storage.Memory!.Remove(keys[1]);
+            using (var bad = pool.Rent((int)TestData.SmallFormat.PayloadLength(15)))
+            {
+                bad.Key = keys[1];
+                bad.TokenCount = 15;
+                bad.Format = TestData.SmallFormat;
+                bad.SealChecksum();
+                Assert.True(engine.Storage.Memory.Put(bad));
+            }
+
+            using var prefix = await engine.PinAsync(tokens);
+            Assert.Equal(64, prefix.Tokens);
+            using var gate = new SemaphoreSlim(0);
+            remote.RemoveGate = gate;        // the remote delete blocks until released
+            var target = new FakeSequence(TestData.SmallFormat, tokens);
+            Assert.Equal(16, engine.Restore(prefix, target)); // returns at once: the delete is queued
+            Assert.False(engine.Storage.ContainsInMemory(keys[1]));
+            Assert.True(remote.Values.ContainsKey(keys[1]));
+            gate.Release();
+            await engine.FlushAsync();
+            Assert.False(remote.Values.ContainsKey(keys[1]));
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
+    public async Task Restore_also_takes_the_chunks_stored_in_memory_after_the_lookup()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics)], metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(64, 23);
+            using var prefix = await engine.PinAsync(tokens);
+            Assert.Equal(0, prefix.Tokens); // looked up before the previous request stored its chunks
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            var target = new FakeSequence(TestData.SmallFormat, tokens);
+            Assert.Equal(64, engine.Restore(prefix, target));
+            Assert.Equal(64, prefix.Tokens);
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
 }

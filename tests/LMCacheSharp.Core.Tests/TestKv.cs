@@ -94,6 +94,9 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
 
     public TimeSpan Delay { get; set; }
 
+    /// <summary>When set, RemoveAsync waits for it (a slow lower-tier delete).</summary>
+    public SemaphoreSlim? RemoveGate { get; set; }
+
     public int Gets;
 
     public int Puts;
@@ -136,8 +139,15 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
         return true;
     }
 
-    public ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default) =>
-        ValueTask.FromResult(Values.TryRemove(key, out _));
+    public async ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default)
+    {
+        if (RemoveGate is { } gate)
+        {
+            await gate.WaitAsync(cancellationToken);
+        }
+
+        return Values.TryRemove(key, out _);
+    }
 
     public ValueTask ClearAsync(CancellationToken cancellationToken = default)
     {

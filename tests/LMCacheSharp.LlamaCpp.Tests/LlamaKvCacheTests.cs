@@ -349,7 +349,11 @@ public sealed class LlamaKvCacheTests
             var options = new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.05, LocalDisk = dir, MaxLocalDiskSize = 1 };
             await using var cache = LlamaKvCache.CreateWithEngine(lm.Handle, GgufFingerprint.Compute(model), options,
                 new LlamaKvCacheOptions { Layout = layout });
-            Assert.Equal(3 * Chunk, await cache.PrefetchAsync(prompt));
+            using (var pinned = await cache.PrefetchAsync(prompt))
+            {
+                Assert.Equal(3 * Chunk, pinned.Tokens);
+            }
+
             var generator = new CachedGenerator(lm.Handle, cache);
             var hit = await generator.PrefillAsync(prompt, captureLogits: true);
             Assert.Equal(3 * Chunk, hit.CachedTokens);

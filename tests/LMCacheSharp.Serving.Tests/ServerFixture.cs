@@ -49,7 +49,8 @@ public sealed class TestServer : IAsyncDisposable
     public InferenceService Service => _app.Services.GetRequiredService<InferenceService>();
 
     public static async Task<TestServer> StartAsync(Action<ServingOptions>? configure = null, int chunkSize = 16,
-        Action<LMCacheOptions>? configureCache = null)
+        Action<LMCacheOptions>? configureCache = null,
+        Func<LMCacheSharp.Core.Kv.KvBufferPool, LMCacheSharp.Core.Metrics.CacheMetrics, IEnumerable<LMCacheSharp.Core.Storage.IStorageTier>>? lowerTiers = null)
     {
         var options = new ServingOptions
         {
@@ -64,7 +65,7 @@ public sealed class TestServer : IAsyncDisposable
         configure?.Invoke(options);
         var cache = new LMCacheOptions { ChunkSize = chunkSize, MaxLocalCpuSize = 0.05 };
         configureCache?.Invoke(cache);
-        var app = ServingApp.Build(options, cache, ["http://127.0.0.1:0"]);
+        var app = ServingApp.Build(options, cache, ["http://127.0.0.1:0"], lowerTiers);
         await app.StartAsync();
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new TestServer(app, address);

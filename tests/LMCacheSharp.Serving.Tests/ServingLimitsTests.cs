@@ -177,6 +177,14 @@ public sealed class ServingLimitsTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Ignore_eos_generates_exactly_max_tokens()
+    {
+        var json = await _server.PostAsync("/v1/completions", new { prompt = "The end", max_tokens = 300, temperature = 0, ignore_eos = true });
+        Assert.Equal(300, json["usage"]!["completion_tokens"]!.GetValue<int>());
+        Assert.Equal("length", json["choices"]![0]!["finish_reason"]!.GetValue<string>());
+    }
+
+    [Fact]
     public async Task Unknown_parameters_are_ignored_and_n_above_one_is_rejected()
     {
         var ok = await _server.PostAsync("/v1/completions", new { prompt = "hi", max_tokens = 2, frobnicate = true, logit_scale = 3 });

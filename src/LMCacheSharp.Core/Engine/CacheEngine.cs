@@ -175,6 +175,100 @@ public sealed class CacheEngine : IAsyncDisposable
     }
 
     /// <summary>
+    /// Finds the leading cached chunks of <paramref name="tokens"/> in any tier, brings them into memory and pins them for a
+    /// later <see cref="Restore"/> (which then touches no tier: call this off the inference thread, before the request is
+    /// scheduled). Counts as a lookup in the metrics. The caller disposes the result.
+    /// </summary>
+    public async ValueTask<CachedPrefix> PinAsync(ReadOnlyMemory<int> tokens, CacheNamespace? ns = null, CancellationToken cancellationToken = default)
+    {
+        var start = Stopwatch.GetTimestamp();
+        ns ??= Namespace;
+        var keys = ComputeKeys(tokens.Span, ns);
+        var count = keys.Length;
+        var chunks = count == 0 ? [] : new KvChunk[count];
+        var pinned = 0;
+        try
+        {
+            for (; pinned < count; pinned++)
+            {
+                var chunk = await Storage.GetAsync(keys[pinned], cancellationToken).ConfigureAwait(false);
+                if (chunk is null)
+                {
+                    break;
+                }
+
+                chunks[pinned] = chunk;
+            }
+        }
+        catch
+        {
+            for (var i = 0; i < pinned; i++)
+            {
+                chunks[i].Release();
+            }
+
+            throw;
+        }
+
+        var hitTokens = Math.Min(pinned * ChunkSize, tokens.Length);
+        Metrics.Lookup(tokens.Length, hitTokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        return new CachedPrefix(ns, tokens.Length, keys, chunks, pinned, hitTokens);
+    }
+
+    /// <summary>
+    /// Pins the chunks after <paramref name="prefix"/>'s run that the memory tier holds now (stored since the lookup, e.g.
+    /// by the request just before). Memory only: no I/O, never a wait. Returns the tokens now pinned.
+    /// </summary>
+    public int ExtendInMemory(CachedPrefix prefix)
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        while (prefix.ChunkCount < prefix.Keys.Length && Storage.Memory?.TryGet(prefix.Keys[prefix.ChunkCount]) is { } more)
+        {
+            prefix.Append(more, Math.Min((prefix.ChunkCount + 1) * ChunkSize, prefix.PromptTokens));
+        }
+
+        return prefix.Tokens;
+    }
+
+    /// <summary>
+    /// Writes the pinned chunks of <paramref name="prefix"/> into <paramref name="sink"/>, in order, and returns the tokens
+    /// restored. First the run is extended with the chunks the memory tier holds now (stored while the request waited);
+    /// nothing else is looked at: no lower tier, never a wait. A chunk that fails its checks ends the run (it is dropped
+    /// from memory now and from the lower tiers in the background), as does one the sink refuses.
+    /// </summary>
+    public int Restore(CachedPrefix prefix, IKvSink sink)
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        ArgumentNullException.ThrowIfNull(sink);
+        var start = Stopwatch.GetTimestamp();
+        ExtendInMemory(prefix);
+        var restored = 0;
+        var chunks = prefix.Chunks;
+        for (var i = 0; i < chunks.Length; i++)
+        {
+            var chunk = chunks[i];
+            var chunkStart = i * ChunkSize;
+            var chunkTokens = Math.Min(ChunkSize, prefix.PromptTokens - chunkStart);
+            if (chunk.TokenCount != chunkTokens || chunk.Format != prefix.Namespace.Format || chunk.Length != prefix.Namespace.Format.PayloadLength(chunkTokens))
+            {
+                Metrics.CorruptChunk("engine");
+                Storage.RemoveInBackground(chunk.Key);
+                break;
+            }
+
+            if (!sink.TryWriteKv(chunkStart, chunkTokens, chunk.Span))
+            {
+                break;
+            }
+
+            restored += chunkTokens;
+        }
+
+        Metrics.Retrieve(prefix.PromptTokens, restored, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        return restored;
+    }
+
+    /// <summary>
     /// Writes the KV of the leading cached chunks of <paramref name="tokens"/> into <paramref name="sink"/>, in order, and
     /// returns how many tokens were restored. Stops at the first chunk that is missing, fails its checks or that the sink
     /// refuses; a problem in a tier is a miss, never an exception.
@@ -204,7 +298,7 @@ public sealed class CacheEngine : IAsyncDisposable
                     if (chunk.TokenCount != chunkTokens || chunk.Format != ns.Format || chunk.Length != ns.Format.PayloadLength(chunkTokens))
                     {
                         Metrics.CorruptChunk("engine");
-                        await Storage.RemoveAsync(keys[i], cancellationToken).ConfigureAwait(false);
+                        Storage.RemoveInBackground(keys[i]);
                         break;
                     }
 

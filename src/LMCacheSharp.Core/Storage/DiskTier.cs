@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.IO.Hashing;
+using System.Runtime.CompilerServices;
 using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
@@ -53,6 +54,7 @@ public sealed class DiskTier : IStorageTier
     private readonly bool _fsync;
     private readonly FileStream _lockFile;
     private readonly LruList<Entry> _lru = new(); // head: most recently used; tail: the next victim
+    private readonly BlockingIoPool _io;
     private long _usedBytes;
     private long _tempCounter;
     private bool _disposed;
@@ -94,6 +96,8 @@ public sealed class DiskTier : IStorageTier
             _lockFile.Dispose();
             throw;
         }
+
+        _io = new BlockingIoPool("lmcache-disk-io", options.IoThreads);
     }
 
     /// <summary>Opens the disk tier that <paramref name="options"/> configures (<c>local_disk</c> and friends).</summary>
@@ -489,21 +493,56 @@ public sealed class DiskTier : IStorageTier
         ValueTask.FromResult(CountPrefix(keys.Span));
 
     /// <inheritdoc />
+    /// <remarks>The read runs on the tier's own I/O threads (<see cref="DiskTierOptions.IoThreads"/>), never on the caller's.</remarks>
     public ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        return ValueTask.FromResult(TryGet(key));
+        lock (_lock)
+        {
+            if (!_disposed && !_entries.ContainsKey(key))
+            {
+                return ValueTask.FromResult<KvChunk?>(null); // a miss needs no I/O
+            }
+        }
+
+        return new ValueTask<KvChunk?>(_io.RunAsync(() => TryGet(key), cancellationToken));
     }
 
     /// <inheritdoc />
-    public ValueTask<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken = default)
+    /// <remarks>The write runs on the tier's own I/O threads.</remarks>
+    public async ValueTask<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken = default)
     {
-        cancellationToken.ThrowIfCancellationRequested();
-        return ValueTask.FromResult(Put(chunk));
+        ArgumentNullException.ThrowIfNull(chunk);
+        chunk.AddRef(); // the caller's reference may go before an I/O thread runs the write
+        var started = new StrongBox<bool>();
+        try
+        {
+            return await _io.RunAsync(() =>
+            {
+                started.Value = true;
+                try
+                {
+                    return Put(chunk);
+                }
+                finally
+                {
+                    chunk.Release();
+                }
+            }, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (!started.Value)
+            {
+                chunk.Release(); // cancelled or refused before it ran
+            }
+        }
     }
 
     /// <inheritdoc />
-    public ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default) => ValueTask.FromResult(Remove(key));
+    /// <remarks>The delete runs on the tier's own I/O threads.</remarks>
+    public ValueTask<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken = default) =>
+        new(_io.RunAsync(() => Remove(key), cancellationToken));
 
     /// <inheritdoc />
     public ValueTask ClearAsync(CancellationToken cancellationToken = default)
@@ -536,6 +575,7 @@ public sealed class DiskTier : IStorageTier
             _lru.Clear();
         }
 
+        _io.Dispose();
         _lockFile.Dispose();
         return ValueTask.CompletedTask;
     }

@@ -30,6 +30,12 @@ public sealed class DiskTierOptions
     /// </summary>
     public bool Fsync { get; set; }
 
+    /// <summary>
+    /// Dedicated threads that run the tier's async reads, writes and deletes (blocking file I/O never runs on the caller's
+    /// thread or the thread pool). Default 2; range 1..64.
+    /// </summary>
+    public int IoThreads { get; set; } = 2;
+
     /// <summary>Decides whether O_DIRECT works in a directory (tests replace it to simulate a filesystem that refuses it).</summary>
     internal Func<string, bool> DirectIoProbe { get; set; } = DiskFile.ProbeDirectIo;
 
@@ -75,6 +81,11 @@ public sealed class DiskTierOptions
         if (string.IsNullOrWhiteSpace(Directory))
         {
             throw new ArgumentException("DiskTierOptions.Directory is required.");
+        }
+
+        if (IoThreads is < 1 or > 64)
+        {
+            throw new ArgumentException($"DiskTierOptions.IoThreads must be 1..64, got {IoThreads}.");
         }
 
         if (CapacityBytes is < 1L << 20 or > 1L << 62)

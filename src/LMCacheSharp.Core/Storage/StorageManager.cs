@@ -17,7 +17,7 @@ public sealed class StorageManager : IAsyncDisposable
     private readonly IStorageTier[] _writeBehind;
     private readonly MemoryTier? _memory;
     private readonly CacheMetrics? _metrics;
-    private readonly Channel<KvChunk>? _queue;
+    private readonly Channel<WriteOp>? _queue;
     private readonly Task? _writer;
     private long _pendingWrites;
     private int _disposed;
@@ -42,7 +42,7 @@ public sealed class StorageManager : IAsyncDisposable
         _writeBehind = [.. _tiers.Where(t => t.Kind != StorageTierKind.Memory)];
         if (_writeBehind.Length > 0)
         {
-            _queue = Channel.CreateBounded<KvChunk>(new BoundedChannelOptions(writeQueueChunks)
+            _queue = Channel.CreateBounded<WriteOp>(new BoundedChannelOptions(writeQueueChunks)
             {
                 SingleReader = true,
                 FullMode = BoundedChannelFullMode.Wait, // never used: writers call TryWrite and count a drop
@@ -140,7 +140,7 @@ public sealed class StorageManager : IAsyncDisposable
         {
             chunk.AddRef();
             Interlocked.Increment(ref _pendingWrites);
-            if (Volatile.Read(ref _disposed) == 0 && _queue.Writer.TryWrite(chunk))
+            if (Volatile.Read(ref _disposed) == 0 && _queue.Writer.TryWrite(new WriteOp(chunk, chunk.Key)))
             {
                 stored = true;
             }
@@ -167,6 +167,24 @@ public sealed class StorageManager : IAsyncDisposable
         while (Interlocked.Read(ref _pendingWrites) > 0)
         {
             await Task.Delay(1, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Removes <paramref name="key"/> from the memory tier now and from the other tiers in the background (the caller never
+    /// waits on disk or network for it). When the queue is full the lower-tier delete is skipped: those tiers verify what
+    /// they return, so a stale copy there is a miss at worst.
+    /// </summary>
+    public void RemoveInBackground(ChunkHash key)
+    {
+        _memory?.Remove(key);
+        if (_queue is not null && Volatile.Read(ref _disposed) == 0)
+        {
+            Interlocked.Increment(ref _pendingWrites);
+            if (!_queue.Writer.TryWrite(new WriteOp(null, key)))
+            {
+                Interlocked.Decrement(ref _pendingWrites);
+            }
         }
     }
 
@@ -203,7 +221,7 @@ public sealed class StorageManager : IAsyncDisposable
             await _writer!.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
             while (_queue.Reader.TryRead(out var left))
             {
-                left.Release();
+                left.Chunk?.Release();
                 Interlocked.Decrement(ref _pendingWrites);
             }
         }
@@ -223,13 +241,19 @@ public sealed class StorageManager : IAsyncDisposable
 
     private async Task WriteBehindLoopAsync()
     {
-        await foreach (var chunk in _queue!.Reader.ReadAllAsync().ConfigureAwait(false))
+        await foreach (var op in _queue!.Reader.ReadAllAsync().ConfigureAwait(false))
         {
             try
             {
                 foreach (var tier in _writeBehind)
                 {
-                    var ok = await GuardAsync(tier, static (t, c, ct) => t.PutAsync(c, ct), chunk, false, CancellationToken.None).ConfigureAwait(false);
+                    if (op.Chunk is null)
+                    {
+                        await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), op.Key, false, CancellationToken.None).ConfigureAwait(false);
+                        continue;
+                    }
+
+                    var ok = await GuardAsync(tier, static (t, c, ct) => t.PutAsync(c, ct), op.Chunk, false, CancellationToken.None).ConfigureAwait(false);
                     if (!ok)
                     {
                         _metrics?.DroppedStore(tier.Name);
@@ -238,11 +262,14 @@ public sealed class StorageManager : IAsyncDisposable
             }
             finally
             {
-                chunk.Release();
+                op.Chunk?.Release();
                 Interlocked.Decrement(ref _pendingWrites);
             }
         }
     }
+
+    /// <summary>A background write (<see cref="Chunk"/> set) or delete (<see cref="Chunk"/> null) of <see cref="Key"/>.</summary>
+    private readonly record struct WriteOp(KvChunk? Chunk, ChunkHash Key);
 
     private async ValueTask<TResult> GuardAsync<TArg, TResult>(IStorageTier tier, Func<IStorageTier, TArg, CancellationToken, ValueTask<TResult>> call,
         TArg arg, TResult onFailure, CancellationToken cancellationToken)

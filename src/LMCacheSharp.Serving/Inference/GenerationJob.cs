@@ -69,8 +69,17 @@ public sealed class GenerationJob
     /// <summary>The events, in order; completes after the final event.</summary>
     public ChannelReader<GenerationEvent> Events => _events.Reader;
 
-    /// <summary>Leading prompt tokens found in the cache tiers (and brought into memory) before scheduling.</summary>
+    /// <summary>Leading prompt tokens found in the cache tiers (brought into memory and pinned) before scheduling.</summary>
     public int PrefetchedTokens { get; internal set; }
+
+    /// <summary>The pinned cached prefix, restored on the inference thread without touching a tier; released when restored or when the request ends.</summary>
+    internal LMCacheSharp.Core.Engine.CachedPrefix? Prefix { get; set; }
+
+    internal void ReleasePrefix()
+    {
+        Prefix?.Dispose();
+        Prefix = null;
+    }
 
     /// <summary>Time from arrival to the first token, once known.</summary>
     public TimeSpan? TimeToFirstToken { get; internal set; }
@@ -83,6 +92,7 @@ public sealed class GenerationJob
     internal void Complete(GenerationEvent last)
     {
         Final = last;
+        ReleasePrefix();
         _events.Writer.TryWrite(last);
         _events.Writer.TryComplete();
     }

@@ -32,6 +32,7 @@ internal sealed class InferenceScheduler : IDisposable
     private readonly Thread _thread;
     private readonly CancellationTokenSource _stop = new();
     private readonly LLamaBatch _batch = new();
+    private readonly int[] _endOfGeneration;
     private long _clock;
 
     /// <summary>
@@ -62,6 +63,7 @@ internal sealed class InferenceScheduler : IDisposable
         BatchSize = (int)context.BatchSize;
         _queue = Channel.CreateBounded<GenerationJob>(new BoundedChannelOptions(Math.Max(1, options.MaxQueuedRequests)) { SingleReader = true });
         _slots = Enumerable.Range(0, options.MaxConcurrentRequests).Select(i => new Slot((LLamaSeqId)i)).ToArray();
+        _endOfGeneration = Enumerable.Range(0, weights.Vocab.Count).Where(t => ((LLamaToken)t).IsEndOfGeneration(weights.Vocab)).ToArray();
         _thread = new Thread(Run) { IsBackground = true, Name = "lmcache-inference" };
         _thread.Start();
     }
@@ -432,7 +434,7 @@ internal sealed class InferenceScheduler : IDisposable
             }
 
             ClearSlot(slot);
-            var job = new RunningJob(request, _weights, ++_clock);
+            var job = new RunningJob(request, _weights, ++_clock, _endOfGeneration);
             slot.Job = job;
             Plan(slot);
         }
@@ -467,22 +469,15 @@ internal sealed class InferenceScheduler : IDisposable
         }
 
         var cached = 0;
-        if (_cache is not null && job.Request.PrefetchedTokens > shared)
+        // (Chunks stored since the prefetch, e.g. by the request just before, are pinned now: memory only, no wait.)
+        if (_cache is not null && job.Request.Prefix is { } prefix && _cache.ExtendInMemory(prefix) > shared)
         {
             // The tiers hold more of the prefix than any sequence here: free the residents first, so that the restored
             // cells and the prefill after them land low in the KV (a narrow attention window).
             FreeResidentsExcept(slot, null);
-            MakeRoom(job.Request.PrefetchedTokens);
-            try
-            {
-                // The chunks were prefetched into memory before the request was queued, so this rarely waits on I/O.
-                cached = _cache.RestoreAsync(slot.Sequence, prompt, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
-            }
-            catch (Exception e)
-            {
-                _logger.LogWarning(e, "restoring KV failed; prefilling instead");
-                cached = 0;
-            }
+            MakeRoom(prefix.Tokens);
+            // The chunks were pinned in memory before the request was queued: this touches no tier and never waits on I/O.
+            cached = _cache.Restore(slot.Sequence, prefix);
 
             if (cached <= 0 || _context.NativeHandle.MemorySequenceMaxPosition(slot.Sequence) != cached - 1)
             {
@@ -499,6 +494,7 @@ internal sealed class InferenceScheduler : IDisposable
 
         if (cached > shared)
         {
+            job.Request.ReleasePrefix(); // restored: the pins go now
             job.CacheRestored = cached;
             slot.Materialized.AddRange(prompt.AsSpan(0, cached));
             job.State = JobState.Prefilling;
@@ -508,6 +504,7 @@ internal sealed class InferenceScheduler : IDisposable
         FreeResidentsExcept(slot, donor); // a donor always shares at least MinSharedTokens
         if (donor is not null)
         {
+            // The pins stay while it waits: if the donor goes away, the next plan restores from them.
             job.Donor = donor;
             job.DonorTokens = shared;
             job.DonorJob = donor.Job;
@@ -515,6 +512,7 @@ internal sealed class InferenceScheduler : IDisposable
             return;
         }
 
+        job.Request.ReleasePrefix();
         job.State = JobState.Prefilling;
     }
 
@@ -648,11 +646,11 @@ internal sealed class InferenceScheduler : IDisposable
 
     private sealed class RunningJob : IDisposable
     {
-        public RunningJob(GenerationJob request, LLamaWeights weights, long admittedAt)
+        public RunningJob(GenerationJob request, LLamaWeights weights, long admittedAt, int[] endOfGeneration)
         {
             Request = request;
             AdmittedAt = admittedAt;
-            Sampler = CreateSampler(request.Parameters);
+            Sampler = CreateSampler(request.Parameters, weights.Vocab.Count, endOfGeneration);
             Decoder = new StreamingTokenDecoder(Encoding.UTF8, weights);
             Stops = new StopStringFilter(request.Parameters.Stop);
         }
@@ -694,9 +692,15 @@ internal sealed class InferenceScheduler : IDisposable
 
         public void Dispose() => Sampler.Dispose();
 
-        private static SafeLLamaSamplerChainHandle CreateSampler(OpenAi.GenerationParameters p)
+        private static SafeLLamaSamplerChainHandle CreateSampler(OpenAi.GenerationParameters p, int vocabSize, int[] endOfGeneration)
         {
             var chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
+            if (p.IgnoreEos && endOfGeneration.Length > 0)
+            {
+                var biases = endOfGeneration.Select(t => new LLamaLogitBias { Token = (LLamaToken)t, Bias = float.NegativeInfinity }).ToArray();
+                chain.AddLogitBias(vocabSize, biases);
+            }
+
             if (p.Temperature <= 0)
             {
                 chain.AddGreedySampler();

@@ -307,12 +307,14 @@ public sealed class InferenceService : IAsyncDisposable
         var job = new GenerationJob(promptTokens, parameters, maxTokens, ns, cancellationToken);
         if (Cache is not null)
         {
-            job.PrefetchedTokens = await Cache.PrefetchAsync(promptTokens, ns, cancellationToken).ConfigureAwait(false);
+            job.Prefix = await Cache.PrefetchAsync(promptTokens, ns, cancellationToken).ConfigureAwait(false);
+            job.PrefetchedTokens = job.Prefix.Tokens;
         }
 
         _metrics.Started();
         if (!_scheduler.TryEnqueue(job))
         {
+            job.ReleasePrefix();
             _metrics.Finished("rejected", promptTokens.Length, 0, 0, 0);
             throw new OpenAiRequestException($"the server is busy: {_options.MaxConcurrentRequests} requests running and {_options.MaxQueuedRequests} waiting; retry later",
                 null, "rate_limit_exceeded", 429);

@@ -40,6 +40,9 @@ public sealed record GenerationParameters
     /// <summary>Tenant salt: requests with different salts never share KV.</summary>
     public string? CacheSalt { get; init; }
 
+    /// <summary>ignore_eos (vLLM and llama-server): end-of-generation tokens are never sampled; generation runs to max_tokens or a stop string.</summary>
+    public bool IgnoreEos { get; init; }
+
     /// <summary>kv_transfer_params: lmcache.skip_save.</summary>
     public bool SkipSave { get; init; }
 
@@ -123,14 +126,14 @@ public static class OpenAiRequestParser
     private static readonly HashSet<string> CompletionFields = new(StringComparer.Ordinal)
     {
         "model", "prompt", "echo", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "cache_salt",
-        "kv_transfer_params", "n", "best_of", "user",
+        "kv_transfer_params", "n", "best_of", "user", "ignore_eos",
     };
 
     /// <summary>Fields of /v1/chat/completions this server reads.</summary>
     private static readonly HashSet<string> ChatFields = new(StringComparer.Ordinal)
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options",
-        "cache_salt", "kv_transfer_params", "n", "best_of", "user",
+        "cache_salt", "kv_transfer_params", "n", "best_of", "user", "ignore_eos",
     };
 
     private static int[] ReadTokenIds(JsonElement array)
@@ -312,6 +315,7 @@ public static class OpenAiRequestParser
             CacheSalt = string.IsNullOrEmpty(salt) ? null : salt,
             SkipSave = skipSave,
             Tags = tags,
+            IgnoreEos = OptionalBool(body, "ignore_eos") ?? false,
         };
     }
 
