@@ -69,7 +69,7 @@ public class LMCacheConfigLoaderTests
     [InlineData("remote_serde: gzip", "remote_serde", "must be one of")]
     [InlineData("remote_url: 'not a url'", "remote_url", "absolute URL")]
     [InlineData("local_disk: /tmp/x", "max_local_disk_size", "> 0")]
-    [InlineData("cache_policy: FIFO", "cache_policy", "LRU")]
+    [InlineData("cache_policy: RANDOM", "cache_policy", "LRU, LFU, FIFO or MRU")]
     [InlineData("chunk_sise: 256", "chunk_sise", "did you mean 'chunk_size'")]
     [InlineData("chunk_size: [1, 2]", "chunk_size", "single value")]
     [InlineData("chunk_size: 1\n  bad: [", "yaml", "not valid YAML")]
@@ -80,6 +80,14 @@ public class LMCacheConfigLoaderTests
         Assert.Contains(key, e.Message, StringComparison.Ordinal);
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData("LRU", Storage.EvictionPolicy.Lru)]
+    [InlineData("lfu", Storage.EvictionPolicy.Lfu)]
+    [InlineData("FIFO", Storage.EvictionPolicy.Fifo)]
+    [InlineData("MRU", Storage.EvictionPolicy.Mru)]
+    public void LMCache_cache_policies_are_accepted(string value, Storage.EvictionPolicy expected) =>
+        Assert.Equal(expected, LMCacheConfigLoader.LoadYaml("cache_policy: " + value).EvictionPolicy);
 
     [Fact]
     public void Bad_environment_value_names_the_variable()

@@ -22,6 +22,38 @@ public sealed class MemoryTierTests : IDisposable
 
     private static ChunkHash Key(int i) => PrefixHasher.ComputeKeys(TestData.Namespace(), [i], 1)[0];
 
+    [Theory]
+    [InlineData(EvictionPolicy.Lru, 1)]  // 0 and 2 were used after 1
+    [InlineData(EvictionPolicy.Fifo, 0)] // the oldest insertion, although it was just used
+    [InlineData(EvictionPolicy.Mru, 2)]  // the last one used
+    [InlineData(EvictionPolicy.Lfu, 1)]  // 0 used twice, 2 once, 1 never since its insertion
+    public void Each_cache_policy_evicts_its_victim(EvictionPolicy policy, int victim)
+    {
+        var tier = new MemoryTier(3 * 4096, _metrics, policy: policy);
+        for (var i = 0; i < 3; i++)
+        {
+            using var c = NewChunk(i);
+            Assert.True(tier.Put(c));
+        }
+
+        tier.TryGet(Key(0))!.Release();
+        tier.TryGet(Key(0))!.Release();
+        tier.TryGet(Key(2))!.Release(); // uses: 0 -> 3, 1 -> 1, 2 -> 2; most recent: 2
+        using (var c = NewChunk(3))
+        {
+            Assert.True(tier.Put(c));
+        }
+
+        for (var i = 0; i < 4; i++)
+        {
+            var hit = tier.TryGet(Key(i));
+            Assert.Equal(i != victim, hit is not null);
+            hit?.Release();
+        }
+
+        tier.Clear();
+    }
+
     [Fact]
     public void Evicts_least_recently_used_first_and_holds_capacity()
     {

@@ -34,48 +34,47 @@ internal static class ServeCommand
         };
         command.SetAction(async (r, ct) =>
         {
+            // Every problem of the file, the environment and the flags is reported at once, each naming its source.
+            var problems = new List<string>();
             var overrides = new List<KeyValuePair<string, string>>();
             foreach (var setting in r.GetValue(cacheSettings) ?? [])
             {
                 var eq = setting.IndexOf('=', StringComparison.Ordinal);
                 if (eq <= 0)
                 {
-                    await Console.Error.WriteLineAsync($"--lmcache takes KEY=VALUE, got '{setting}'");
-                    return 2;
+                    problems.Add($"--lmcache: takes KEY=VALUE, got '{setting}'");
+                    continue;
                 }
 
                 overrides.Add(new(setting[..eq].Trim(), setting[(eq + 1)..].Trim()));
             }
 
             var warnings = new List<string>();
-            LMCacheOptions cacheOptions;
+            var cacheOptions = new LMCacheOptions();
             try
             {
                 cacheOptions = LMCacheConfigLoader.Load(r.GetValue(config), null, overrides, warnings);
             }
             catch (LMCacheConfigurationException e)
             {
-                await Console.Error.WriteLineAsync(e.Message);
-                return 2;
+                problems.AddRange(e.Errors);
             }
 
             warnings.ForEach(w => Console.Error.WriteLine("warning: " + w));
             var flashText = r.GetValue(flash)!.ToLowerInvariant();
             if (flashText is not ("on" or "off" or "auto"))
             {
-                await Console.Error.WriteLineAsync($"--flash-attention must be on, off or auto, got '{flashText}'");
-                return 2;
+                problems.Add($"--flash-attention: must be on, off or auto, got '{flashText}'");
             }
 
             if (!TryParseLogLevel(r.GetValue(logLevel)!, out var level))
             {
-                await Console.Error.WriteLineAsync($"--log-level must be trace, debug, information, warning, error or none, got '{r.GetValue(logLevel)}'");
-                return 2;
+                problems.Add($"--log-level: must be trace, debug, information, warning, error or none, got '{r.GetValue(logLevel)}'");
             }
 
             var options = new ServingOptions
             {
-                LogLevel = level,
+                LogLevel = level < 0 ? LogLevel.Information : level,
                 StallTimeout = TimeSpan.FromSeconds(Math.Clamp(r.GetValue(stall), 0, 1e6)),
                 ModelPath = r.GetValue(model),
                 ModelName = r.GetValue(modelName),
@@ -88,10 +87,11 @@ internal static class ServeCommand
                 DefaultMaxTokens = r.GetValue(maxTokens),
                 EnableCache = !r.GetValue(noCache),
             };
-            var errors = options.GetErrors();
-            if (errors.Count > 0)
+            problems.AddRange(options.GetErrors());
+            if (problems.Count > 0)
             {
-                errors.ToList().ForEach(e => Console.Error.WriteLine(e));
+                await Console.Error.WriteLineAsync("lmcache serve: invalid configuration:" + Environment.NewLine +
+                    string.Join(Environment.NewLine, problems.Select(p => "  " + p)));
                 return 2;
             }
 

@@ -113,12 +113,15 @@ public static class LMCacheConfigLoader
             }
         }
 
-        if (errors.Count == 0)
-        {
-            errors.AddRange(options.GetErrors());
-        }
-
+        // Range checks see the final values: each problem names where its key was last set.
+        errors.AddRange(options.GetErrors().Select(e => WithSource(e, options)));
         return errors.Count > 0 ? throw new LMCacheConfigurationException(errors) : options;
+    }
+
+    private static string WithSource(string error, LMCacheOptions options)
+    {
+        var colon = error.IndexOf(':', StringComparison.Ordinal);
+        return colon > 0 && options.Sources.TryGetValue(error[..colon], out var where) ? $"{error[..colon]} ({where}){error[colon..]}" : error;
     }
 
     /// <summary>Loads options from YAML text alone (no environment), for tests and tools.</summary>
@@ -127,7 +130,7 @@ public static class LMCacheConfigLoader
         var options = new LMCacheOptions();
         var errors = new List<string>();
         ApplyYaml(options, yaml, "yaml", errors, warnings);
-        errors.AddRange(errors.Count == 0 ? options.GetErrors() : []);
+        errors.AddRange(options.GetErrors().Select(e => WithSource(e, options)));
         return errors.Count > 0 ? throw new LMCacheConfigurationException(errors) : options;
     }
 
@@ -198,6 +201,7 @@ public static class LMCacheConfigLoader
         try
         {
             setter(options, value.Trim());
+            options.Sources[key] = where;
         }
         catch (FormatException e)
         {

@@ -54,8 +54,14 @@ public sealed class LMCacheOptions
     /// <summary><c>pool_retained_size</c>: bytes of freed chunk buffers kept for reuse, as a size ("256MB"). Default 256 MiB; range 0..1 TiB.</summary>
     public long PoolRetainedBytes { get; set; } = 256L << 20;
 
-    /// <summary><c>cache_policy</c>: eviction policy. Only "LRU". Default LRU.</summary>
+    /// <summary>Where each key was last set (file:line, environment variable or command line), for error messages.</summary>
+    internal Dictionary<string, string> Sources { get; } = new(StringComparer.Ordinal);
+
+    /// <summary><c>cache_policy</c>: eviction policy of the memory tier: LRU, LFU, FIFO or MRU (case-insensitive). Default LRU.</summary>
     public string CachePolicy { get; set; } = "LRU";
+
+    /// <summary><see cref="CachePolicy"/> parsed (valid options only).</summary>
+    public Storage.EvictionPolicy EvictionPolicy => Enum.TryParse<Storage.EvictionPolicy>(CachePolicy, ignoreCase: true, out var p) ? p : Storage.EvictionPolicy.Lru;
 
     /// <summary>Memory tier capacity in bytes.</summary>
     public long MaxLocalCpuSizeBytes => (long)(MaxLocalCpuSize * (1L << 30));
@@ -119,9 +125,9 @@ public sealed class LMCacheOptions
             errors.Add($"pool_retained_size: must be a size in 0..1TB, got {PoolRetainedBytes} bytes");
         }
 
-        if (!string.Equals(CachePolicy, "LRU", StringComparison.OrdinalIgnoreCase))
+        if (CachePolicy is null || !Enum.TryParse<Storage.EvictionPolicy>(CachePolicy, ignoreCase: true, out _) || int.TryParse(CachePolicy, out _))
         {
-            errors.Add($"cache_policy: only LRU is supported, got '{CachePolicy}'");
+            errors.Add($"cache_policy: must be LRU, LFU, FIFO or MRU, got '{CachePolicy}'");
         }
 
         if (!LocalCpu && string.IsNullOrEmpty(LocalDisk) && string.IsNullOrEmpty(RemoteUrl))

@@ -65,12 +65,16 @@ public sealed class CacheEngine : IAsyncDisposable
         var tiers = new List<IStorageTier>();
         if (options.LocalCpu)
         {
-            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums));
+            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums, options.EvictionPolicy));
         }
 
         if (!string.IsNullOrEmpty(options.LocalDisk))
         {
-            tiers.Add(DiskTier.Create(options, pool, metrics));
+            var disk = DiskTier.Create(options, pool, metrics);
+            var scan = disk.StartupScan;
+            metrics.Faults?.Event($"disk tier {disk.Root}: recovered {scan.Recovered} chunk files ({disk.GetStats().UsedBytes} bytes), removed {scan.Discarded} corrupt " +
+                $"and {scan.TempFilesRemoved} unfinished files, evicted {scan.EvictedOverCapacity} over capacity, in {scan.Elapsed.TotalMilliseconds:F0} ms");
+            tiers.Add(disk);
         }
 
         if (lowerTiers is not null)

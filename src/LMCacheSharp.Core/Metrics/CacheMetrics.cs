@@ -126,11 +126,18 @@ public sealed class CacheMetrics : IDisposable
         Interlocked.Add(ref _totEvictions, chunks);
     }
 
+    /// <summary>
+    /// Where faults counted here are also logged (rate-limited: see <see cref="FaultLog"/>), or null for metrics only.
+    /// Hosts set it once at start.
+    /// </summary>
+    public FaultLog? Faults { get; set; }
+
     /// <summary>Counts a chunk that a tier did not take (queue full, too large, tier down).</summary>
     public void DroppedStore(string tier)
     {
         _droppedStores.Add(1, new KeyValuePair<string, object?>("tier", tier));
         Interlocked.Increment(ref _totDropped);
+        Faults?.Count("dropped store", tier, "those chunks were not written there (write queue full, tier full or down)");
     }
 
     /// <summary>Counts a chunk rejected by a header or checksum check.</summary>
@@ -138,6 +145,7 @@ public sealed class CacheMetrics : IDisposable
     {
         _corruptChunks.Add(1, new KeyValuePair<string, object?>("tier", tier));
         Interlocked.Increment(ref _totCorrupt);
+        Faults?.Count("corrupt chunk", tier, "each was a miss, recomputed and dropped");
     }
 
     /// <summary>Counts a failed or timed-out tier operation.</summary>
@@ -145,6 +153,7 @@ public sealed class CacheMetrics : IDisposable
     {
         _tierErrors.Add(1, new KeyValuePair<string, object?>("tier", tier));
         Interlocked.Increment(ref _totTierErrors);
+        Faults?.Count("failed operation", tier, "each was a miss");
     }
 
     /// <summary>Totals since this instance was created.</summary>

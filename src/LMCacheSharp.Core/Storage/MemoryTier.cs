@@ -24,10 +24,12 @@ public sealed class MemoryTier : IStorageTier
     /// <param name="capacityBytes">Capacity in bytes (&gt; 0).</param>
     /// <param name="metrics">Where evictions and usage are reported, or null.</param>
     /// <param name="verifyOnRead">Check each chunk's checksum on every hit (costs one hash pass over the payload).</param>
-    public MemoryTier(long capacityBytes, CacheMetrics? metrics = null, bool verifyOnRead = false)
+    /// <param name="policy">Which chunk goes when room is needed (LMCache's <c>cache_policy</c>). Default LRU.</param>
+    public MemoryTier(long capacityBytes, CacheMetrics? metrics = null, bool verifyOnRead = false, EvictionPolicy policy = EvictionPolicy.Lru)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacityBytes);
         CapacityBytes = capacityBytes;
+        Policy = policy;
         _metrics = metrics;
         _verifyOnRead = verifyOnRead;
         metrics?.AddUsageSource(() => UsedBytes);
@@ -41,6 +43,9 @@ public sealed class MemoryTier : IStorageTier
 
     /// <summary>Capacity in bytes.</summary>
     public long CapacityBytes { get; }
+
+    /// <summary>The eviction policy.</summary>
+    public EvictionPolicy Policy { get; }
 
     /// <summary>Bytes held.</summary>
     public long UsedBytes => Interlocked.Read(ref _usedBytes);
@@ -92,7 +97,7 @@ public sealed class MemoryTier : IStorageTier
                 return null;
             }
 
-            _lru.MoveToHead(entry);
+            Touch(entry);
             chunk = entry.Chunk!.AddRef();
         }
 
@@ -124,13 +129,12 @@ public sealed class MemoryTier : IStorageTier
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (_entries.TryGetValue(chunk.Key, out var existing))
             {
-                _lru.MoveToHead(existing);
+                Touch(existing);
                 return true;
             }
 
-            while (_usedBytes + size > CapacityBytes && _lru.Tail is not null)
+            while (_usedBytes + size > CapacityBytes && Victim() is { } victim)
             {
-                var victim = _lru.Tail;
                 _lru.Unlink(victim);
                 _entries.Remove(victim.Key);
                 _usedBytes -= victim.Chunk!.Capacity;
@@ -143,6 +147,7 @@ public sealed class MemoryTier : IStorageTier
 
             var entry = _freeEntries.TryPop(out var e) ? e : new Entry();
             entry.Key = chunk.Key;
+            entry.Uses = 1;
             entry.Chunk = chunk.AddRef();
             _entries.Add(chunk.Key, entry);
             _lru.LinkAtHead(entry);
@@ -155,6 +160,39 @@ public sealed class MemoryTier : IStorageTier
         }
 
         return true;
+    }
+
+    // The list's head is the most recent insertion (FIFO) or use (the others); every policy but FIFO moves a used chunk there.
+    private void Touch(Entry entry)
+    {
+        entry.Uses++;
+        if (Policy != EvictionPolicy.Fifo)
+        {
+            _lru.MoveToHead(entry);
+        }
+    }
+
+    private Entry? Victim()
+    {
+        switch (Policy)
+        {
+            case EvictionPolicy.Mru:
+                return _lru.Head;
+            case EvictionPolicy.Lfu:
+                // Fewest uses; among equals the least recently used (scan from the tail). O(chunks) per eviction.
+                Entry? best = null;
+                for (var e = _lru.Tail; e is not null; e = e.Previous)
+                {
+                    if (best is null || e.Uses < best.Uses)
+                    {
+                        best = e;
+                    }
+                }
+
+                return best;
+            default:
+                return _lru.Tail;
+        }
     }
 
     /// <summary>Synchronous <see cref="RemoveAsync"/>.</summary>
@@ -264,5 +302,19 @@ public sealed class MemoryTier : IStorageTier
     {
         public ChunkHash Key;
         public KvChunk? Chunk;
+        public long Uses;
     }
+}
+
+/// <summary>Which chunk a full memory tier evicts (LMCache's <c>cache_policy</c> values).</summary>
+public enum EvictionPolicy
+{
+    /// <summary>Least recently used (the default).</summary>
+    Lru,
+    /// <summary>Least frequently used; among equals the least recently used.</summary>
+    Lfu,
+    /// <summary>First in, first out: the oldest insertion, whatever its use.</summary>
+    Fifo,
+    /// <summary>Most recently used (for scans that never come back to what they just read).</summary>
+    Mru,
 }

@@ -134,6 +134,8 @@ public sealed class InferenceService : IAsyncDisposable
         }
 
         RouteNativeLogs(logger);
+        ArgumentNullException.ThrowIfNull(cacheMetrics);
+        cacheMetrics.Faults ??= new FaultLog(logger); // cache faults become log lines (rate-limited), not only counters
         var parameters = LlamaContextSettings.Create(modelPath, (uint)(options.ContextSize ?? ServingOptions.DefaultContextSize), options.FlashAttention ?? false,
             options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize);
         LLamaWeights weights;

@@ -1,0 +1,63 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace LMCacheSharp.Cli.Tests;
+
+public sealed class ServeCommandTests
+{
+    [Fact]
+    public async Task A_busy_port_is_one_line_and_exit_code_2_before_any_model_work()
+    {
+        using var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "serve", "--port", port);
+        Assert.Equal(2, code);
+        Assert.Equal($"port {port} is in use; pass --port", stderr.Trim());
+        Assert.DoesNotContain("Generating", stdout, StringComparison.Ordinal); // checked before the default model is made
+    }
+
+    [Fact]
+    public async Task Every_configuration_problem_is_reported_at_once_with_its_source()
+    {
+        var (code, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "serve", "--port", "0",
+            "--lmcache", "chunk_size=0", "--lmcache", "broken", "--ctx-size", "5", "--flash-attention", "maybe", "--log-level", "loud");
+        Assert.Equal(2, code);
+        Assert.Contains("chunk_size (command line)", stderr, StringComparison.Ordinal);
+        Assert.Contains("--lmcache: takes KEY=VALUE, got 'broken'", stderr, StringComparison.Ordinal);
+        Assert.Contains("--ctx-size", stderr, StringComparison.Ordinal);
+        Assert.Contains("--flash-attention", stderr, StringComparison.Ordinal);
+        Assert.Contains("--log-level", stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal); // no stack trace
+    }
+
+    [Fact]
+    public async Task A_file_that_is_not_a_model_is_a_clear_error()
+    {
+        var path = Path.GetTempFileName();
+        try
+        {
+            await File.WriteAllTextAsync(path, "not a gguf file");
+            var (code, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(120), "serve", "--port", "0", "--model", path);
+            Assert.Equal(1, code);
+            Assert.Contains("could not be loaded as a llama.cpp model", stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Theory]
+    [InlineData("serve")]
+    [InlineData("server")]
+    [InlineData("gen-model")]
+    [InlineData("bench")]
+    public async Task Help_of_every_command_exits_0(string command)
+    {
+        var (code, stdout, _) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), command, "--help");
+        Assert.Equal(0, code);
+        Assert.Contains("Usage:", stdout, StringComparison.Ordinal);
+    }
+}
