@@ -37,6 +37,12 @@ public static class ServingApp
         builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = OpenAiEndpoints.MaxBodyBytes);
         // One line per request from our own logger; ASP.NET Core's own six lines only at Debug.
         builder.Logging.SetMinimumLevel(options.LogLevel);
+        builder.Logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
+            o.UseUtcTimestamp = true;
+        });
         builder.Logging.AddFilter("Microsoft", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Warning);
         builder.Logging.AddFilter("System.Net.Http", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Warning);
         if (configureLogging is not null)

@@ -82,30 +82,34 @@ public static class OpenAiEndpoints
         string? echo = null;
         try
         {
-            // No prompt that fits the context needs a bigger body (InferenceService.MaxRequestBodyBytes): refuse it before
-            // reading it, or as soon as a body without a length passes the limit.
+            // No prompt that fits the context needs a bigger body (InferenceService.MaxRequestBodyBytes). A larger one is read
+            // and thrown away up to MaxBodyBytes, so that clients that send the whole body before reading (most) see the 413,
+            // then refused; a body over MaxBodyBytes is refused at once.
             var limit = service.MaxRequestBodyBytes;
-            if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } bodyLimit)
-            {
-                bodyLimit.MaxRequestBodySize = limit;
-            }
-
-            if (http.Request.ContentLength > limit)
+            if (http.Request.ContentLength > MaxBodyBytes)
             {
                 throw BodyTooLarge(service, limit);
             }
 
+            if (http.Request.ContentLength > limit)
+            {
+                await DrainAsync(http.Request.Body, aborted).ConfigureAwait(false);
+                throw BodyTooLarge(service, limit);
+            }
+
             JsonDocument doc;
+            var body = new LimitedReadStream(http.Request.Body, limit);
             try
             {
-                doc = await JsonDocument.ParseAsync(http.Request.Body, default, aborted).ConfigureAwait(false);
+                doc = await JsonDocument.ParseAsync(body, default, aborted).ConfigureAwait(false);
             }
             catch (JsonException e)
             {
                 throw new OpenAiRequestException($"the request body is not valid JSON: {e.Message}");
             }
-            catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+            catch (Exception e) when (e is LimitedReadStream.LimitExceededException or BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge })
             {
+                await DrainAsync(http.Request.Body, aborted).ConfigureAwait(false);
                 throw BodyTooLarge(service, limit);
             }
 
@@ -159,6 +163,25 @@ public static class OpenAiEndpoints
         catch (OperationCanceledException) when (aborted.IsCancellationRequested)
         {
             // The client went away; the scheduler frees its sequence.
+        }
+    }
+
+    private static async Task DrainAsync(Stream body, CancellationToken cancellationToken)
+    {
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(64 << 10);
+        try
+        {
+            while (await body.ReadAsync(buffer, cancellationToken).ConfigureAwait(false) > 0)
+            {
+            }
+        }
+        catch (BadHttpRequestException)
+        {
+            // Past Kestrel's own limit (MaxBodyBytes): the connection closes after the reply.
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
