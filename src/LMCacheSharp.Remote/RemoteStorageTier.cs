@@ -136,6 +136,12 @@ public sealed class RemoteStorageTier : IStorageTier
             return (false, default!);
         }
 
+        if (ticket.IsProbe)
+        {
+            // The remote failed recently: a pooled connection may still be stuck behind a request it never answered.
+            _connector.ResetConnections();
+        }
+
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(Timeout);
         Task<T>? task = null;
