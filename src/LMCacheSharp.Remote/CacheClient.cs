@@ -46,7 +46,7 @@ public sealed class CacheClient : IAsyncDisposable
         response.ThrowUnless(StatusCode.Ok);
     }
 
-    /// <summary>Stores <paramref name="value"/> under <paramref name="key"/>; false when the server refused it as too large.</summary>
+    /// <summary>Stores <paramref name="value"/> under <paramref name="key"/>; false when the server refused it (too large, or busy).</summary>
     public Task<bool> PutAsync(ReadOnlyMemory<byte> key, ReadOnlyMemory<byte> value, CancellationToken cancellationToken = default) =>
         PutAsync(key, new ReadOnlySequence<byte>(value), cancellationToken);
 
@@ -64,6 +64,11 @@ public sealed class CacheClient : IAsyncDisposable
         await connection.SendAsync(handler, static (w, id, s) => FrameWriter.WritePutHead(w, id, s.key.Span, s.length), (key, length: (int)value.Length), value,
             cancellationToken).ConfigureAwait(false);
         using var response = await WaitAsync(handler, connection, cancellationToken).ConfigureAwait(false);
+        if (response.Status == StatusCode.Busy)
+        {
+            return false; // the server's PUT budget is full: not stored, the connection is fine
+        }
+
         response.ThrowUnless(StatusCode.Ok, StatusCode.TooLarge);
         return response.Status == StatusCode.Ok;
     }

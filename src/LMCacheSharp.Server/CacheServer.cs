@@ -45,6 +45,9 @@ public sealed class CacheServer : IAsyncDisposable
     /// <summary>Where values are kept.</summary>
     public ICacheStore Store { get; }
 
+    /// <summary>The PUT budget shared by every connection (<see cref="CacheServerOptions.MaxInFlightPutBytes"/>).</summary>
+    public InFlightBudget InFlight => _app.Services.GetRequiredService<InFlightBudget>();
+
     /// <summary>Counters (STATS, /metrics).</summary>
     public CacheServerMetrics Metrics { get; }
 
@@ -86,6 +89,7 @@ public sealed class CacheServer : IAsyncDisposable
             builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
             builder.Services.AddSingleton(options);
             builder.Services.AddSingleton(metrics);
+            builder.Services.AddSingleton(new InFlightBudget(options.EffectiveMaxInFlightPutBytes));
             var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
             ListenOptions? protocol = null, http = null;
             builder.WebHost.ConfigureKestrel(k =>
@@ -227,6 +231,10 @@ public sealed class CacheServer : IAsyncDisposable
         "disk_hits" => "GETs that missed memory and were served from disk.",
         "disk_writes_dropped" => "Values not written to disk because the write queue was full.",
         "disk_refused" => "Values kept in memory only (key not 32 bytes, or not a chunk envelope).",
+        "auth_failures" => "Failed AUTH attempts and requests refused before AUTH.",
+        "auth_closes" => "Connections closed after too many failed AUTH attempts.",
+        "put_busy" => "PUTs answered Busy: the in-flight PUT budget was full.",
+        "connections_too_slow" => "Connections closed for sending a frame under the minimum data rate.",
         _ => name.StartsWith("requests_", StringComparison.Ordinal) ? $"{name[9..].ToUpperInvariant()} requests." : name.Replace('_', ' ') + ".",
     };
 }
