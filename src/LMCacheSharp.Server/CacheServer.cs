@@ -19,7 +19,7 @@ namespace LMCacheSharp.Server;
 ///   // remote_url: server.Url  (lm://127.0.0.1:PORT)
 /// </code>
 /// </summary>
-public sealed class CacheServer : IAsyncDisposable
+public sealed partial class CacheServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ListenOptions _protocolEndpoint;
@@ -158,11 +158,25 @@ public sealed class CacheServer : IAsyncDisposable
             // Already stopping.
         }
 
+        var logger = _app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Server");
         await _app.DisposeAsync().ConfigureAwait(false);
         if (_ownsStore)
         {
-            // A disk-backed store finishes its queued disk writes here, after the last connection has closed.
-            if (Store is IAsyncDisposable asyncStore)
+            // A disk-backed store finishes its queued disk writes here, after the last connection has closed, within the
+            // configured time; what it flushed and what it dropped is logged.
+            if (Store is DiskBackedCacheStore disk)
+            {
+                var report = await disk.ShutdownAsync(Options.Disk?.ShutdownFlushTimeout ?? TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                if (report.TimedOut)
+                {
+                    LogFlushDropped(logger, report.QueuedRecords, report.Written, report.Dropped, report.DroppedBytes);
+                }
+                else
+                {
+                    LogFlushed(logger, report.QueuedRecords, report.QueuedBytes, report.Written);
+                }
+            }
+            else if (Store is IAsyncDisposable asyncStore)
             {
                 await asyncStore.DisposeAsync().ConfigureAwait(false);
             }
@@ -172,6 +186,13 @@ public sealed class CacheServer : IAsyncDisposable
             }
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "disk write queue flushed on shutdown: {Records} records ({Bytes} bytes) queued, {Written} values written")]
+    private static partial void LogFlushed(ILogger logger, long records, long bytes, long written);
+
+    [LoggerMessage(Level = LogLevel.Warning,
+        Message = "disk write queue flush timed out on shutdown: {Records} records queued, {Written} values written, {Dropped} records ({DroppedBytes} bytes) dropped (kept nowhere)")]
+    private static partial void LogFlushDropped(ILogger logger, long records, long written, long dropped, long droppedBytes);
 
     private static string FormatHost(IPEndPoint endPoint) =>
         endPoint.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{endPoint.Address}]" : endPoint.Address.ToString();
