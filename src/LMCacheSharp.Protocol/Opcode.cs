@@ -52,7 +52,10 @@ public enum StatusCode : byte
     /// <summary>The opcode is unknown to the server (request-level: the body was skipped).</summary>
     UnknownOpcode = 5,
 
-    /// <summary>The server refuses the connection (too many connections); the server closes it after this frame.</summary>
+    /// <summary>
+    /// The server is out of a resource. With request id 0: it refuses the connection (too many connections) and closes it
+    /// after this frame. On a PUT: the in-flight PUT budget is full; the value was dropped, the connection stays, retry later.
+    /// </summary>
     Busy = 6,
 
     /// <summary>A framing violation (bad magic, version or length); the server closes the connection after this frame.</summary>

@@ -26,7 +26,10 @@ public sealed class CacheClient : IAsyncDisposable
         _connectLocks = [.. Enumerable.Range(0, options.Connections).Select(_ => new SemaphoreSlim(1, 1))];
     }
 
-    /// <summary>How long a request waits for its response before it is abandoned and its connection closed. Default infinite.</summary>
+    /// <summary>
+    /// How long a request waits for its response before it is abandoned and its connection closed (a request abandoned by
+    /// its caller's cancellation closes its connection too). Default infinite; any positive time.
+    /// </summary>
     public TimeSpan RequestTimeout { get; set; } = Timeout.InfiniteTimeSpan;
 
     /// <summary>The options.</summary>
@@ -43,7 +46,7 @@ public sealed class CacheClient : IAsyncDisposable
         response.ThrowUnless(StatusCode.Ok);
     }
 
-    /// <summary>Stores <paramref name="value"/> under <paramref name="key"/>; false when the server refused it as too large.</summary>
+    /// <summary>Stores <paramref name="value"/> under <paramref name="key"/>; false when the server refused it (too large, or busy).</summary>
     public Task<bool> PutAsync(ReadOnlyMemory<byte> key, ReadOnlyMemory<byte> value, CancellationToken cancellationToken = default) =>
         PutAsync(key, new ReadOnlySequence<byte>(value), cancellationToken);
 
@@ -61,18 +64,34 @@ public sealed class CacheClient : IAsyncDisposable
         await connection.SendAsync(handler, static (w, id, s) => FrameWriter.WritePutHead(w, id, s.key.Span, s.length), (key, length: (int)value.Length), value,
             cancellationToken).ConfigureAwait(false);
         using var response = await WaitAsync(handler, connection, cancellationToken).ConfigureAwait(false);
+        if (response.Status == StatusCode.Busy)
+        {
+            return false; // the server's PUT budget is full: not stored, the connection is fine
+        }
+
         response.ThrowUnless(StatusCode.Ok, StatusCode.TooLarge);
         return response.Status == StatusCode.Ok;
     }
 
     /// <summary>
-    /// Reads the value under <paramref name="key"/> straight into <paramref name="destination"/>. Returns its length, or -1
-    /// when absent. Throws <see cref="ArgumentException"/> when it is longer than <paramref name="destination"/>.
+    /// Reads the value under <paramref name="key"/> into <paramref name="destination"/>. Returns its length, or -1 when
+    /// absent. Throws <see cref="ArgumentException"/> when it is longer than <paramref name="destination"/>. Ownership:
+    /// <paramref name="destination"/> is written only by this call, before it returns; after a cancellation or timeout it is
+    /// never written (the value is received into a pooled buffer and copied on delivery).
     /// </summary>
     public async Task<int> GetAsync(ReadOnlyMemory<byte> key, Memory<byte> destination, CancellationToken cancellationToken = default)
     {
-        var n = await SendAsync(key, new GetIntoHandler(destination), cancellationToken).ConfigureAwait(false);
-        return n >= -1 ? n : throw new ArgumentException($"the value is {-2 - n} bytes, more than the {destination.Length}-byte destination", nameof(destination));
+        // The value is received into a buffer the request owns and copied here, on the caller's side of the wait: once this
+        // method has returned or thrown (cancellation, timeout), nothing writes into destination any more.
+        using var received = await SendAsync(key, new GetIntoHandler(destination.Length), cancellationToken).ConfigureAwait(false);
+        var n = received.Length;
+        if (n < -1)
+        {
+            throw new ArgumentException($"the value is {-2 - n} bytes, more than the {destination.Length}-byte destination", nameof(destination));
+        }
+
+        received.CopyTo(destination.Span);
+        return n;
     }
 
     /// <summary>The value under <paramref name="key"/> as a new array, or null when absent.</summary>
@@ -228,10 +247,13 @@ public sealed class CacheClient : IAsyncDisposable
         {
             return await handler.WaitAsync(RequestTimeout, cancellationToken).ConfigureAwait(false);
         }
-        catch (TimeoutException)
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException)
         {
-            // The response may still come, but later ones queue behind it: a stalled connection is closed and reopened.
-            connection.Abort($"a request got no answer within {RequestTimeout.TotalMilliseconds} ms");
+            // The request was sent and is abandoned (our timeout, the caller's cancellation or a tier's deadline): its
+            // response may still come, but later ones queue behind it, so a stalled connection is closed and reopened.
+            connection.Abort(e is TimeoutException
+                ? $"a request got no answer within {RequestTimeout.TotalMilliseconds} ms"
+                : "a request was abandoned by its caller");
             throw;
         }
     }

@@ -27,6 +27,7 @@ public sealed class CircuitBreaker
     private TimeSpan _openTime;
     private long _openUntil;
     private long _probeStarted;
+    private long _epoch; // bumped on every state change and every probe: a ticket from an older epoch is stale
 
     /// <summary>Creates a breaker.</summary>
     /// <param name="failureThreshold">Failures in a row that open the circuit. Default 3; range 1..1000.</param>
@@ -74,8 +75,15 @@ public sealed class CircuitBreaker
         }
     }
 
-    /// <summary>Whether a call may go to the remote now (false: answer it with a miss).</summary>
-    public bool TryEnter()
+    /// <summary>Whether a call may go to the remote now (false: answer it with a miss). For one call in flight at a time.</summary>
+    public bool TryEnter() => TryEnter(out _);
+
+    /// <summary>
+    /// Whether a call may go to the remote now (false: answer it with a miss). <paramref name="ticket"/> names the call:
+    /// report its outcome with <see cref="OnSuccess(CircuitTicket)"/> or <see cref="OnFailure(CircuitTicket)"/>, so that a
+    /// call that entered before the circuit opened cannot close it when it finally succeeds.
+    /// </summary>
+    public bool TryEnter(out CircuitTicket ticket)
     {
         lock (_lock)
         {
@@ -83,37 +91,61 @@ public sealed class CircuitBreaker
             switch (_state)
             {
                 case CircuitState.Closed:
+                    ticket = new CircuitTicket(_epoch, IsProbe: false);
                     return true;
                 case CircuitState.Open when now >= _openUntil:
                     _state = CircuitState.HalfOpen;
                     _probeStarted = now;
+                    ticket = new CircuitTicket(++_epoch, IsProbe: true);
                     return true;
                 case CircuitState.HalfOpen when _time.GetElapsedTime(_probeStarted, now) >= ProbeTimeout:
                     _probeStarted = now;
+                    ticket = new CircuitTicket(++_epoch, IsProbe: true); // the probe that never reported is stale from now on
                     return true;
                 default:
+                    ticket = default;
                     return false;
             }
         }
     }
 
-    /// <summary>A call reached the remote and it answered (a miss counts as an answer).</summary>
-    public void OnSuccess()
+    /// <summary>A call reached the remote and it answered (a miss counts as an answer). For one call in flight at a time.</summary>
+    public void OnSuccess() => OnSuccess(CurrentTicket());
+
+    /// <summary>
+    /// The call <paramref name="ticket"/> names reached the remote and it answered. While closed this resets the failure
+    /// count; while half-open only the current probe closes the circuit; a call from before the circuit opened changes nothing.
+    /// </summary>
+    public void OnSuccess(CircuitTicket ticket)
     {
         lock (_lock)
         {
-            _state = CircuitState.Closed;
-            _failures = 0;
-            _openTime = MinOpenTime;
+            if (_state == CircuitState.Closed)
+            {
+                _failures = 0;
+            }
+            else if (_state == CircuitState.HalfOpen && ticket.IsProbe && ticket.Epoch == _epoch)
+            {
+                _state = CircuitState.Closed;
+                _epoch++;
+                _failures = 0;
+                _openTime = MinOpenTime;
+            }
         }
     }
 
-    /// <summary>A call failed or timed out.</summary>
-    public void OnFailure()
+    /// <summary>A call failed or timed out. For one call in flight at a time.</summary>
+    public void OnFailure() => OnFailure(CurrentTicket());
+
+    /// <summary>
+    /// The call <paramref name="ticket"/> names failed or timed out. While closed it counts towards the threshold; while
+    /// half-open only the current probe reopens the circuit (for twice as long, up to <see cref="MaxOpenTime"/>).
+    /// </summary>
+    public void OnFailure(CircuitTicket ticket)
     {
         lock (_lock)
         {
-            if (_state == CircuitState.HalfOpen)
+            if (_state == CircuitState.HalfOpen && ticket.IsProbe && ticket.Epoch == _epoch)
             {
                 _openTime = TimeSpan.FromTicks(Math.Min(_openTime.Ticks * 2, MaxOpenTime.Ticks));
                 Open();
@@ -125,10 +157,25 @@ public sealed class CircuitBreaker
         }
     }
 
+    // The outcome of "the" call, for callers with one in flight at a time: whatever the breaker let through last.
+    private CircuitTicket CurrentTicket()
+    {
+        lock (_lock)
+        {
+            return new CircuitTicket(_epoch, _state == CircuitState.HalfOpen);
+        }
+    }
+
     private void Open()
     {
         _state = CircuitState.Open;
+        _epoch++;
         _failures = 0;
         _openUntil = _time.GetTimestamp() + (long)(_openTime.TotalSeconds * _time.TimestampFrequency);
     }
 }
+
+/// <summary>Names one call a <see cref="CircuitBreaker"/> let through, so that its outcome is applied only while it is current.</summary>
+/// <param name="Epoch">The breaker's state change count when the call entered.</param>
+/// <param name="IsProbe">Whether the call is the half-open probe.</param>
+public readonly record struct CircuitTicket(long Epoch, bool IsProbe);

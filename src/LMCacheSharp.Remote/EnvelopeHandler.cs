@@ -131,6 +131,7 @@ internal sealed unsafe class EnvelopeHandler(ChunkHash key, KvBufferPool pool) :
         chunk.TokenCount = _envelope.TokenCount;
         chunk.Format = _envelope.Format;
         chunk.Checksum = _envelope.RawChecksum;
+        chunk.Seal();
         Deliver(new RemoteRead(chunk, null));
     }
 

@@ -38,4 +38,13 @@ public interface IRemoteConnector : IAsyncDisposable
 
     /// <summary>Removes every chunk this connector's keys cover.</summary>
     Task ClearAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Closes pooled connections so that the next call opens a fresh one: the circuit breaker's probe calls this first, so
+    /// that it never goes down a connection stuck behind an unanswered request. Default: nothing (a connector without a
+    /// pool of its own, or one that reconnects by itself).
+    /// </summary>
+    void ResetConnections()
+    {
+    }
 }

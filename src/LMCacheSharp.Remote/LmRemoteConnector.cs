@@ -83,6 +83,9 @@ public sealed class LmRemoteConnector : IRemoteConnector
     /// <inheritdoc />
     public Task ClearAsync(CancellationToken cancellationToken) => _client.ClearAsync(cancellationToken);
 
+    /// <summary>Closes the client's connections (requests in flight on them fail); the next call opens a fresh one.</summary>
+    public void ResetConnections() => _client.ResetConnections();
+
     /// <inheritdoc />
     public ValueTask DisposeAsync() => _client.DisposeAsync();
 }

@@ -71,8 +71,19 @@ public sealed class RedisRemoteConnector : IRemoteConnector
     public async Task<RemoteRead> GetAsync(ChunkHash key, CancellationToken cancellationToken)
     {
         var db = (await ConnectAsync(cancellationToken).ConfigureAwait(false)).GetDatabase();
-        using var lease = await db.StringGetLeaseAsync(Key(key)).WaitAsync(cancellationToken).ConfigureAwait(false);
-        return lease is null ? RemoteRead.Miss : ChunkWire.Read(lease.Span, key, _pool);
+        var read = db.StringGetLeaseAsync(Key(key));
+        try
+        {
+            using var lease = await read.WaitAsync(cancellationToken).ConfigureAwait(false);
+            return lease is null ? RemoteRead.Miss : ChunkWire.Read(lease.Span, key, _pool);
+        }
+        catch (OperationCanceledException)
+        {
+            // Abandoned: the lease (a pooled buffer) that arrives later goes back to its pool, not to the GC.
+            _ = read.ContinueWith(static t => t.Result?.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion,
+                TaskScheduler.Default);
+            throw;
+        }
     }
 
     /// <inheritdoc />
@@ -80,19 +91,28 @@ public sealed class RedisRemoteConnector : IRemoteConnector
     {
         ArgumentNullException.ThrowIfNull(chunk);
         var db = (await ConnectAsync(cancellationToken).ConfigureAwait(false)).GetDatabase();
-        using var serialized = SerializedChunk.Create(chunk, _codec);
-        var value = serialized.ToContiguous(out var rented);
+        var serialized = SerializedChunk.Create(chunk, _codec);
+        byte[]? rented = null;
+        Task<bool> send;
         try
         {
-            return await db.StringSetAsync(Key(chunk.Key), value).WaitAsync(cancellationToken).ConfigureAwait(false);
+            var value = serialized.ToContiguous(out rented);
+            send = db.StringSetAsync(Key(chunk.Key), value);
         }
-        finally
+        catch
         {
-            if (rented is not null)
-            {
-                ArrayPool<byte>.Shared.Return(rented);
-            }
+            Return(serialized, rented);
+            throw;
         }
+
+        // StackExchange.Redis holds the value's memory (no copy) until the command is written: the pooled arrays go back only
+        // when Redis is done with the command, even when the caller stops waiting first (cancellation, the tier's timeout).
+        _ = send.ContinueWith(static (_, state) =>
+        {
+            var (s, r) = ((SerializedChunk, byte[]?))state!;
+            Return(s, r);
+        }, (serialized, rented), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        return await send.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -138,6 +158,15 @@ public sealed class RedisRemoteConnector : IRemoteConnector
         }
 
         _connectLock.Dispose();
+    }
+
+    private static void Return(SerializedChunk serialized, byte[]? rented)
+    {
+        serialized.Dispose();
+        if (rented is not null)
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
     private static async Task DeleteAsync(IDatabase db, List<RedisKey> keys)

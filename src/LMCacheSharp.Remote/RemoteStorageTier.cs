@@ -131,9 +131,15 @@ public sealed class RemoteStorageTier : IStorageTier
     private async ValueTask<(bool Ok, T Result)> CallAsync<TArg, T>(Func<IRemoteConnector, TArg, CancellationToken, Task<T>> call, TArg arg,
         Action<T>? releaseLate, CancellationToken cancellationToken)
     {
-        if (!Breaker.TryEnter())
+        if (!Breaker.TryEnter(out var ticket))
         {
             return (false, default!);
+        }
+
+        if (ticket.IsProbe)
+        {
+            // The remote failed recently: a pooled connection may still be stuck behind a request it never answered.
+            _connector.ResetConnections();
         }
 
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -144,7 +150,7 @@ public sealed class RemoteStorageTier : IStorageTier
             task = call(_connector, arg, timeout.Token);
             // WaitAsync bounds the wait even for a connector that ignores its token.
             var result = await task.WaitAsync(Timeout, cancellationToken).ConfigureAwait(false);
-            Breaker.OnSuccess();
+            Breaker.OnSuccess(ticket);
             return (true, result);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
@@ -155,7 +161,7 @@ public sealed class RemoteStorageTier : IStorageTier
         catch (Exception)
         {
             ReleaseWhenDone(task, releaseLate);
-            Breaker.OnFailure();
+            Breaker.OnFailure(ticket);
             Interlocked.Increment(ref _failures);
             _metrics?.TierError(Name);
             return (false, default!);

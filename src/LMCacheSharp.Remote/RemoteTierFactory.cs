@@ -61,10 +61,10 @@ public static class RemoteTierFactory
                         Port = uri.IsDefaultPort || uri.Port <= 0 ? 65432 : uri.Port,
                         AuthToken = query.GetValueOrDefault("token") ?? Password(uri),
                         Connections = query.TryGetValue("connections", out var c) ? ParseInt(c, "connections", 1, 256) : 4,
-                        ConnectTimeout = timeout,
+                        ConnectTimeout = ClientTimeout(timeout),
                     })
                     {
-                        RequestTimeout = timeout,
+                        RequestTimeout = ClientTimeout(timeout),
                     };
                     connector = new LmRemoteConnector(client, codec, pool);
                     break;
@@ -100,6 +100,12 @@ public static class RemoteTierFactory
         return new RemoteStorageTier(connector, timeout, metrics,
             new CircuitBreaker(minOpenTime: TimeSpan.FromSeconds(1), maxOpenTime: TimeSpan.FromSeconds(30), probeTimeout: timeout * 2));
     }
+
+    /// <summary>
+    /// The client's own timeouts sit below the tier's (90%, at least 1 ms): the client gives up on a request, and closes
+    /// its connection, before the tier does, so the tier never outlives a request still queued on a connection.
+    /// </summary>
+    internal static TimeSpan ClientTimeout(TimeSpan tierTimeout) => TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, tierTimeout.Ticks * 9 / 10));
 
     private static Uri Validate(string url)
     {

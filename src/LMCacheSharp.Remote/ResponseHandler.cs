@@ -155,12 +155,14 @@ internal sealed class BufferedHandler(Opcode opcode) : ResponseHandler<BufferedR
 }
 
 /// <summary>
-/// GET into a caller's buffer: the value goes straight from the socket into <c>destination</c>. Result: the value's
-/// length, -1 when absent, or -2 - length when it did not fit (the value was discarded).
+/// GET for <see cref="CacheClient.GetAsync(ReadOnlyMemory{byte}, Memory{byte}, CancellationToken)"/>: the value is received
+/// into a pooled array this handler owns, never into the caller's memory, so nothing writes there after the caller stopped
+/// waiting; the caller copies on delivery (<see cref="ReceivedValue.CopyTo"/>). A value over <c>maxLength</c> is discarded.
 /// </summary>
-internal sealed class GetIntoHandler(Memory<byte> destination) : ResponseHandler<int>
+internal sealed class GetIntoHandler(int maxLength) : ResponseHandler<ReceivedValue>
 {
     private FrameHeader _header;
+    private byte[]? _buffer;
     private byte[]? _error;
 
     public override Opcode Opcode => Opcode.Get;
@@ -172,6 +174,10 @@ internal sealed class GetIntoHandler(Memory<byte> destination) : ResponseHandler
         {
             _error = new byte[Math.Min(header.BodyLength, ResponseBody.MaxMessageBytes)];
         }
+        else if (header.Status == StatusCode.Ok && header.BodyLength <= maxLength && header.BodyLength > 0)
+        {
+            _buffer = ArrayPool<byte>.Shared.Rent(header.BodyLength);
+        }
     }
 
     public override Memory<byte> NextBuffer(int offset, int remaining)
@@ -181,7 +187,7 @@ internal sealed class GetIntoHandler(Memory<byte> destination) : ResponseHandler
             return offset < _error.Length ? _error.AsMemory(offset, Math.Min(remaining, _error.Length - offset)) : Memory<byte>.Empty;
         }
 
-        return _header.Status == StatusCode.Ok && _header.BodyLength <= destination.Length ? destination.Slice(offset, remaining) : Memory<byte>.Empty;
+        return _buffer is null ? Memory<byte>.Empty : _buffer.AsMemory(offset, remaining);
     }
 
     public override void OnComplete()
@@ -192,13 +198,51 @@ internal sealed class GetIntoHandler(Memory<byte> destination) : ResponseHandler
         }
         else if (_header.Status == StatusCode.NotFound)
         {
-            Deliver(-1);
+            Deliver(new ReceivedValue(-1, null));
         }
         else
         {
-            Deliver(_header.BodyLength <= destination.Length ? _header.BodyLength : -2 - _header.BodyLength);
+            var buffer = _buffer;
+            _buffer = null;
+            Deliver(new ReceivedValue(_header.BodyLength <= maxLength ? _header.BodyLength : -2 - _header.BodyLength, buffer));
         }
     }
 
-    public override void OnFailed(Exception error) => Fail(error);
+    public override void OnFailed(Exception error)
+    {
+        if (_buffer is not null)
+        {
+            ArrayPool<byte>.Shared.Return(_buffer);
+            _buffer = null;
+        }
+
+        Fail(error);
+    }
+
+    protected override void ReleaseResult(ReceivedValue result) => result.Dispose();
+}
+
+/// <summary>
+/// A GET result of <see cref="GetIntoHandler"/>: the value's length (-1 absent, -2 - length too long) and the pooled array
+/// holding it. The receiver copies it out and disposes it.
+/// </summary>
+internal readonly struct ReceivedValue(int length, byte[]? buffer) : IDisposable
+{
+    public int Length => length;
+
+    public void CopyTo(Span<byte> destination)
+    {
+        if (length > 0)
+        {
+            buffer.AsSpan(0, length).CopyTo(destination);
+        }
+    }
+
+    public void Dispose()
+    {
+        if (buffer is not null)
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
 }

@@ -13,12 +13,15 @@ public sealed partial class CacheConnectionHandler : ConnectionHandler
     private readonly CacheServerMetrics _metrics;
     private readonly ILogger _logger;
     private readonly CancellationToken _stopping;
+    private readonly InFlightBudget _budget;
     private int _active;
 
     /// <summary>Creates the handler (resolved by dependency injection).</summary>
     public CacheConnectionHandler(ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILoggerFactory loggerFactory,
-        IHostApplicationLifetime lifetime)
+        IHostApplicationLifetime lifetime, InFlightBudget budget)
     {
+        ArgumentNullException.ThrowIfNull(budget);
+        _budget = budget;
         ArgumentNullException.ThrowIfNull(loggerFactory);
         ArgumentNullException.ThrowIfNull(lifetime);
         _store = store;
@@ -53,7 +56,7 @@ public sealed partial class CacheConnectionHandler : ConnectionHandler
         _metrics.ConnectionOpened();
         try
         {
-            await new CacheSession(connection.Transport, _store, _options, _metrics, _logger).RunAsync(_stopping).ConfigureAwait(false);
+            await new CacheSession(connection.Transport, _store, _options, _metrics, _logger, _budget, null).RunAsync(_stopping).ConfigureAwait(false);
         }
         finally
         {

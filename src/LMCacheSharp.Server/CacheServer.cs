@@ -19,7 +19,7 @@ namespace LMCacheSharp.Server;
 ///   // remote_url: server.Url  (lm://127.0.0.1:PORT)
 /// </code>
 /// </summary>
-public sealed class CacheServer : IAsyncDisposable
+public sealed partial class CacheServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ListenOptions _protocolEndpoint;
@@ -44,6 +44,9 @@ public sealed class CacheServer : IAsyncDisposable
 
     /// <summary>Where values are kept.</summary>
     public ICacheStore Store { get; }
+
+    /// <summary>The PUT budget shared by every connection (<see cref="CacheServerOptions.MaxInFlightPutBytes"/>).</summary>
+    public InFlightBudget InFlight => _app.Services.GetRequiredService<InFlightBudget>();
 
     /// <summary>Counters (STATS, /metrics).</summary>
     public CacheServerMetrics Metrics { get; }
@@ -86,6 +89,7 @@ public sealed class CacheServer : IAsyncDisposable
             builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
             builder.Services.AddSingleton(options);
             builder.Services.AddSingleton(metrics);
+            builder.Services.AddSingleton(new InFlightBudget(options.EffectiveMaxInFlightPutBytes));
             var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
             ListenOptions? protocol = null, http = null;
             builder.WebHost.ConfigureKestrel(k =>
@@ -154,11 +158,25 @@ public sealed class CacheServer : IAsyncDisposable
             // Already stopping.
         }
 
+        var logger = _app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Server");
         await _app.DisposeAsync().ConfigureAwait(false);
         if (_ownsStore)
         {
-            // A disk-backed store finishes its queued disk writes here, after the last connection has closed.
-            if (Store is IAsyncDisposable asyncStore)
+            // A disk-backed store finishes its queued disk writes here, after the last connection has closed, within the
+            // configured time; what it flushed and what it dropped is logged.
+            if (Store is DiskBackedCacheStore disk)
+            {
+                var report = await disk.ShutdownAsync(Options.Disk?.ShutdownFlushTimeout ?? TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                if (report.TimedOut)
+                {
+                    LogFlushDropped(logger, report.QueuedRecords, report.Written, report.Dropped, report.DroppedBytes);
+                }
+                else
+                {
+                    LogFlushed(logger, report.QueuedRecords, report.QueuedBytes, report.Written);
+                }
+            }
+            else if (Store is IAsyncDisposable asyncStore)
             {
                 await asyncStore.DisposeAsync().ConfigureAwait(false);
             }
@@ -168,6 +186,13 @@ public sealed class CacheServer : IAsyncDisposable
             }
         }
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "disk write queue flushed on shutdown: {Records} records ({Bytes} bytes) queued, {Written} values written")]
+    private static partial void LogFlushed(ILogger logger, long records, long bytes, long written);
+
+    [LoggerMessage(Level = LogLevel.Warning,
+        Message = "disk write queue flush timed out on shutdown: {Records} records queued, {Written} values written, {Dropped} records ({DroppedBytes} bytes) dropped (kept nowhere)")]
+    private static partial void LogFlushDropped(ILogger logger, long records, long written, long dropped, long droppedBytes);
 
     private static string FormatHost(IPEndPoint endPoint) =>
         endPoint.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{endPoint.Address}]" : endPoint.Address.ToString();
@@ -227,6 +252,10 @@ public sealed class CacheServer : IAsyncDisposable
         "disk_hits" => "GETs that missed memory and were served from disk.",
         "disk_writes_dropped" => "Values not written to disk because the write queue was full.",
         "disk_refused" => "Values kept in memory only (key not 32 bytes, or not a chunk envelope).",
+        "auth_failures" => "Failed AUTH attempts and requests refused before AUTH.",
+        "auth_closes" => "Connections closed after too many failed AUTH attempts.",
+        "put_busy" => "PUTs answered Busy: the in-flight PUT budget was full.",
+        "connections_too_slow" => "Connections closed for sending a frame under the minimum data rate.",
         _ => name.StartsWith("requests_", StringComparison.Ordinal) ? $"{name[9..].ToUpperInvariant()} requests." : name.Replace('_', ' ') + ".",
     };
 }

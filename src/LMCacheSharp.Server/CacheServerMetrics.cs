@@ -9,7 +9,7 @@ namespace LMCacheSharp.Server;
 public sealed class CacheServerMetrics
 {
     private readonly long[] _requests = new long[16];
-    private long _hits, _misses, _bytesIn, _bytesOut, _accepted, _active, _rejected, _protocolErrors, _requestErrors, _authFailures;
+    private long _hits, _misses, _bytesIn, _bytesOut, _accepted, _active, _rejected, _protocolErrors, _requestErrors, _authFailures, _authCloses, _putBusy, _slowClients;
 
     /// <summary>Connections open now.</summary>
     public long ActiveConnections => Interlocked.Read(ref _active);
@@ -40,6 +40,12 @@ public sealed class CacheServerMetrics
 
     internal void AuthFailure() => Interlocked.Increment(ref _authFailures);
 
+    internal void AuthClose() => Interlocked.Increment(ref _authCloses);
+
+    internal void PutBusy() => Interlocked.Increment(ref _putBusy);
+
+    internal void SlowClient() => Interlocked.Increment(ref _slowClients);
+
     /// <summary>Every counter by name (the STATS reply and the Prometheus export), with the store's sizes (and its disk's, <c>disk_*</c>, when it has one).</summary>
     public IReadOnlyList<KeyValuePair<string, long>> Snapshot(CacheStoreStats store)
     {
@@ -59,6 +65,9 @@ public sealed class CacheServerMetrics
             new("protocol_errors", Interlocked.Read(ref _protocolErrors)),
             new("request_errors", Interlocked.Read(ref _requestErrors)),
             new("auth_failures", Interlocked.Read(ref _authFailures)),
+            new("auth_closes", Interlocked.Read(ref _authCloses)),
+            new("put_busy", Interlocked.Read(ref _putBusy)),
+            new("connections_too_slow", Interlocked.Read(ref _slowClients)),
         };
         if (store.Disk is { } disk)
         {

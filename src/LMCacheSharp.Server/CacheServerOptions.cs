@@ -46,6 +46,41 @@ public sealed class CacheServerOptions
     /// </summary>
     public TimeSpan FrameTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Bytes of PUT values being received at once, across all connections: each PUT reserves its value's buffer (rounded up
+    /// to 4 KiB) from the moment its header arrives until the store has it. A PUT that does not fit waits up to
+    /// <see cref="InFlightPutWait"/> for others to finish, then is answered <c>Busy</c> (its body is read and dropped; the
+    /// connection stays usable). A value larger than the whole budget is admitted only when nothing else is in flight.
+    /// Default null: a quarter of <see cref="CapacityBytes"/>, at least 64 MiB and at most 1 GiB. Range 1 MiB..1 TiB.
+    /// </summary>
+    public long? MaxInFlightPutBytes { get; set; }
+
+    /// <summary>The in-flight budget in effect: <see cref="MaxInFlightPutBytes"/>, or its default derived from <see cref="CapacityBytes"/>.</summary>
+    public long EffectiveMaxInFlightPutBytes => MaxInFlightPutBytes ?? Math.Clamp(CapacityBytes / 4, 64L << 20, 1L << 30);
+
+    /// <summary>
+    /// How long a PUT waits for room in <see cref="MaxInFlightPutBytes"/> before it is answered <c>Busy</c>. Default 100 ms;
+    /// range 0..10 s.
+    /// </summary>
+    public TimeSpan InFlightPutWait { get; set; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>
+    /// Minimum data rate inside a frame, in bytes per second, averaged from the frame's first byte over the time the server
+    /// spent waiting for the client (Kestrel's MinRequestBodyDataRate): a client that trickles a frame slower than this is
+    /// sent one ProtocolViolation frame and closed once <see cref="MinDataRateGracePeriod"/> has passed. Applies on top of
+    /// <see cref="FrameTimeout"/>. Default 65536 (64 KiB/s); range 0 (off)..1 GiB/s.
+    /// </summary>
+    public long MinDataRateBytesPerSecond { get; set; } = 64 << 10;
+
+    /// <summary>Time inside a frame before <see cref="MinDataRateBytesPerSecond"/> is enforced. Default 5 s; range 0..10 min.</summary>
+    public TimeSpan MinDataRateGracePeriod { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Failed AUTH attempts allowed on one connection: the last one is answered Unauthorized and the connection is closed
+    /// (counted in <c>auth_failures</c> and <c>auth_closes</c>). Default 3; range 1..1000.
+    /// </summary>
+    public int MaxAuthFailures { get; set; } = 3;
+
     /// <summary>How long a graceful stop waits for requests in progress. Default 5 s; range 0..10 min.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
@@ -96,6 +131,31 @@ public sealed class CacheServerOptions
         if (FrameTimeout != Timeout.InfiniteTimeSpan && (FrameTimeout < TimeSpan.FromMilliseconds(100) || FrameTimeout > TimeSpan.FromHours(1)))
         {
             errors.Add($"frame timeout: must be in 100 ms..1 h (or infinite), got {FrameTimeout}");
+        }
+
+        if (MaxInFlightPutBytes is < 1L << 20 or > 1L << 40)
+        {
+            errors.Add($"max in-flight put bytes: must be in 1MB..1TB, got {MaxInFlightPutBytes} bytes");
+        }
+
+        if (InFlightPutWait < TimeSpan.Zero || InFlightPutWait > TimeSpan.FromSeconds(10))
+        {
+            errors.Add($"in-flight put wait: must be in 0..10 s, got {InFlightPutWait}");
+        }
+
+        if (MinDataRateBytesPerSecond is < 0 or > 1L << 30)
+        {
+            errors.Add($"min data rate: must be in 0..1GB/s, got {MinDataRateBytesPerSecond} bytes/s");
+        }
+
+        if (MinDataRateGracePeriod < TimeSpan.Zero || MinDataRateGracePeriod > TimeSpan.FromMinutes(10))
+        {
+            errors.Add($"min data rate grace period: must be in 0..10 min, got {MinDataRateGracePeriod}");
+        }
+
+        if (MaxAuthFailures is < 1 or > 1000)
+        {
+            errors.Add($"max auth failures: must be in 1..1000, got {MaxAuthFailures}");
         }
 
         if (ShutdownTimeout < TimeSpan.Zero || ShutdownTimeout > TimeSpan.FromMinutes(10))

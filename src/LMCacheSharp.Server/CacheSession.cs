@@ -30,7 +30,13 @@ public sealed partial class CacheSession
     private readonly CacheServerMetrics _metrics;
     private readonly ILogger _logger;
     private readonly byte[]? _token;
+    private readonly InFlightBudget _budget;
+    private readonly TimeProvider _time;
     private bool _authenticated;
+    private int _authFailures;
+    private bool _closeAfterReply;
+    private long _frameBytes; // bytes of the current frame received so far (for the minimum data rate)
+    private long _frameWaited; // timestamp ticks spent waiting for the client inside the current frame
     private long _unflushed;
     private bool _needMoreData;
     private bool _partialHeader;
@@ -38,8 +44,22 @@ public sealed partial class CacheSession
     private volatile bool _stopping;
     private CancellationTokenSource? _frameTimer;
 
-    /// <summary>Creates a session.</summary>
+    /// <summary>Creates a session with a PUT budget of its own (<see cref="CacheServerOptions.EffectiveMaxInFlightPutBytes"/>) and the system clock.</summary>
     public CacheSession(IDuplexPipe transport, ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILogger logger)
+        : this(transport, store, options, metrics, logger, null, null)
+    {
+    }
+
+    /// <summary>Creates a session.</summary>
+    /// <param name="transport">The connection.</param>
+    /// <param name="store">Where values are kept.</param>
+    /// <param name="options">Limits and timeouts.</param>
+    /// <param name="metrics">Counters.</param>
+    /// <param name="logger">Where connection problems are logged.</param>
+    /// <param name="budget">The PUT budget shared by every connection of the server, or null for one of this session's own.</param>
+    /// <param name="timeProvider">The clock of the frame timeout, the minimum data rate and the PUT wait (tests pass a fake one).</param>
+    public CacheSession(IDuplexPipe transport, ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILogger logger,
+        InFlightBudget? budget, TimeProvider? timeProvider)
     {
         ArgumentNullException.ThrowIfNull(transport);
         ArgumentNullException.ThrowIfNull(store);
@@ -55,6 +75,8 @@ public sealed partial class CacheSession
         _logger = logger;
         _token = string.IsNullOrEmpty(options.AuthToken) ? null : Encoding.UTF8.GetBytes(options.AuthToken);
         _authenticated = _token is null;
+        _budget = budget ?? new InFlightBudget(options.EffectiveMaxInFlightPutBytes);
+        _time = timeProvider ?? TimeProvider.System;
     }
 
     /// <summary>
@@ -73,6 +95,11 @@ public sealed partial class CacheSession
             while (await ReadHeaderAsync().ConfigureAwait(false) is { } header)
             {
                 await HandleAsync(header).ConfigureAwait(false);
+                if (_closeAfterReply)
+                {
+                    break;
+                }
+
                 if (_unflushed >= FlushThreshold)
                 {
                     await FlushAsync().ConfigureAwait(false);
@@ -90,8 +117,13 @@ public sealed partial class CacheSession
         catch (FrameTimeoutException e)
         {
             _metrics.ProtocolError();
+            if (e.TooSlow)
+            {
+                _metrics.SlowClient();
+            }
+
             Log.StalledClient(_logger, e.Message);
-            await TrySendFinalAsync(StatusCode.ProtocolViolation, "frame timeout: " + e.Message).ConfigureAwait(false);
+            await TrySendFinalAsync(StatusCode.ProtocolViolation, (e.TooSlow ? "too slow: " : "frame timeout: ") + e.Message).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
         {
@@ -125,6 +157,14 @@ public sealed partial class CacheSession
             var buffer = result.Buffer;
             if (!_stopping && FrameReader.TryReadHeader(ref buffer, _limits, isRequest: true, out var header))
             {
+                if (!_partialHeader)
+                {
+                    // The frame starts now (a header that arrived in pieces started at its first piece).
+                    _frameWaited = 0;
+                    _frameBytes = 0;
+                }
+
+                _frameBytes += FrameHeader.Size;
                 _input.AdvanceTo(buffer.Start);
                 _needMoreData = false;
                 _partialHeader = false;
@@ -152,6 +192,12 @@ public sealed partial class CacheSession
 
             _input.AdvanceTo(buffer.Start, buffer.End);
             _needMoreData = true;
+            if (!_partialHeader && !buffer.IsEmpty)
+            {
+                _frameWaited = 0;
+                _frameBytes = 0;
+            }
+
             _partialHeader = !buffer.IsEmpty;
         }
     }
@@ -198,6 +244,7 @@ public sealed partial class CacheSession
     {
         var head = ArrayPool<byte>.Shared.Rent(2 + _limits.MaxKeyBytes);
         KvChunk? value = null;
+        long reserved = 0;
         try
         {
             var two = new ReadOnlySequence<byte>(head, 0, 2);
@@ -208,6 +255,22 @@ public sealed partial class CacheSession
 
             RequestBody.TryReadPutHead(two, header.BodyLength, _limits, out var keyLength, out var valueLength);
             await ReadBodyAsync(keyLength, head, static (h, slice, offset) => slice.CopyTo(h.AsSpan(2 + (int)offset))).ConfigureAwait(false);
+            var size = ((long)Math.Max(valueLength, 1) + KvBufferPool.Alignment - 1) / KvBufferPool.Alignment * KvBufferPool.Alignment;
+            if (!_budget.TryReserve(size))
+            {
+                await FlushAsync().ConfigureAwait(false); // answers before this one go out while this PUT waits
+                if (!await _budget.ReserveAsync(size, _options.InFlightPutWait, _time).ConfigureAwait(false))
+                {
+                    // Request-level: the value streams through unbuffered and the connection stays in sync.
+                    _metrics.PutBusy();
+                    RequestError(header, StatusCode.Busy, "server busy: too many PUT bytes in flight, retry later");
+                    await FlushAsync().ConfigureAwait(false);
+                    await SkipBodyAsync(valueLength).ConfigureAwait(false);
+                    return;
+                }
+            }
+
+            reserved = size;
             value = _store.Rent(valueLength);
             await ReadBodyAsync(valueLength, value, static (v, slice, offset) => slice.CopyTo(v.Span[(int)offset..])).ConfigureAwait(false);
             if (_store.Put(head.AsSpan(2, keyLength), value))
@@ -222,6 +285,11 @@ public sealed partial class CacheSession
         finally
         {
             value?.Release();
+            if (reserved > 0)
+            {
+                _budget.Release(reserved);
+            }
+
             ArrayPool<byte>.Shared.Return(head);
         }
     }
@@ -287,6 +355,14 @@ public sealed partial class CacheSession
                 {
                     _authenticated = true;
                     WriteEmpty(header, StatusCode.Ok);
+                }
+                else if (++_authFailures >= _options.MaxAuthFailures)
+                {
+                    // Guessing tokens costs a connection per few attempts.
+                    _metrics.AuthFailure();
+                    _metrics.AuthClose();
+                    RequestError(header, StatusCode.Unauthorized, "wrong token; too many failed attempts, closing");
+                    _closeAfterReply = true;
                 }
                 else
                 {
@@ -415,12 +491,34 @@ public sealed partial class CacheSession
 
     /// <summary>
     /// A read inside a frame: it fails with <see cref="FrameTimeoutException"/> when no byte arrives within
-    /// <see cref="CacheServerOptions.FrameTimeout"/>. The timer is reused from read to read.
+    /// <see cref="CacheServerOptions.FrameTimeout"/>, or when the frame's average rate over the time spent waiting for the
+    /// client falls under <see cref="CacheServerOptions.MinDataRateBytesPerSecond"/> after the grace period (a client
+    /// trickling one byte at a time re-arms no timer). The timer is reused from read to read.
     /// </summary>
     private async ValueTask<ReadResult> ReadInsideFrameAsync()
     {
         var timeout = _options.FrameTimeout;
-        if (timeout == Timeout.InfiniteTimeSpan)
+        var delay = timeout;
+        var rateBound = false;
+        var rate = _options.MinDataRateBytesPerSecond;
+        if (rate > 0)
+        {
+            // Reading more cannot take longer than the point where the bytes so far would be under the minimum rate.
+            var allowed = Math.Max(_options.MinDataRateGracePeriod.TotalSeconds, (double)_frameBytes / rate);
+            var left = TimeSpan.FromSeconds(allowed - ((double)_frameWaited / _time.TimestampFrequency));
+            if (left <= TimeSpan.Zero)
+            {
+                throw TooSlow();
+            }
+
+            if (delay == Timeout.InfiniteTimeSpan || left < delay)
+            {
+                delay = left;
+                rateBound = true;
+            }
+        }
+
+        if (delay == Timeout.InfiniteTimeSpan)
         {
             return await _input.ReadAsync().ConfigureAwait(false);
         }
@@ -428,22 +526,34 @@ public sealed partial class CacheSession
         if (_frameTimer is null || !_frameTimer.TryReset())
         {
             _frameTimer?.Dispose();
-            _frameTimer = new CancellationTokenSource();
+            _frameTimer = new CancellationTokenSource(Timeout.InfiniteTimeSpan, _time);
         }
 
-        _frameTimer.CancelAfter(timeout);
+        var started = _time.GetTimestamp();
+        _frameTimer.CancelAfter(delay);
         try
         {
             return await _input.ReadAsync(_frameTimer.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (_frameTimer.IsCancellationRequested)
         {
-            throw new FrameTimeoutException(timeout);
+            throw rateBound ? TooSlow() : new FrameTimeoutException($"no data for {timeout.TotalSeconds:0.###} s inside a frame", tooSlow: false);
+        }
+        finally
+        {
+            _frameWaited += _time.GetTimestamp() - started;
         }
     }
 
-    /// <summary>A client sent part of a frame and then nothing for <see cref="CacheServerOptions.FrameTimeout"/>.</summary>
-    private sealed class FrameTimeoutException(TimeSpan timeout) : Exception($"no data for {timeout.TotalSeconds:0.###} s inside a frame");
+    private FrameTimeoutException TooSlow() => new(
+        $"{_frameBytes} bytes in {(double)_frameWaited / _time.TimestampFrequency:0.###} s inside a frame, under the minimum of {_options.MinDataRateBytesPerSecond} bytes/s",
+        tooSlow: true);
+
+    /// <summary>A client sent part of a frame and then nothing for too long, or too slowly.</summary>
+    private sealed class FrameTimeoutException(string message, bool tooSlow) : Exception(message)
+    {
+        public bool TooSlow { get; } = tooSlow;
+    }
 
     private delegate void SliceAction<in TState>(TState state, ReadOnlySequence<byte> slice, long offset);
 
@@ -470,6 +580,7 @@ public sealed partial class CacheSession
             onSlice(state, slice, done);
             done += slice.Length;
             _bodyRead += slice.Length;
+            _frameBytes += slice.Length;
             _metrics.BytesIn(slice.Length);
             _input.AdvanceTo(slice.End);
         }

@@ -10,9 +10,12 @@ namespace LMCacheSharp.Server;
 /// The persistent store (<c>lmcache server --disk DIR</c>): a <see cref="MemoryCacheStore"/> in front of Core's
 /// <see cref="DiskTier"/>, so that a restarted server over the same directory serves the values it had.
 /// <list type="bullet">
-/// <item>PUT goes into memory and is answered; the disk write happens behind, in order, on one background writer fed by a
-/// queue bounded in bytes (<see cref="DiskStoreOptions.WriteQueueBytes"/>). The queue holds a reference on the memory
-/// buffer, never a copy. When the queue is full the disk write is dropped and counted (the value is still in memory).</item>
+/// <item>PUT goes into memory and is answered; the disk write happens behind, on one background writer fed by a queue
+/// bounded in bytes (<see cref="DiskStoreOptions.WriteQueueBytes"/>) and in PUT records (<see cref="DiskStoreOptions.WriteQueueRecords"/>).
+/// The queue holds a reference on the memory buffer, never a copy, and at most one waiting record per key: a later PUT or
+/// DELETE of a key replaces its waiting record. When the queue is full the disk write is dropped and counted (the value is
+/// still in memory). A DELETE, or a dropped PUT, queues a removal only when the key is on disk or being written, so removal
+/// records are bounded by the keys on disk, not by what clients send.</item>
 /// <item>GET: memory, else a value still queued for the disk, else the disk (verified; a hit is promoted into memory).
 /// EXISTS-PREFIX counts keys in memory or on disk. DELETE and CLEAR reach both.</item>
 /// <item>Only values stored under 32-byte keys (a <see cref="ChunkHash"/>, what the remote tier sends) that are valid
@@ -31,10 +34,17 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
     private readonly Channel<DiskWrite> _queue = Channel.CreateUnbounded<DiskWrite>(new UnboundedChannelOptions { SingleReader = true });
     private readonly Task _writer;
     private readonly long _queueLimitBytes;
+    private readonly int _queueLimitPuts;
+    private readonly TimeSpan _shutdownFlushTimeout;
     private long _queuedBytes;
+    private int _queuedPuts; // PUT records waiting or being written
+    private int _queuedRecords; // every record waiting or being written
+    private long _recordsEnqueued;
+    private DiskWrite? _waitingClear; // a CLEAR not taken by the writer yet: another CLEAR joins it
+    private volatile bool _abandon; // shutdown ran out of time: the writer drops what is left
     private long _removals; // DELETE and CLEAR so far: a disk read that raced one is not promoted into memory
     private int _clearsQueued; // while a CLEAR waits for the writer, the disk's old contents are not served
-    private long _diskHits, _writes, _dropped, _refused, _failed;
+    private long _diskHits, _writes, _dropped, _refused, _failed, _abandoned, _abandonedBytes;
     private int _disposed;
 
     /// <summary>Opens the directory (taking its lock and rebuilding the index from the files there) and starts the writer.</summary>
@@ -51,6 +61,8 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         }
 
         _queueLimitBytes = options.WriteQueueBytes;
+        _queueLimitPuts = options.WriteQueueRecords;
+        _shutdownFlushTimeout = options.ShutdownFlushTimeout;
         _memory = new MemoryCacheStore(memoryCapacityBytes);
         try
         {
@@ -89,6 +101,7 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         }
 
         var hash = new ChunkHash(key);
+        KvChunk? replaced = null;
         lock (_lock)
         {
             // Under the lock with the queueing, so that a disk read racing this PUT cannot promote an older value over it.
@@ -97,18 +110,34 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
                 return false;
             }
 
-            if (_queuedBytes > 0 && _queuedBytes + value.Length > _queueLimitBytes)
+            _pending.TryGetValue(hash, out var pending);
+            if (pending is { Taken: false })
             {
-                // Full: this value stays in memory only; an older value on disk must not outlive it.
-                _dropped++;
-                Enqueue(new DiskWrite(DiskWriteKind.Remove, hash, null));
+                // One waiting record per key: this PUT takes the place of the waiting PUT or DELETE.
+                replaced = Withdraw(pending);
+            }
+
+            var full = (_queuedBytes > 0 && _queuedBytes + value.Length > _queueLimitBytes) || _queuedPuts >= _queueLimitPuts;
+            if (!full)
+            {
+                Enqueue(pending is { Taken: false } ? pending : new DiskWrite(hash), DiskWriteKind.Put, value.AddRef());
             }
             else
             {
-                Enqueue(new DiskWrite(DiskWriteKind.Put, hash, value.AddRef()));
+                // Full: this value stays in memory only; an older value on disk (or being written) must not outlive it.
+                _dropped++;
+                if (pending is { Taken: false })
+                {
+                    Enqueue(pending, DiskWriteKind.Remove, null);
+                }
+                else if (pending is not null || (_clearsQueued == 0 && _disk.Contains(hash)))
+                {
+                    Enqueue(new DiskWrite(hash), DiskWriteKind.Remove, null);
+                }
             }
         }
 
+        replaced?.Release();
         return true;
     }
 
@@ -131,7 +160,7 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         {
             if (_pending.TryGetValue(hash, out var queued))
             {
-                return queued.Value?.AddRef(); // a PUT not written yet (evicted from memory meanwhile), or a DELETE
+                return queued.Kind == DiskWriteKind.Put ? queued.Value?.AddRef() : null; // a PUT not written yet (evicted from memory meanwhile), or a DELETE
             }
 
             if (_clearsQueued > 0)
@@ -200,22 +229,36 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         }
 
         var hash = new ChunkHash(key);
+        KvChunk? replaced = null;
+        bool found;
         lock (_lock)
         {
             _removals++;
-            var found = _memory.Remove(key);
-            if (_pending.TryGetValue(hash, out var queued))
+            found = _memory.Remove(key);
+            if (_pending.TryGetValue(hash, out var pending))
             {
-                found |= queued.Kind == DiskWriteKind.Put;
+                found |= pending.Kind == DiskWriteKind.Put;
+                if (!pending.Taken)
+                {
+                    replaced = Withdraw(pending);
+                    Enqueue(pending, DiskWriteKind.Remove, null);
+                }
+                else
+                {
+                    Enqueue(new DiskWrite(hash), DiskWriteKind.Remove, null); // after the write in progress
+                }
             }
-            else if (_clearsQueued == 0)
+            else if (_clearsQueued == 0 && _disk.Contains(hash))
             {
-                found |= _disk.Contains(hash);
+                found = true;
+                Enqueue(new DiskWrite(hash), DiskWriteKind.Remove, null);
             }
 
-            Enqueue(new DiskWrite(DiskWriteKind.Remove, hash, null));
-            return found;
+            // Absent from the disk and from the queue: nothing to queue, whatever a client sends.
         }
+
+        replaced?.Release();
+        return found;
     }
 
     /// <inheritdoc />
@@ -226,8 +269,12 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
             _removals++;
             _memory.Clear();
             _pending.Clear(); // the queued writes still own their buffers; the writer releases them
-            _clearsQueued++;
-            Enqueue(new DiskWrite(DiskWriteKind.Clear, default, null));
+            if (_waitingClear is null)
+            {
+                _clearsQueued++;
+                _waitingClear = new DiskWrite(default);
+                Enqueue(_waitingClear, DiskWriteKind.Clear, null);
+            }
         }
     }
 
@@ -237,7 +284,7 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_lock)
         {
-            Enqueue(new DiskWrite(DiskWriteKind.Flush, default, null, done));
+            Enqueue(new DiskWrite(default) { Done = done }, DiskWriteKind.Flush, null);
         }
 
         return done.Task.WaitAsync(cancellationToken);
@@ -248,62 +295,127 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
     {
         var disk = _disk.GetStats();
         var metrics = _diskMetrics.Snapshot();
-        long queued;
+        long queued, records, enqueued;
         lock (_lock)
         {
             queued = _queuedBytes;
+            records = _queuedRecords;
+            enqueued = _recordsEnqueued;
         }
 
         return _memory.GetStats() with
         {
             Disk = new DiskStoreStats(disk.Chunks, disk.UsedBytes, disk.CapacityBytes, queued, Interlocked.Read(ref _diskHits),
                 Interlocked.Read(ref _writes), Interlocked.Read(ref _dropped), Interlocked.Read(ref _refused), Interlocked.Read(ref _failed),
-                metrics.Evictions, metrics.CorruptChunks, metrics.TierErrors),
+                metrics.Evictions, metrics.CorruptChunks, metrics.TierErrors)
+            {
+                QueuedRecords = records,
+                RecordsEnqueued = enqueued,
+            },
         };
     }
 
-    /// <summary>Finishes the queued disk writes, then releases the directory lock and every buffer.</summary>
-    public async ValueTask DisposeAsync()
+    /// <summary>
+    /// Finishes the queued disk writes within <see cref="DiskStoreOptions.ShutdownFlushTimeout"/> (what is left then is
+    /// dropped), then releases the directory lock and every buffer.
+    /// </summary>
+    public async ValueTask DisposeAsync() => await ShutdownAsync(_shutdownFlushTimeout).ConfigureAwait(false);
+
+    /// <summary>
+    /// Stops taking writes, writes what is queued for at most <paramref name="timeout"/> (on <paramref name="timeProvider"/>),
+    /// drops the rest, then releases the directory lock and every buffer. Returns what was flushed and dropped. Idempotent:
+    /// a second call returns an empty report.
+    /// </summary>
+    public async Task<DiskFlushReport> ShutdownAsync(TimeSpan timeout, TimeProvider? timeProvider = null)
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
-            return;
+            return default;
         }
 
+        long recordsBefore, bytesBefore, writesBefore = Interlocked.Read(ref _writes);
         lock (_lock)
         {
+            recordsBefore = _queuedRecords;
+            bytesBefore = _queuedBytes;
             _queue.Writer.TryComplete();
         }
 
-        await _writer.ConfigureAwait(false);
+        var timedOut = false;
+        try
+        {
+            await _writer.WaitAsync(timeout, timeProvider ?? TimeProvider.System).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // The record being written finishes (a write is not torn); every other one is dropped.
+            timedOut = true;
+            _abandon = true;
+            await _writer.ConfigureAwait(false);
+        }
+
         await _disk.DisposeAsync().ConfigureAwait(false);
         _memory.Dispose();
         _diskMetrics.Dispose();
+        return new DiskFlushReport(recordsBefore, bytesBefore, Interlocked.Read(ref _writes) - writesBefore, Interlocked.Read(ref _abandoned),
+            Interlocked.Read(ref _abandonedBytes), timedOut);
     }
 
     /// <summary>Synchronous <see cref="DisposeAsync"/>.</summary>
     public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
-    // Under _lock, so that the queue's order is the order the requests were answered in.
-    private void Enqueue(DiskWrite write)
+    // Under _lock: takes a waiting record's value out of the queue's accounts (the caller releases it after the lock).
+    private KvChunk? Withdraw(DiskWrite pending)
     {
-        if (!_queue.Writer.TryWrite(write))
+        var value = pending.Value;
+        if (pending.Kind == DiskWriteKind.Put)
         {
-            // Disposed: nothing more reaches the disk.
-            write.Value?.Release();
-            write.Done?.TrySetResult();
-            return;
+            _queuedBytes -= value!.Length;
+            _queuedPuts--;
         }
 
-        switch (write.Kind)
+        pending.Value = null;
+        return value;
+    }
+
+    // Under _lock, so that the queue's order is the order the requests were answered in. A record already in the queue (not
+    // taken by the writer yet) is updated in place and not queued again.
+    private void Enqueue(DiskWrite write, DiskWriteKind kind, KvChunk? value)
+    {
+        var queued = write.InQueue;
+        write.Kind = kind;
+        write.Value = value;
+        if (!queued)
         {
-            case DiskWriteKind.Put:
-                _queuedBytes += write.Value!.Length;
-                _pending[write.Key] = write;
-                break;
-            case DiskWriteKind.Remove:
-                _pending[write.Key] = write;
-                break;
+            if (!_queue.Writer.TryWrite(write))
+            {
+                // Disposed: nothing more reaches the disk.
+                write.Value?.Release();
+                write.Value = null;
+                write.Done?.TrySetResult();
+                if (kind == DiskWriteKind.Clear)
+                {
+                    _clearsQueued--;
+                    _waitingClear = null;
+                }
+
+                return;
+            }
+
+            write.InQueue = true;
+            _queuedRecords++;
+            _recordsEnqueued++;
+        }
+
+        if (kind == DiskWriteKind.Put)
+        {
+            _queuedBytes += value!.Length;
+            _queuedPuts++;
+        }
+
+        if (kind is DiskWriteKind.Put or DiskWriteKind.Remove)
+        {
+            _pending[write.Key] = write;
         }
     }
 
@@ -311,12 +423,37 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
     {
         await foreach (var write in _queue.Reader.ReadAllAsync().ConfigureAwait(false))
         {
+            if (WriterGate is { } gate)
+            {
+                await gate().ConfigureAwait(false);
+            }
+
+            DiskWriteKind kind;
+            KvChunk? value;
+            lock (_lock)
+            {
+                write.Taken = true; // from here on a PUT or DELETE of this key queues a record of its own
+                kind = write.Kind;
+                value = write.Value;
+                if (ReferenceEquals(_waitingClear, write))
+                {
+                    _waitingClear = null;
+                }
+            }
+
             try
             {
-                switch (write.Kind)
+                if (_abandon && kind != DiskWriteKind.Flush)
+                {
+                    Interlocked.Increment(ref _abandoned);
+                    Interlocked.Add(ref _abandonedBytes, value?.Length ?? 0);
+                    continue;
+                }
+
+                switch (kind)
                 {
                     case DiskWriteKind.Put:
-                        WriteToDisk(write.Key, write.Value!);
+                        WriteToDisk(write.Key, value!);
                         break;
                     case DiskWriteKind.Remove:
                         _disk.Remove(write.Key);
@@ -336,26 +473,33 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
             {
                 lock (_lock)
                 {
-                    if (write.Kind == DiskWriteKind.Clear)
+                    _queuedRecords--;
+                    if (kind == DiskWriteKind.Clear)
                     {
                         _clearsQueued--;
                     }
-                    else if (write.Kind != DiskWriteKind.Flush && _pending.TryGetValue(write.Key, out var current) && ReferenceEquals(current, write))
+                    else if (kind != DiskWriteKind.Flush && _pending.TryGetValue(write.Key, out var current) && ReferenceEquals(current, write))
                     {
                         _pending.Remove(write.Key);
                     }
 
-                    if (write.Kind == DiskWriteKind.Put)
+                    if (kind == DiskWriteKind.Put)
                     {
-                        _queuedBytes -= write.Value!.Length;
+                        _queuedBytes -= value!.Length;
+                        _queuedPuts--;
                     }
+
+                    write.Value = null;
                 }
 
-                write.Value?.Release();
+                value?.Release();
                 write.Done?.TrySetResult();
             }
         }
     }
+
+    /// <summary>Awaited by the writer before each record (tests hold the writer with it). Default null.</summary>
+    internal Func<ValueTask>? WriterGate { get; set; }
 
     private void WriteToDisk(ChunkHash key, KvChunk value)
     {
@@ -391,5 +535,28 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         Flush,
     }
 
-    private sealed record DiskWrite(DiskWriteKind Kind, ChunkHash Key, KvChunk? Value, TaskCompletionSource? Done = null);
+    /// <summary>One queued disk operation. Mutable under the store's lock until the writer takes it.</summary>
+    private sealed class DiskWrite(ChunkHash key)
+    {
+        public ChunkHash Key { get; } = key;
+
+        public DiskWriteKind Kind { get; set; }
+
+        public KvChunk? Value { get; set; }
+
+        public TaskCompletionSource? Done { get; init; }
+
+        public bool InQueue { get; set; }
+
+        public bool Taken { get; set; }
+    }
 }
+
+/// <summary>What a <see cref="DiskBackedCacheStore"/> shutdown did with its write-behind queue.</summary>
+/// <param name="QueuedRecords">Records waiting when the shutdown began (PUTs, removals, clears).</param>
+/// <param name="QueuedBytes">Bytes of PUT values waiting then.</param>
+/// <param name="Written">Values written to disk during the shutdown.</param>
+/// <param name="Dropped">Records dropped because the flush ran out of time.</param>
+/// <param name="DroppedBytes">Bytes of the dropped PUT values.</param>
+/// <param name="TimedOut">Whether the flush ran out of time.</param>
+public readonly record struct DiskFlushReport(long QueuedRecords, long QueuedBytes, long Written, long Dropped, long DroppedBytes, bool TimedOut);

@@ -16,6 +16,19 @@ public sealed class DiskStoreOptions
     /// </summary>
     public long WriteQueueBytes { get; set; } = 256L << 20;
 
+    /// <summary>
+    /// PUT records waiting for the background disk writer (each holds a memory buffer reference); a PUT that finds this many
+    /// is kept in memory only (counted in <c>disk_writes_dropped</c>). A later PUT or DELETE of a key replaces its waiting
+    /// record, so a key never has more than one waiting. Default 65536; range 16..16777216.
+    /// </summary>
+    public int WriteQueueRecords { get; set; } = 65536;
+
+    /// <summary>
+    /// How long a shutdown writes the queued values to disk before it drops the rest (logged, with counts). Default 30 s;
+    /// range 0..10 min.
+    /// </summary>
+    public TimeSpan ShutdownFlushTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
     /// <summary>fsync each file and its directory, so a value the writer stored survives a power loss. Default false.</summary>
     public bool Fsync { get; set; }
 
@@ -36,6 +49,16 @@ public sealed class DiskStoreOptions
         if (WriteQueueBytes is < 1L << 20 or > 64L << 30)
         {
             errors.Add($"disk write queue: must be in 1MB..64GB, got {WriteQueueBytes} bytes");
+        }
+
+        if (WriteQueueRecords is < 16 or > 1 << 24)
+        {
+            errors.Add($"disk write queue records: must be in 16..16777216, got {WriteQueueRecords}");
+        }
+
+        if (ShutdownFlushTimeout < TimeSpan.Zero || ShutdownFlushTimeout > TimeSpan.FromMinutes(10))
+        {
+            errors.Add($"disk shutdown flush timeout: must be in 0..10 min, got {ShutdownFlushTimeout}");
         }
 
         return errors;

@@ -27,7 +27,14 @@ public readonly record struct CacheStoreStats(long Items, long UsedBytes, long C
 /// <param name="Corrupt">Files that failed verification when read (each a miss; the file is deleted).</param>
 /// <param name="Errors">I/O errors of the disk tier.</param>
 public readonly record struct DiskStoreStats(long Items, long UsedBytes, long CapacityBytes, long QueuedBytes, long Hits, long Writes,
-    long WritesDropped, long Refused, long WriteFailures, long Evictions, long Corrupt, long Errors);
+    long WritesDropped, long Refused, long WriteFailures, long Evictions, long Corrupt, long Errors)
+{
+    /// <summary>Records waiting for the background writer or being written (PUTs, removals, clears).</summary>
+    public long QueuedRecords { get; init; }
+
+    /// <summary>Records queued since start (a PUT or DELETE that replaced a waiting record of its key queued none).</summary>
+    public long RecordsEnqueued { get; init; }
+}
 
 /// <summary>
 /// Where the cache server keeps values: opaque byte strings under opaque byte keys. The session rents a buffer with

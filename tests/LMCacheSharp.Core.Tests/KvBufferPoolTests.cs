@@ -20,9 +20,10 @@ public class KvBufferPoolTests
         Assert.Equal(0, pool.RentedCount);
         Assert.Equal(12_288, pool.RetainedBytes);
 
-        var b = pool.Rent(9_000); // same size class
-        Assert.Same(a, b);
+        var b = pool.Rent(9_000); // same size class: the same native buffer, a new chunk object
+        Assert.NotSame(a, b);
         Assert.Equal(pointer, b.Pointer);
+        Assert.NotEqual(a.Generation, b.Generation);
         Assert.Equal(1, b.ReferenceCount);
         b.Release();
     }
@@ -73,5 +74,57 @@ public class KvBufferPoolTests
         });
         Assert.Equal(0, pool.RentedCount);
         Assert.Equal(0, pool.RentedBytes);
+    }
+
+    [Fact]
+    public void A_stale_reference_to_a_chunk_whose_buffer_was_reused_throws_instead_of_reading_the_new_bytes()
+    {
+        using var pool = new KvBufferPool();
+        var stale = pool.Rent(4096);
+        stale.Span.Fill(1);
+        stale.Release();
+        using var fresh = pool.Rent(4096); // reuses the buffer
+        fresh.Span.Fill(2);
+        Assert.Equal(stale.Capacity, fresh.Capacity);
+        Assert.Throws<InvalidOperationException>(() => stale.Span[0]);
+        Assert.Throws<InvalidOperationException>(() => stale.Pointer);
+        Assert.Throws<InvalidOperationException>(() => stale.AddRef());
+        Assert.Throws<InvalidOperationException>(() => stale.Release()); // must not take the fresh chunk's reference
+        Assert.Equal(1, fresh.ReferenceCount);
+        Assert.Equal(2, fresh.Span[0]);
+    }
+
+    [Fact]
+    public void Metadata_is_immutable_once_sealed()
+    {
+        using var pool = new KvBufferPool();
+        using var chunk = pool.Rent(100);
+        chunk.Key = new Keys.ChunkHash(new byte[32]);
+        chunk.TokenCount = 4;
+        chunk.SealChecksum();
+        Assert.True(chunk.IsSealed);
+        Assert.Throws<InvalidOperationException>(() => chunk.Key = default);
+        Assert.Throws<InvalidOperationException>(() => chunk.TokenCount = 5);
+        Assert.Throws<InvalidOperationException>(() => chunk.Format = default);
+        Assert.Throws<InvalidOperationException>(() => chunk.Checksum = 1);
+        Assert.Throws<InvalidOperationException>(() => chunk.SetLength(10));
+        Assert.Throws<InvalidOperationException>(() => chunk.SealChecksum());
+        Assert.Equal(4, chunk.TokenCount);
+
+        using var other = pool.Rent(100); // a new rent starts unsealed
+        Assert.False(other.IsSealed);
+        other.Checksum = 7;
+        other.Seal();
+        Assert.Throws<InvalidOperationException>(() => other.Checksum = 8);
+    }
+
+    [Fact]
+    public void A_dead_chunk_cannot_be_sealed_or_changed()
+    {
+        using var pool = new KvBufferPool();
+        var chunk = pool.Rent(100);
+        chunk.Release();
+        Assert.Throws<InvalidOperationException>(() => chunk.Key = default);
+        Assert.Throws<InvalidOperationException>(() => chunk.Seal());
     }
 }

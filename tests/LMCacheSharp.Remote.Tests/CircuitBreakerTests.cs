@@ -61,3 +61,48 @@ public class CircuitBreakerTests
         Assert.Equal(CircuitState.Closed, breaker.State);
     }
 }
+
+public class CircuitBreakerTicketTests
+{
+    [Fact]
+    public void A_success_of_a_call_that_entered_before_the_circuit_opened_does_not_close_it()
+    {
+        var time = new FakeTimeProvider();
+        var breaker = new CircuitBreaker(2, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(10), time);
+        Assert.True(breaker.TryEnter(out var slow));
+        for (var i = 0; i < 2; i++)
+        {
+            Assert.True(breaker.TryEnter(out var failing));
+            breaker.OnFailure(failing);
+        }
+
+        Assert.Equal(CircuitState.Open, breaker.State);
+        breaker.OnSuccess(slow); // stale
+        Assert.Equal(CircuitState.Open, breaker.State);
+
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(breaker.TryEnter(out var probe));
+        Assert.True(probe.IsProbe);
+        breaker.OnSuccess(slow); // still stale while half-open
+        breaker.OnFailure(slow); // and a stale failure does not reopen it either
+        Assert.Equal(CircuitState.HalfOpen, breaker.State);
+        breaker.OnSuccess(probe);
+        Assert.Equal(CircuitState.Closed, breaker.State);
+    }
+
+    [Fact]
+    public void A_probe_replaced_after_the_probe_timeout_no_longer_decides()
+    {
+        var time = new FakeTimeProvider();
+        var breaker = new CircuitBreaker(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(5), time);
+        breaker.OnFailure();
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(breaker.TryEnter(out var first));
+        time.Advance(TimeSpan.FromSeconds(5));
+        Assert.True(breaker.TryEnter(out var second));
+        breaker.OnSuccess(first);
+        Assert.Equal(CircuitState.HalfOpen, breaker.State);
+        breaker.OnFailure(second);
+        Assert.Equal(CircuitState.Open, breaker.State);
+    }
+}

@@ -267,3 +267,82 @@ public class CacheServerTests
         Assert.Empty(new CacheServerOptions().GetErrors());
     }
 }
+
+public class CacheServerMemoryBoundTests
+{
+    [Fact]
+    public async Task Sixty_four_put_headers_announcing_large_values_stay_within_the_budget_and_gets_are_still_served()
+    {
+        const int Connections = 64;
+        const int ValueBytes = 64 << 20; // 4 GiB announced in all
+        const long Budget = 128L << 20;
+        var options = new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20, MaxInFlightPutBytes = Budget, FrameTimeout = TimeSpan.FromMinutes(5) };
+        await using var server = CacheServer.Create(options);
+        await server.StartAsync(TestContext.Current.CancellationToken);
+        await using var client = new CacheClient(new CacheClientOptions { Port = server.EndPoint.Port, Connections = 1 });
+        Assert.True(await client.PutAsync("hot"u8.ToArray(), new byte[] { 42 }, TestContext.Current.CancellationToken));
+
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        GC.Collect();
+        process.Refresh();
+        var rssBefore = process.WorkingSet64;
+        var sockets = new List<Socket>();
+        try
+        {
+            for (var i = 0; i < Connections; i++)
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                sockets.Add(socket);
+                await socket.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken);
+                var head = new System.Buffers.ArrayBufferWriter<byte>();
+                FrameWriter.WritePutHead(head, 1, BitConverter.GetBytes(i), ValueBytes);
+                await socket.SendAsync(head.WrittenMemory, TestContext.Current.CancellationToken); // the body never comes
+            }
+
+            // Two fit in the budget; every other one is told Busy (after its short wait) and its connection stays open.
+            var busy = 0;
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            timeout.CancelAfter(TimeSpan.FromSeconds(60));
+            var replies = sockets.Select(async socket =>
+            {
+                var header = new byte[FrameHeader.Size];
+                for (var got = 0; got < header.Length;)
+                {
+                    var n = await socket.ReceiveAsync(header.AsMemory(got), timeout.Token);
+                    if (n == 0)
+                    {
+                        return StatusCode.ProtocolViolation;
+                    }
+
+                    got += n;
+                }
+
+                return FrameHeader.Parse(header, ProtocolLimits.Default, isRequest: false).Status;
+            }).ToList();
+            while (busy < Connections - 2)
+            {
+                var done = await Task.WhenAny(replies);
+                replies.Remove(done);
+                Assert.Equal(StatusCode.Busy, await done);
+                busy++;
+            }
+
+            Assert.True(server.InFlight.UsedBytes <= Budget, $"{server.InFlight.UsedBytes} bytes in flight");
+            var pool = ((MemoryCacheStore)server.Store).Pool;
+            Assert.True(pool.RentedBytes <= Budget + (1 << 20), $"{pool.RentedBytes} bytes rented");
+            GC.Collect();
+            process.Refresh();
+            var rssGrowth = process.WorkingSet64 - rssBefore;
+            TestContext.Current.TestOutputHelper?.WriteLine($"rented {pool.RentedBytes >> 20} MiB, in flight {server.InFlight.UsedBytes >> 20} MiB, RSS growth {rssGrowth >> 20} MiB");
+            Assert.True(rssGrowth < Budget + (256L << 20), $"RSS grew by {rssGrowth >> 20} MiB");
+
+            // The server keeps serving.
+            Assert.Equal([42], await client.GetAsync("hot"u8.ToArray(), TestContext.Current.CancellationToken));
+            Assert.Equal(Connections - 2, (await client.StatsAsync(TestContext.Current.CancellationToken))["put_busy"]);
+        }
+        finally
+        {
+            sockets.ForEach(s => s.Dispose());
+        }
+    }
+}

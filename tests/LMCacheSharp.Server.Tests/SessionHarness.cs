@@ -13,11 +13,11 @@ internal sealed class SessionHarness : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private uint _nextId;
 
-    public SessionHarness(CacheServerOptions? options = null, MemoryCacheStore? store = null)
+    public SessionHarness(CacheServerOptions? options = null, MemoryCacheStore? store = null, TimeProvider? time = null, InFlightBudget? budget = null)
     {
         Options = options ?? new CacheServerOptions { Limits = new ProtocolLimits { MaxKeyBytes = 64, MaxValueBytes = 4 << 20, MaxKeysPerRequest = 256, MaxFrameBytes = 5 << 20 } };
         Store = store ?? new MemoryCacheStore(64 << 20);
-        Session = new CacheSession(new Duplex(_toServer.Reader, _toClient.Writer), Store, Options, Metrics, NullLogger.Instance);
+        Session = new CacheSession(new Duplex(_toServer.Reader, _toClient.Writer), Store, Options, Metrics, NullLogger.Instance, budget, time);
         Running = Task.Run(() => Session.RunAsync(_stop.Token));
     }
 

@@ -88,7 +88,10 @@ public sealed class CacheNamespace : IEquatable<CacheNamespace>
         void Field(string name, string? value)
         {
             Span<byte> len = stackalloc byte[4];
-            foreach (var s in new[] { name, value ?? "\0" })
+            // An absent value encodes as "\0"; a present value that starts with NUL gets one more NUL in front, so that a
+            // salt of "\0" differs from no salt and every other key stays as it was.
+            var encoded = value is null ? "\0" : value.StartsWith('\0') ? "\0" + value : value;
+            foreach (var s in new[] { name, encoded })
             {
                 var bytes = Encoding.UTF8.GetBytes(s);
                 BinaryPrimitives.WriteInt32LittleEndian(len, bytes.Length);

@@ -70,8 +70,12 @@ public readonly struct ChunkHash : IEquatable<ChunkHash>
     /// <inheritdoc />
     public override bool Equals(object? obj) => obj is ChunkHash other && Equals(other);
 
-    /// <inheritdoc />
-    public override int GetHashCode() => (int)(_a ^ (_a >> 32));
+    /// <summary>
+    /// A hash code seeded per process (<see cref="HashCode"/>) over all 256 bits: the cache server keeps keys its clients
+    /// choose in dictionaries, and an unseeded hash of a few bits would let a client craft keys that all collide. Differs
+    /// from process to process: never persist it or send it over the wire.
+    /// </summary>
+    public override int GetHashCode() => HashCode.Combine(_a, _b, _c, _d);
 
     /// <summary>Equality.</summary>
     public static bool operator ==(ChunkHash left, ChunkHash right) => left.Equals(right);

@@ -1,19 +1,19 @@
-using System.Runtime.InteropServices;
-
 namespace LMCacheSharp.Core.Kv;
 
 /// <summary>
 /// Hands out <see cref="KvChunk"/> buffers in native memory, aligned to 4 KiB (so the disk tier can use O_DIRECT), and
-/// keeps returned ones for reuse by size, up to <see cref="MaxRetainedBytes"/>. Chunk sizes in one cache are nearly all
-/// equal, so after warm-up a store or a load allocates nothing, managed or native. Thread-safe.
+/// keeps returned buffers for reuse by size, up to <see cref="MaxRetainedBytes"/>. Chunk sizes in one cache are nearly all
+/// equal, so after warm-up a store or a load allocates no native memory; each rent allocates one small managed
+/// <see cref="KvChunk"/> object (never reused, so that a stale reference to a released chunk fails instead of reading the
+/// next chunk's bytes). Native buffers are owned by safe handles. Thread-safe.
 /// </summary>
-public sealed unsafe class KvBufferPool : IDisposable
+public sealed class KvBufferPool : IDisposable
 {
     /// <summary>Buffer alignment and size granularity in bytes.</summary>
     public const int Alignment = 4096;
 
     private readonly Lock _lock = new();
-    private readonly Dictionary<int, Stack<KvChunk>> _free = [];
+    private readonly Dictionary<int, Stack<NativeKvBuffer>> _free = [];
     private long _retainedBytes;
     private long _rentedBytes;
     private int _rentedCount;
@@ -44,11 +44,11 @@ public sealed unsafe class KvBufferPool : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         var capacity = RoundUp(length);
-        KvChunk? chunk = null;
+        NativeKvBuffer? buffer = null;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_free.TryGetValue(capacity, out var stack) && stack.TryPop(out chunk))
+            if (_free.TryGetValue(capacity, out var stack) && stack.TryPop(out buffer))
             {
                 _retainedBytes -= capacity;
             }
@@ -57,12 +57,11 @@ public sealed unsafe class KvBufferPool : IDisposable
             _rentedBytes += capacity;
         }
 
-        if (chunk is null)
+        if (buffer is null)
         {
             try
             {
-                var buffer = (byte*)NativeMemory.AlignedAlloc((nuint)capacity, Alignment);
-                chunk = new KvChunk(this, buffer, capacity);
+                buffer = new NativeKvBuffer(capacity, Alignment);
             }
             catch
             {
@@ -76,33 +75,34 @@ public sealed unsafe class KvBufferPool : IDisposable
             }
         }
 
-        chunk.Revive(length);
-        return chunk;
+        buffer.NextGeneration();
+        return new KvChunk(this, buffer, length);
     }
 
     internal void Return(KvChunk chunk)
     {
+        var buffer = chunk.NativeBuffer;
         var keep = false;
         lock (_lock)
         {
             _rentedCount--;
-            _rentedBytes -= chunk.Capacity;
-            if (!_disposed && _retainedBytes + chunk.Capacity <= MaxRetainedBytes)
+            _rentedBytes -= buffer.Capacity;
+            if (!_disposed && _retainedBytes + buffer.Capacity <= MaxRetainedBytes)
             {
-                if (!_free.TryGetValue(chunk.Capacity, out var stack))
+                if (!_free.TryGetValue(buffer.Capacity, out var stack))
                 {
-                    _free[chunk.Capacity] = stack = new Stack<KvChunk>();
+                    _free[buffer.Capacity] = stack = new Stack<NativeKvBuffer>();
                 }
 
-                stack.Push(chunk);
-                _retainedBytes += chunk.Capacity;
+                stack.Push(buffer);
+                _retainedBytes += buffer.Capacity;
                 keep = true;
             }
         }
 
         if (!keep)
         {
-            chunk.FreeNative();
+            buffer.Dispose();
         }
     }
 
@@ -119,9 +119,9 @@ public sealed unsafe class KvBufferPool : IDisposable
             _disposed = true;
             foreach (var stack in _free.Values)
             {
-                while (stack.TryPop(out var chunk))
+                while (stack.TryPop(out var buffer))
                 {
-                    chunk.FreeNative();
+                    buffer.Dispose();
                 }
             }
 

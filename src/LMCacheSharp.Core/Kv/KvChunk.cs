@@ -1,4 +1,5 @@
 using System.IO.Hashing;
+using System.Runtime.InteropServices;
 using LMCacheSharp.Core.Keys;
 
 namespace LMCacheSharp.Core.Kv;
@@ -8,38 +9,93 @@ namespace LMCacheSharp.Core.Kv;
 /// chunk (a tier, a reader, a write queue) takes its own with <see cref="AddRef"/> and gives it back with
 /// <see cref="Release"/> (or <see cref="Dispose"/>). When the last reference goes the buffer returns to its pool, so a chunk
 /// evicted from a tier while a reader still holds it stays valid until that reader releases it.
+/// <para>
+/// Lifetime is checked, so a reference-counting bug fails loudly instead of reading another chunk's bytes: each rent hands
+/// out a new <see cref="KvChunk"/> object over a reused native buffer (a stale reference is to a dead object and throws on
+/// any use), and the buffer carries a generation stamp bumped on every rent, which the chunk checks on every access in
+/// Debug builds and on its last release in Release builds. Metadata (key, tokens, format, checksum, length) is immutable
+/// once the chunk is sealed (<see cref="SealChecksum"/> or <see cref="Seal"/>).
+/// </para>
 /// </summary>
 public sealed unsafe class KvChunk : IDisposable
 {
     private readonly KvBufferPool _pool;
+    private readonly NativeKvBuffer _buffer;
+    private readonly int _generation;
     private int _refCount;
+    private int _length;
+    private ChunkHash _key;
+    private int _tokenCount;
+    private KvFormat _format;
+    private ulong _checksum;
+    private volatile bool _sealed;
 
-    internal KvChunk(KvBufferPool pool, byte* buffer, int capacity)
+    internal KvChunk(KvBufferPool pool, NativeKvBuffer buffer, int length)
     {
         _pool = pool;
-        Buffer = buffer;
-        Capacity = capacity;
+        _buffer = buffer;
+        _generation = buffer.Generation;
+        _length = length;
+        _refCount = 1;
     }
 
-    internal byte* Buffer { get; private set; }
+    internal NativeKvBuffer NativeBuffer => _buffer;
 
     /// <summary>Bytes the native buffer holds (a multiple of <see cref="KvBufferPool.Alignment"/>).</summary>
-    public int Capacity { get; }
+    public int Capacity => _buffer.Capacity;
 
     /// <summary>Payload length in bytes.</summary>
-    public int Length { get; private set; }
+    public int Length => _length;
 
-    /// <summary>The key the chunk is stored under.</summary>
-    public ChunkHash Key { get; set; }
+    /// <summary>The key the chunk is stored under. Set before the chunk is sealed.</summary>
+    public ChunkHash Key
+    {
+        get => _key;
+        set
+        {
+            ThrowIfSealed();
+            _key = value;
+        }
+    }
 
-    /// <summary>Tokens covered by the chunk.</summary>
-    public int TokenCount { get; set; }
+    /// <summary>Tokens covered by the chunk. Set before the chunk is sealed.</summary>
+    public int TokenCount
+    {
+        get => _tokenCount;
+        set
+        {
+            ThrowIfSealed();
+            _tokenCount = value;
+        }
+    }
 
-    /// <summary>The format of the payload.</summary>
-    public KvFormat Format { get; set; }
+    /// <summary>The format of the payload. Set before the chunk is sealed.</summary>
+    public KvFormat Format
+    {
+        get => _format;
+        set
+        {
+            ThrowIfSealed();
+            _format = value;
+        }
+    }
 
-    /// <summary>XxHash3 of the payload, set by <see cref="SealChecksum"/> when the chunk is filled.</summary>
-    public ulong Checksum { get; set; }
+    /// <summary>XxHash3 of the payload, set by <see cref="SealChecksum"/> when the chunk is filled (or from a verified header).</summary>
+    public ulong Checksum
+    {
+        get => _checksum;
+        set
+        {
+            ThrowIfSealed();
+            _checksum = value;
+        }
+    }
+
+    /// <summary>Whether the metadata is frozen (<see cref="SealChecksum"/> or <see cref="Seal"/>).</summary>
+    public bool IsSealed => _sealed;
+
+    /// <summary>The buffer's generation when this chunk was rented (diagnostics: it changes on every rent of the buffer).</summary>
+    public int Generation => _generation;
 
     /// <summary>Current reference count (diagnostics and tests).</summary>
     public int ReferenceCount => Volatile.Read(ref _refCount);
@@ -50,7 +106,7 @@ public sealed unsafe class KvChunk : IDisposable
         get
         {
             ThrowIfDead();
-            return new Span<byte>(Buffer, Length);
+            return new Span<byte>((void*)_buffer.DangerousGetHandle(), _length);
         }
     }
 
@@ -60,20 +116,33 @@ public sealed unsafe class KvChunk : IDisposable
         get
         {
             ThrowIfDead();
-            return (nint)Buffer;
+            return _buffer.DangerousGetHandle();
         }
     }
 
-    /// <summary>Sets the payload length (at most <see cref="Capacity"/>).</summary>
+    /// <summary>Sets the payload length (at most <see cref="Capacity"/>). Not after the chunk is sealed.</summary>
     public void SetLength(int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
-        Length = length;
+        ThrowIfSealed();
+        _length = length;
     }
 
-    /// <summary>Computes and records the payload checksum.</summary>
-    public void SealChecksum() => Checksum = XxHash3.HashToUInt64(Span);
+    /// <summary>Computes and records the payload checksum, then seals the metadata.</summary>
+    public void SealChecksum()
+    {
+        ThrowIfSealed();
+        _checksum = XxHash3.HashToUInt64(Span);
+        _sealed = true;
+    }
+
+    /// <summary>Seals the metadata as it is (the checksum was set from a verified header). Idempotent.</summary>
+    public void Seal()
+    {
+        ThrowIfDead();
+        _sealed = true;
+    }
 
     /// <summary>True when the payload still hashes to <see cref="Checksum"/>.</summary>
     public bool VerifyChecksum() => XxHash3.HashToUInt64(Span) == Checksum;
@@ -91,6 +160,7 @@ public sealed unsafe class KvChunk : IDisposable
 
             if (Interlocked.CompareExchange(ref _refCount, current + 1, current) == current)
             {
+                CheckGenerationInDebug();
                 return this;
             }
         }
@@ -102,6 +172,12 @@ public sealed unsafe class KvChunk : IDisposable
         var remaining = Interlocked.Decrement(ref _refCount);
         if (remaining == 0)
         {
+            if (_buffer.Generation != _generation)
+            {
+                throw new InvalidOperationException(
+                    $"KvChunk buffer was handed to another chunk while this one was live (generation {_generation}, buffer at {_buffer.Generation}).");
+            }
+
             _pool.Return(this);
         }
         else if (remaining < 0)
@@ -113,30 +189,61 @@ public sealed unsafe class KvChunk : IDisposable
     /// <summary>Same as <see cref="Release"/>.</summary>
     public void Dispose() => Release();
 
-    internal void Revive(int length)
-    {
-        Length = length;
-        Key = default;
-        TokenCount = 0;
-        Format = default;
-        Checksum = 0;
-        Volatile.Write(ref _refCount, 1);
-    }
-
-    internal void FreeNative()
-    {
-        if (Buffer != null)
-        {
-            System.Runtime.InteropServices.NativeMemory.AlignedFree(Buffer);
-            Buffer = null;
-        }
-    }
-
     private void ThrowIfDead()
     {
         if (Volatile.Read(ref _refCount) <= 0)
         {
             throw new InvalidOperationException("KvChunk used after its last reference was released.");
         }
+
+        CheckGenerationInDebug();
+    }
+
+    [System.Diagnostics.Conditional("DEBUG")]
+    private void CheckGenerationInDebug()
+    {
+        if (_buffer.Generation != _generation || _buffer.IsClosed)
+        {
+            throw new InvalidOperationException($"KvChunk used after its buffer went to another chunk (generation {_generation}, buffer at {_buffer.Generation}).");
+        }
+    }
+
+    private void ThrowIfSealed()
+    {
+        ThrowIfDead();
+        if (_sealed)
+        {
+            throw new InvalidOperationException("KvChunk metadata is immutable once sealed.");
+        }
+    }
+}
+
+/// <summary>
+/// A native buffer (<see cref="NativeMemory.AlignedAlloc"/>) owned by a safe handle, so it is freed exactly once, by the
+/// pool or, if a buffer is leaked, by the finalizer. <see cref="Generation"/> is bumped each time the pool hands it out.
+/// </summary>
+internal sealed unsafe class NativeKvBuffer : SafeHandle
+{
+    private int _generation;
+
+    public NativeKvBuffer(int capacity, int alignment)
+        : base(0, ownsHandle: true)
+    {
+        SetHandle((nint)NativeMemory.AlignedAlloc((nuint)capacity, (nuint)alignment));
+        Capacity = capacity;
+    }
+
+    public int Capacity { get; }
+
+    public int Generation => Volatile.Read(ref _generation);
+
+    public override bool IsInvalid => handle == 0;
+
+    public void NextGeneration() => Interlocked.Increment(ref _generation);
+
+    protected override bool ReleaseHandle()
+    {
+        NativeMemory.AlignedFree((void*)handle);
+        return true;
     }
 }

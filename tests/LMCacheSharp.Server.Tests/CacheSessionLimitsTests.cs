@@ -1,0 +1,108 @@
+using LMCacheSharp.Protocol;
+
+namespace LMCacheSharp.Server.Tests;
+
+/// <summary>The session's limits on slow, guessing and memory-hungry clients, on a fake clock.</summary>
+public class CacheSessionLimitsTests
+{
+    private static readonly ProtocolLimits Limits = new() { MaxKeyBytes = 64, MaxValueBytes = 16 << 20, MaxKeysPerRequest = 256, MaxFrameBytes = 17 << 20 };
+
+    [Fact]
+    public async Task A_client_trickling_a_frame_under_the_minimum_rate_is_closed_although_every_byte_rearms_the_frame_timeout()
+    {
+        var time = new TimerSignallingTimeProvider();
+        var options = new CacheServerOptions
+        {
+            Limits = Limits,
+            FrameTimeout = TimeSpan.FromSeconds(30),
+            MinDataRateBytesPerSecond = 1000,
+            MinDataRateGracePeriod = TimeSpan.FromSeconds(2),
+        };
+        await using var s = new SessionHarness(options, time: time);
+        var armed = time.NextArmedAsync();
+        await s.SendAsync(w => FrameWriter.WritePutHead(w, 1, "k"u8, 100_000));
+        for (var i = 0; i < 10 && !s.Running.IsCompleted; i++)
+        {
+            await armed.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+            armed = time.NextArmedAsync();
+            time.Advance(TimeSpan.FromSeconds(1)); // one byte a second: far under 1000 bytes/s, far within the 30 s frame timeout
+            await s.SendRawAsync([1]);
+            await Task.WhenAny(armed, s.Running).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        }
+
+        var reply = await s.ReceiveAsync();
+        Assert.NotNull(reply);
+        Assert.Equal(StatusCode.ProtocolViolation, reply.Value.Header.Status);
+        Assert.Contains("too slow", ResponseBody.ParseMessage(reply.Value.Body), StringComparison.Ordinal);
+        Assert.Null(await s.ReceiveAsync());
+        Assert.Equal(1, s.Metrics.Snapshot(default).Single(p => p.Key == "connections_too_slow").Value);
+        Assert.True(time.Fake.GetUtcNow() - time.Fake.Start < TimeSpan.FromSeconds(30));
+    }
+
+    [Fact]
+    public async Task A_fast_client_is_not_held_to_the_rate_during_the_grace_period()
+    {
+        var time = new TimerSignallingTimeProvider();
+        var options = new CacheServerOptions { Limits = Limits, MinDataRateBytesPerSecond = 1 << 30, MinDataRateGracePeriod = TimeSpan.FromSeconds(5) };
+        await using var s = new SessionHarness(options, time: time);
+        var armed = time.NextArmedAsync();
+        await s.SendAsync(w => FrameWriter.WritePutHead(w, 1, "k"u8, 1000));
+        await armed.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        time.Advance(TimeSpan.FromSeconds(4)); // within the grace period
+        await s.SendRawAsync(new byte[1000]);
+        await s.ExpectAsync(1, StatusCode.Ok);
+    }
+
+    [Fact]
+    public async Task Failed_auth_attempts_are_capped_per_connection_then_it_is_closed()
+    {
+        await using var s = new SessionHarness(new CacheServerOptions { AuthToken = "s3cret", MaxAuthFailures = 3 });
+        for (uint i = 1; i <= 3; i++)
+        {
+            await s.SendAsync(w => FrameWriter.WriteAuth(w, i, "guess"u8));
+            await s.ExpectAsync(i, StatusCode.Unauthorized);
+        }
+
+        Assert.Null(await s.ReceiveAsync()); // closed after the third
+        await s.Running.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        var stats = s.Metrics.Snapshot(default).ToDictionary(p => p.Key, p => p.Value);
+        Assert.Equal(3, stats["auth_failures"]);
+        Assert.Equal(1, stats["auth_closes"]);
+    }
+
+    [Fact]
+    public async Task A_put_over_the_shared_in_flight_budget_waits_then_is_busy_and_its_connection_stays_usable()
+    {
+        var budget = new InFlightBudget(8 << 20);
+        var options = new CacheServerOptions { Limits = Limits, InFlightPutWait = TimeSpan.FromMilliseconds(100) };
+        var timeA = new TimerSignallingTimeProvider();
+        var timeB = new TimerSignallingTimeProvider();
+        await using var a = new SessionHarness(options, time: timeA, budget: budget);
+        await using var b = new SessionHarness(options, new MemoryCacheStore(64 << 20), timeB, budget);
+        var value = new byte[6 << 20];
+        new Random(1).NextBytes(value);
+
+        var armedA = timeA.NextArmedAsync();
+        await a.SendAsync(w => FrameWriter.WritePutHead(w, 1, "a"u8, value.Length)); // header only: 6 MiB reserved, body pending
+        await armedA.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        Assert.Equal(6 << 20, budget.UsedBytes);
+
+        var armedB = timeB.NextArmedAsync();
+        await b.SendAsync(w => FrameWriter.WritePutHead(w, 1, "b"u8, value.Length)); // 12 MiB would be over 8 MiB: waits
+        await armedB.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        timeB.Advance(TimeSpan.FromMilliseconds(100));
+        Assert.Contains("busy", ResponseBody.ParseMessage((await b.ExpectAsync(1, StatusCode.Busy)).Body), StringComparison.Ordinal);
+        Assert.Equal(0, b.Store.Pool.RentedCount); // no buffer for the refused value
+
+        await b.SendRawAsync(value); // the refused body streams through
+        await b.SendAsync(w => FrameWriter.WritePut(w, 2, "small"u8, [1, 2]));
+        await b.ExpectAsync(2, StatusCode.Ok);
+        await b.SendAsync(w => FrameWriter.WriteKeyRequest(w, Opcode.Get, 3, "small"u8));
+        Assert.Equal([1, 2], (await b.ExpectAsync(3, StatusCode.Ok)).Body);
+
+        await a.SendRawAsync(value);
+        await a.ExpectAsync(1, StatusCode.Ok);
+        Assert.Equal(0, budget.UsedBytes);
+        Assert.Equal(1, b.Metrics.Snapshot(default).Single(p => p.Key == "put_busy").Value);
+    }
+}
