@@ -16,17 +16,21 @@ public sealed class RemoteStorageTier : IStorageTier
     private readonly IRemoteConnector _connector;
     private readonly CacheMetrics? _metrics;
     private long _hits, _misses, _stored, _failures;
+    private int _down;
 
     /// <summary>Creates the tier; it owns <paramref name="connector"/>.</summary>
     /// <param name="connector">The remote store.</param>
     /// <param name="timeout">Longest wait for one call (LMCache's <c>remote_timeout_ms</c>).</param>
     /// <param name="metrics">Where errors and corrupt chunks are counted, or null.</param>
     /// <param name="breaker">The circuit breaker, or null for the defaults.</param>
-    public RemoteStorageTier(IRemoteConnector connector, TimeSpan timeout, CacheMetrics? metrics = null, CircuitBreaker? breaker = null)
+    /// <param name="displayName">How logs name the remote (its URL without credentials). Default: the connector's name.</param>
+    public RemoteStorageTier(IRemoteConnector connector, TimeSpan timeout, CacheMetrics? metrics = null, CircuitBreaker? breaker = null,
+        string? displayName = null)
     {
         ArgumentNullException.ThrowIfNull(connector);
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(timeout, TimeSpan.Zero);
         _connector = connector;
+        DisplayName = displayName ?? connector.Name;
         Timeout = timeout;
         _metrics = metrics;
         Breaker = breaker ?? new CircuitBreaker();
@@ -46,6 +50,9 @@ public sealed class RemoteStorageTier : IStorageTier
 
     /// <summary>The circuit breaker.</summary>
     public CircuitBreaker Breaker { get; }
+
+    /// <summary>How logs name the remote.</summary>
+    public string DisplayName { get; }
 
     /// <summary>Counters of this tier in this process.</summary>
     public (long Hits, long Misses, long Stored, long Failures) Counters =>
@@ -151,6 +158,12 @@ public sealed class RemoteStorageTier : IStorageTier
             // WaitAsync bounds the wait even for a connector that ignores its token.
             var result = await task.WaitAsync(Timeout, cancellationToken).ConfigureAwait(false);
             Breaker.OnSuccess(ticket);
+            if (Breaker.State == CircuitState.Closed && Interlocked.Exchange(ref _down, 0) == 1)
+            {
+                _metrics?.Faults?.State("remote tier " + DisplayName, "up", "it answers again; hits and stores resume",
+                    Microsoft.Extensions.Logging.LogLevel.Information);
+            }
+
             return (true, result);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
@@ -164,6 +177,12 @@ public sealed class RemoteStorageTier : IStorageTier
             Breaker.OnFailure(ticket);
             Interlocked.Increment(ref _failures);
             _metrics?.TierError(Name);
+            if (Breaker.State == CircuitState.Open && Interlocked.Exchange(ref _down, 1) == 0)
+            {
+                _metrics?.Faults?.State("remote tier " + DisplayName, "down",
+                    "its calls fail or time out; requests go on with misses and skipped stores, and it is probed again in the background");
+            }
+
             return (false, default!);
         }
     }

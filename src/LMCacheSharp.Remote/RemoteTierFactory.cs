@@ -98,7 +98,8 @@ public static class RemoteTierFactory
         }
 
         return new RemoteStorageTier(connector, timeout, metrics,
-            new CircuitBreaker(minOpenTime: TimeSpan.FromSeconds(1), maxOpenTime: TimeSpan.FromSeconds(30), probeTimeout: timeout * 2));
+            new CircuitBreaker(minOpenTime: TimeSpan.FromSeconds(1), maxOpenTime: TimeSpan.FromSeconds(30), probeTimeout: timeout * 2),
+            WithoutCredentials(url));
     }
 
     /// <summary>
@@ -106,6 +107,17 @@ public static class RemoteTierFactory
     /// its connection, before the tier does, so the tier never outlives a request still queued on a connection.
     /// </summary>
     internal static TimeSpan ClientTimeout(TimeSpan tierTimeout) => TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, tierTimeout.Ticks * 9 / 10));
+
+    /// <summary>The URL as logs may show it: user name and password removed.</summary>
+    public static string WithoutCredentials(string url)
+    {
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.UserInfo.Length == 0)
+        {
+            return url;
+        }
+
+        return new UriBuilder(uri) { UserName = "", Password = "" }.Uri.ToString().TrimEnd('/');
+    }
 
     private static Uri Validate(string url)
     {

@@ -212,12 +212,15 @@ public sealed class LlamaKvCacheTests
         var generator = new CachedGenerator(lm.Handle, cache);
         await generator.PrefillAsync(prompt);
 
-        // Damage chunk 1 in the memory tier and re-seal its checksum, so only the connector's checks can catch it.
+        // Replace chunk 1 in the memory tier with a damaged copy under a valid checksum, so only the connector's checks
+        // can catch it (a stored chunk is sealed: its bytes and metadata never change in place).
         var key = cache.Engine.ComputeKeys(prompt, cache.Namespace)[1];
-        var chunk = cache.Engine.Storage.Memory!.TryGet(key)!;
+        var stored = cache.Engine.Storage.Memory!.TryGet(key)!;
+        var damaged = cache.Engine.Pool.Rent(stored.Length);
         try
         {
-            var span = chunk.Span;
+            stored.Span.CopyTo(damaged.Span);
+            var span = damaged.Span;
             var layersOffset = LlamaStateBlob.PrefixBytes + 4 + (12 * Chunk) + 4;
             switch (field)
             {
@@ -233,11 +236,17 @@ public sealed class LlamaKvCacheTests
                 default: throw new ArgumentException(field);
             }
 
-            chunk.SealChecksum();
+            damaged.Key = stored.Key;
+            damaged.TokenCount = stored.TokenCount;
+            damaged.Format = stored.Format;
+            damaged.SealChecksum();
+            Assert.True(cache.Engine.Storage.Memory.Remove(key));
+            Assert.True(cache.Engine.Storage.Memory.Put(damaged));
         }
         finally
         {
-            chunk.Release();
+            stored.Release();
+            damaged.Release();
         }
 
         var (hit, tokens) = await HitInFreshContextAsync(lm, cache, prompt);
