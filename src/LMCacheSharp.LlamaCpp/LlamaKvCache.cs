@@ -305,6 +305,12 @@ public sealed class LlamaKvCache : IAsyncDisposable
 
     private int CheckRestored(LLamaSeqId sequence, int restored)
     {
+        if (restored > 0 && _context.MemorySequenceMaxPosition(sequence).Value >= restored)
+        {
+            // A token-exact tail: the whole child chunk went in, only its first tokens match this prompt.
+            _context.MemorySequenceRemove(sequence, restored, -1);
+        }
+
         if (restored > 0 && (_context.MemorySequenceMinPosition(sequence) != 0 || _context.MemorySequenceMaxPosition(sequence) != restored - 1))
         {
             _logger.LogWarning("KV restore left positions {Min}..{Max} for {Restored} tokens; dropped", _context.MemorySequenceMinPosition(sequence).Value,
@@ -332,11 +338,11 @@ public sealed class LlamaKvCache : IAsyncDisposable
         }
 
         _context.MemorySequenceRemove(sequence, -1, -1);
-        _connector!.Sequence = sequence;
         try
         {
-            var restored = await Engine.RetrieveAsync(promptTokens[..^1], _connector, ns, cancellationToken).ConfigureAwait(false);
-            return CheckRestored(sequence, restored);
+            // Lookup (any tier), then the same memory-only restore the scheduler uses: token-exact tails included.
+            using var prefix = await PrefetchAsync(promptTokens, ns, cancellationToken).ConfigureAwait(false);
+            return Restore(sequence, prefix);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -398,7 +404,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
     private bool Usable(CacheNamespace? requested, int usableTokens, out CacheNamespace ns)
     {
         ns = requested ?? Namespace;
-        return _connector is not null && ns.Format == Format && usableTokens >= (Engine.SaveUnfullChunk ? 1 : Engine.ChunkSize);
+        return _connector is not null && ns.Format == Format && usableTokens >= (Engine.SaveUnfullChunk || Engine.TokenExact ? 1 : Engine.ChunkSize);
     }
 
     private void CheckSequence(LLamaSeqId sequence)

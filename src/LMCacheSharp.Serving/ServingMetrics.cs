@@ -17,6 +17,9 @@ public sealed class ServingMetrics : IDisposable
     private readonly Counter<long> _generatedTokens;
     private readonly Counter<long> _requests;
     private readonly UpDownCounter<long> _inFlight;
+    private readonly Histogram<double> _restoreTime;
+    private readonly Histogram<double> _prefillTime;
+    private readonly Histogram<double> _queueTime;
     private long _totalPrefilled;
 
     /// <summary>Creates the instruments.</summary>
@@ -32,6 +35,10 @@ public sealed class ServingMetrics : IDisposable
         _generatedTokens = _meter.CreateCounter<long>("lmcache_serving.generation_tokens", "{token}", "Tokens generated.");
         _requests = _meter.CreateCounter<long>("lmcache_serving.requests", "{request}", "Finished requests by finish reason.");
         _inFlight = _meter.CreateUpDownCounter<long>("lmcache_serving.requests_in_flight", "{request}", "Requests queued or running.");
+        var buckets = new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] };
+        _restoreTime = _meter.CreateHistogram<double>("lmcache_serving.restore_time", "s", "Writing a request's cached KV into its sequence.", advice: buckets);
+        _prefillTime = _meter.CreateHistogram<double>("lmcache_serving.prefill_time", "s", "From the restore to the first token (prefill of the uncached tokens).", advice: buckets);
+        _queueTime = _meter.CreateHistogram<double>("lmcache_serving.queue_time", "s", "From arrival to admission (lookup, waiting for a sequence).", advice: buckets);
     }
 
     private Func<double>? _loopAge;
@@ -52,6 +59,13 @@ public sealed class ServingMetrics : IDisposable
     internal void Started() => _inFlight.Add(1);
 
     internal void FirstToken(TimeSpan ttft) => _ttft.Record(ttft.TotalSeconds);
+
+    internal void Timings(Inference.GenerationTimings t)
+    {
+        _restoreTime.Record(t.RestoreMs / 1000);
+        _prefillTime.Record(t.PromptMs / 1000);
+        _queueTime.Record(t.QueueMs / 1000);
+    }
 
     internal void Prefilled(int tokens)
     {

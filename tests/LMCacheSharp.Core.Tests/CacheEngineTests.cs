@@ -9,8 +9,9 @@ namespace LMCacheSharp.Core.Tests;
 
 public class CacheEngineTests
 {
-    private static LMCacheOptions Options(int chunk = 16, bool partial = false, double gib = 0.01) =>
-        new() { ChunkSize = chunk, SaveUnfullChunk = partial, MaxLocalCpuSize = gib };
+    // Whole-chunk semantics unless a test asks for token-exact reuse (CacheEngineTokenExactTests covers that).
+    private static LMCacheOptions Options(int chunk = 16, bool partial = false, double gib = 0.01, bool exact = false) =>
+        new() { ChunkSize = chunk, SaveUnfullChunk = partial, MaxLocalCpuSize = gib, TokenExactReuse = exact };
 
     [Fact]
     public async Task Store_then_retrieve_is_bit_identical_and_lookup_matches()

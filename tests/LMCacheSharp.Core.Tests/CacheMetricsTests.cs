@@ -24,7 +24,7 @@ public class CacheMetricsTests
         listener.SetMeasurementEventCallback<double>((i, v, _, _) => { lock (seen) { seen[i.Name] = seen.GetValueOrDefault(i.Name) + v; } });
         listener.Start();
 
-        await using (var engine = CacheEngine.Create(new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 }, TestData.Namespace(), metrics))
+        await using (var engine = CacheEngine.Create(new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01, TokenExactReuse = false }, TestData.Namespace(), metrics))
         {
             var tokens = TestData.Tokens(40, 1);
             await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));

@@ -462,7 +462,8 @@ public sealed class LlamaKvCacheTests
 
     private static LlamaKvCache CreateCache(LlamaTestModel lm, LlamaChunkLayout layout) => CreateCache(lm.Handle, lm.Path, layout);
 
+    // Whole chunks: these tests count chunk-aligned hits. LlamaKvCacheTokenExactTests covers token-exact reuse.
     private static LlamaKvCache CreateCache(SafeLLamaContextHandle context, string model, LlamaChunkLayout layout) =>
-        LlamaKvCache.CreateWithEngine(context, GgufFingerprint.Compute(model), new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.05 },
-            new LlamaKvCacheOptions { Layout = layout });
+        LlamaKvCache.CreateWithEngine(context, GgufFingerprint.Compute(model),
+            new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.05, TokenExactReuse = false }, new LlamaKvCacheOptions { Layout = layout });
 }

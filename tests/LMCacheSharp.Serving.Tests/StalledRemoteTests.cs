@@ -54,7 +54,7 @@ public sealed class StalledRemoteTests(ITestOutputHelper output)
             $"({stallRate / normalRate:P0}); the new request waited {waited.TotalMilliseconds:F0} ms (tier timeout {timeout.TotalMilliseconds} ms)");
 
         Assert.NotNull(text);
-        Assert.Equal(0, cached);
+        Assert.True(cached <= 1, $"cached {cached}"); // a miss in the stalled tier (the BOS token may come from memory)
         Assert.True(allRunning, "a generation ended before the stall did: the window did not measure four running requests");
         Assert.True(waited >= timeout * 0.9, $"the lookup returned after {waited}: it did not wait for the stalled tier");
         Assert.True(connector.StalledCalls > 0);

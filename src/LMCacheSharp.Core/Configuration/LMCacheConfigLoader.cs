@@ -34,6 +34,8 @@ public static class LMCacheConfigLoader
         ["verify_memory_checksums"] = (o, v) => o.VerifyMemoryChecksums = ParseBool(v),
         ["pool_retained_size"] = (o, v) => o.PoolRetainedBytes = ByteSize.Parse(v),
         ["cache_policy"] = (o, v) => o.CachePolicy = v,
+        ["token_exact_reuse"] = (o, v) => o.TokenExactReuse = ParseBool(v),
+        ["save_decode_cache"] = (o, v) => o.SaveDecodeCache = ParseBool(v),
     };
 
     // LMCache keys for features of its vLLM integration that have no meaning here: accepted, ignored, reported.
@@ -45,7 +47,7 @@ public static class LMCacheConfigLoader
         "enable_nixl", "enable_pd", "pd_role", "pd_buffer_size", "pd_buffer_device", "pd_peer_host", "pd_peer_init_port",
         "pd_peer_alloc_port", "pd_proxy_host", "pd_proxy_port", "transfer_channel", "nixl_role", "nixl_receiver_host",
         "nixl_receiver_port", "nixl_buffer_size", "nixl_buffer_device", "nixl_enable_gc", "gds_path", "cufile_buffer_size",
-        "external_lookup_client", "save_decode_cache", "min_retrieve_tokens", "internal_api_server_enabled",
+        "external_lookup_client", "min_retrieve_tokens", "internal_api_server_enabled",
         "internal_api_server_port_start", "internal_api_server_include_index_list", "priority_limit", "numa_mode",
         "extra_config", "error_handling", "py_enable_gc", "cache_engine_type", "lmcache_instance_id",
         "local_device", "weka_path", "audit_actual_remove", "blocking_timeout_secs", "storage_plugins",

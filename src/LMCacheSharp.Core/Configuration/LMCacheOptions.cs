@@ -54,6 +54,20 @@ public sealed class LMCacheOptions
     /// <summary><c>pool_retained_size</c>: bytes of freed chunk buffers kept for reuse, as a size ("256MB"). Default 256 MiB; range 0..1 TiB.</summary>
     public long PoolRetainedBytes { get; set; } = 256L << 20;
 
+    /// <summary>
+    /// <c>token_exact_reuse</c>: reuse cached KV to the token, not only whole chunks: every stored chunk is indexed by its
+    /// parent with its token ids, the partial last chunk of each prompt (and of prompt + completion) is kept in the memory
+    /// tier, and a lookup continues past the last whole-chunk hit with the stored child that shares the most tokens.
+    /// Default true.
+    /// </summary>
+    public bool TokenExactReuse { get; set; } = true;
+
+    /// <summary>
+    /// <c>save_decode_cache</c> (LMCache's key): when a request ends, store the KV of its prompt and generated tokens, so
+    /// that the next turn of a chat restores the whole previous exchange. Default true.
+    /// </summary>
+    public bool SaveDecodeCache { get; set; } = true;
+
     /// <summary>Where each key was last set (file:line, environment variable or command line), for error messages.</summary>
     internal Dictionary<string, string> Sources { get; } = new(StringComparer.Ordinal);
 

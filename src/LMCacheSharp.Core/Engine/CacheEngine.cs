@@ -40,6 +40,8 @@ public sealed class CacheEngine : IAsyncDisposable
         options.Validate();
         ChunkSize = options.ChunkSize;
         SaveUnfullChunk = options.SaveUnfullChunk;
+        TokenExact = options.TokenExactReuse;
+        SaveDecodeCache = options.SaveDecodeCache;
         Namespace = defaultNamespace;
         Storage = storage;
         Pool = pool;
@@ -102,6 +104,15 @@ public sealed class CacheEngine : IAsyncDisposable
 
     /// <summary>Whether a trailing partial chunk is stored and looked up.</summary>
     public bool SaveUnfullChunk { get; }
+
+    /// <summary>Whether reuse goes to the token (<see cref="LMCacheOptions.TokenExactReuse"/>): see <see cref="Tails"/>.</summary>
+    public bool TokenExact { get; }
+
+    /// <summary>Whether engines store the KV of generated tokens when a request ends (<see cref="LMCacheOptions.SaveDecodeCache"/>).</summary>
+    public bool SaveDecodeCache { get; }
+
+    /// <summary>The parent -> children index of the chunks in the memory tier, for token-exact reuse.</summary>
+    public TailIndex Tails { get; } = new();
 
     /// <summary>The default namespace.</summary>
     public CacheNamespace Namespace { get; }
@@ -215,8 +226,64 @@ public sealed class CacheEngine : IAsyncDisposable
         }
 
         var hitTokens = Math.Min(pinned * ChunkSize, tokens.Length);
-        Metrics.Lookup(tokens.Length, hitTokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
-        return new CachedPrefix(ns, tokens.Length, keys, chunks, pinned, hitTokens);
+        var prefix = new CachedPrefix(ns, tokens, keys, chunks, pinned, hitTokens);
+        if (TokenExact)
+        {
+            for (var i = 0; i < pinned; i++)
+            {
+                // Chunks found in a lower tier become candidates of the tail lookup too, now that memory holds them.
+                var at = i * ChunkSize;
+                Tails.Add(i == 0 ? ns.Seed : keys[i - 1], keys[i], tokens.Span.Slice(at, Math.Min(ChunkSize, tokens.Length - at)));
+            }
+
+            FindTail(prefix);
+        }
+
+        Metrics.Lookup(tokens.Length, prefix.Tokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        return prefix;
+    }
+
+    /// <summary>
+    /// Pins the best stored child after the whole-chunk run of <paramref name="prefix"/>: memory only, tokens compared.
+    /// A child that is gone from memory is forgotten.
+    /// </summary>
+    private void FindTail(CachedPrefix prefix)
+    {
+        var run = prefix.ChunkCount;
+        var at = run * ChunkSize;
+        if (at >= prefix.PromptTokens || Storage.Memory is null)
+        {
+            return;
+        }
+
+        var parent = run == 0 ? prefix.Namespace.Seed : prefix.Keys[run - 1];
+        var next = prefix.LookedUp.Span[at..];
+        foreach (var match in Tails.Find(parent, next))
+        {
+            if (match.Common <= prefix.TailTokens)
+            {
+                return; // the tail pinned already is as good
+            }
+
+            var chunk = Storage.Memory.TryGet(match.Key);
+            if (chunk is null)
+            {
+                Tails.Remove(parent, match.Key);
+                continue;
+            }
+
+            if (chunk.TokenCount != match.ChunkTokens || chunk.Format != prefix.Namespace.Format ||
+                chunk.Length != prefix.Namespace.Format.PayloadLength(match.ChunkTokens))
+            {
+                chunk.Release();
+                Tails.Remove(parent, match.Key);
+                Metrics.CorruptChunk("memory");
+                continue;
+            }
+
+            prefix.SetTail(chunk, Math.Min(match.Common, prefix.PromptTokens - at));
+            return;
+        }
     }
 
     /// <summary>
@@ -226,9 +293,15 @@ public sealed class CacheEngine : IAsyncDisposable
     public int ExtendInMemory(CachedPrefix prefix)
     {
         ArgumentNullException.ThrowIfNull(prefix);
+        var run = prefix.ChunkCount;
         while (prefix.ChunkCount < prefix.Keys.Length && Storage.Memory?.TryGet(prefix.Keys[prefix.ChunkCount]) is { } more)
         {
             prefix.Append(more, Math.Min((prefix.ChunkCount + 1) * ChunkSize, prefix.PromptTokens));
+        }
+
+        if (TokenExact && (prefix.ChunkCount > run || prefix.Tail is null || prefix.TailTokens < prefix.PromptTokens - prefix.RunTokens))
+        {
+            FindTail(prefix); // a longer child may have been stored since the lookup (the previous turn's completion)
         }
 
         return prefix.Tokens;
@@ -236,7 +309,8 @@ public sealed class CacheEngine : IAsyncDisposable
 
     /// <summary>
     /// Writes the pinned chunks of <paramref name="prefix"/> into <paramref name="sink"/>, in order, and returns the tokens
-    /// restored. First the run is extended with the chunks the memory tier holds now (stored while the request waited);
+    /// restored. With a token-exact tail the sink receives the whole tail chunk but the count includes only its matching
+    /// tokens: the caller removes the positions from the returned count on. First the run is extended with the chunks the memory tier holds now (stored while the request waited);
     /// nothing else is looked at: no lower tier, never a wait. A chunk that fails its checks ends the run (it is dropped
     /// from memory now and from the lower tiers in the background), as does one the sink refuses.
     /// </summary>
@@ -266,6 +340,15 @@ public sealed class CacheEngine : IAsyncDisposable
             }
 
             restored += chunkTokens;
+        }
+
+        if (prefix.Tail is { } tail && restored == prefix.RunTokens && restored < prefix.PromptTokens)
+        {
+            // The whole child goes in; only its first TailTokens positions count (the caller removes the cells past them).
+            if (sink.TryWriteKv(restored, tail.TokenCount, tail.Span))
+            {
+                restored += prefix.TailTokens;
+            }
         }
 
         Metrics.Retrieve(prefix.PromptTokens, restored, Stopwatch.GetElapsedTime(start).TotalSeconds);
@@ -342,17 +425,32 @@ public sealed class CacheEngine : IAsyncDisposable
         cancellationToken.ThrowIfCancellationRequested();
         var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
-        var keys = RentKeys(tokens.Span, ns, out var count);
+        // Token-exact reuse also keeps the partial last chunk, in memory only (lower tiers do not index children yet).
+        var keys = RentKeys(tokens.Span, ns, out var count, includePartial: SaveUnfullChunk || TokenExact);
         var stored = 0;
+        List<ChunkHash>? dominated = TokenExact ? [] : null; // partial chunks a longer new one makes useless
         try
         {
             for (var i = 0; i < count; i++)
             {
                 var chunkStart = i * ChunkSize;
                 var chunkTokens = Math.Min(ChunkSize, tokens.Length - chunkStart);
+                var partial = chunkTokens < ChunkSize;
+                var parent = i == 0 ? ns.Seed : keys[i - 1];
                 if (chunkStart + chunkTokens <= skipTokens || Storage.ContainsInMemory(keys[i]))
                 {
+                    if (TokenExact && Storage.ContainsInMemory(keys[i]))
+                    {
+                        Tails.Add(parent, keys[i], tokens.Span.Slice(chunkStart, chunkTokens), dominated);
+                    }
+
                     continue;
+                }
+
+                if (partial && TokenExact && Tails.Find(parent, tokens.Span[chunkStart..], max: 1) is [{ } best] && best.Common == chunkTokens &&
+                    Storage.ContainsInMemory(best.Key))
+                {
+                    continue; // a stored child already starts with all of these tokens: it serves them
                 }
 
                 var length = ns.Format.PayloadLength(chunkTokens);
@@ -373,15 +471,26 @@ public sealed class CacheEngine : IAsyncDisposable
                     chunk.TokenCount = chunkTokens;
                     chunk.Format = ns.Format;
                     chunk.SealChecksum();
-                    if (Storage.Put(chunk))
+                    if (partial && !SaveUnfullChunk ? Storage.PutMemoryOnly(chunk) : Storage.Put(chunk))
                     {
                         stored += chunkTokens;
+                    }
+
+                    if (TokenExact && Storage.ContainsInMemory(keys[i]))
+                    {
+                        Tails.Add(parent, keys[i], tokens.Span.Slice(chunkStart, chunkTokens), dominated);
                     }
                 }
                 finally
                 {
                     chunk.Release();
                 }
+            }
+
+            // A shorter partial chunk that a new one extends serves nothing the new one does not: free it.
+            foreach (var key in dominated ?? [])
+            {
+                Storage.Memory?.Remove(key);
             }
         }
         finally
@@ -421,11 +530,12 @@ public sealed class CacheEngine : IAsyncDisposable
 
     private void DoNotDisposeMetrics() => MetricsOwned = false;
 
-    private ChunkHash[] RentKeys(ReadOnlySpan<int> tokens, CacheNamespace ns, out int count)
+    private ChunkHash[] RentKeys(ReadOnlySpan<int> tokens, CacheNamespace ns, out int count, bool? includePartial = null)
     {
-        var n = PrefixHasher.ChunkCount(tokens.Length, ChunkSize, SaveUnfullChunk);
+        var partial = includePartial ?? SaveUnfullChunk;
+        var n = PrefixHasher.ChunkCount(tokens.Length, ChunkSize, partial);
         var keys = ArrayPool<ChunkHash>.Shared.Rent(Math.Max(n, 1));
-        count = PrefixHasher.ComputeKeys(ns.Seed, tokens, ChunkSize, SaveUnfullChunk, keys);
+        count = PrefixHasher.ComputeKeys(ns.Seed, tokens, ChunkSize, partial, keys);
         return keys;
     }
 }

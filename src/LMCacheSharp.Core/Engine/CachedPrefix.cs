@@ -14,10 +14,11 @@ public sealed class CachedPrefix : IDisposable
     private KvChunk[] _chunks;
     private int _count;
 
-    internal CachedPrefix(CacheNamespace ns, int promptTokens, ChunkHash[] keys, KvChunk[] chunks, int count, int tokens)
+    internal CachedPrefix(CacheNamespace ns, ReadOnlyMemory<int> lookedUp, ChunkHash[] keys, KvChunk[] chunks, int count, int tokens)
     {
         Namespace = ns;
-        PromptTokens = promptTokens;
+        LookedUp = lookedUp;
+        PromptTokens = lookedUp.Length;
         Keys = keys;
         _chunks = chunks;
         _count = count;
@@ -25,7 +26,23 @@ public sealed class CachedPrefix : IDisposable
     }
 
     /// <summary>An empty prefix (nothing cached, nothing to look for).</summary>
-    public static CachedPrefix Empty(CacheNamespace ns) => new(ns, 0, [], [], 0, 0);
+    public static CachedPrefix Empty(CacheNamespace ns) => new(ns, ReadOnlyMemory<int>.Empty, [], [], 0, 0);
+
+    /// <summary>The tokens that were looked up.</summary>
+    internal ReadOnlyMemory<int> LookedUp { get; }
+
+    /// <summary>
+    /// A stored chunk that continues the whole-chunk run token-exactly (found through the <see cref="TailIndex"/>), or
+    /// null. Only its first <see cref="TailTokens"/> tokens are used: restore writes it whole and the engine's caller
+    /// removes the cells past them.
+    /// </summary>
+    internal KvChunk? Tail { get; private set; }
+
+    /// <summary>Tokens of <see cref="Tail"/> that match the request (0 without a tail).</summary>
+    public int TailTokens { get; private set; }
+
+    /// <summary>Leading tokens the whole chunks of the run cover.</summary>
+    public int RunTokens => Tokens - TailTokens;
 
     /// <summary>The keys of every chunk of the looked-up tokens (the pinned ones first).</summary>
     internal ChunkHash[] Keys { get; }
@@ -44,16 +61,27 @@ public sealed class CachedPrefix : IDisposable
 
     internal ReadOnlySpan<KvChunk> Chunks => _chunks.AsSpan(0, _count);
 
-    /// <summary>Pins one more chunk (the next key's), found in memory after the lookup.</summary>
-    internal void Append(KvChunk chunk, int tokens)
+    /// <summary>Pins one more chunk (the next key's), found in memory after the lookup. Drops the tail, which no longer fits.</summary>
+    internal void Append(KvChunk chunk, int runTokens)
     {
+        SetTail(null, 0);
         if (_count == _chunks.Length)
         {
             Array.Resize(ref _chunks, Math.Max(4, _chunks.Length * 2));
         }
 
         _chunks[_count++] = chunk;
-        Tokens = tokens;
+        Tokens = runTokens;
+    }
+
+    /// <summary>Pins <paramref name="tail"/> (the prefix takes over the caller's reference) for its first <paramref name="tokens"/> tokens; null drops it.</summary>
+    internal void SetTail(KvChunk? tail, int tokens)
+    {
+        Tail?.Release();
+        Tokens -= TailTokens;
+        Tail = tail;
+        TailTokens = tail is null ? 0 : tokens;
+        Tokens += TailTokens;
     }
 
     /// <summary>Releases the pinned chunks. Idempotent.</summary>
@@ -64,6 +92,7 @@ public sealed class CachedPrefix : IDisposable
             _chunks[i].Release();
         }
 
+        SetTail(null, 0);
         _count = 0;
         Tokens = 0;
         _chunks = [];

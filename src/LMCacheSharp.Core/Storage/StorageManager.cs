@@ -158,6 +158,13 @@ public sealed class StorageManager : IAsyncDisposable
         return stored;
     }
 
+    /// <summary>Stores a sealed chunk in the memory tier only (the lower tiers never see it). False without a memory tier or when it did not fit.</summary>
+    public bool PutMemoryOnly(KvChunk chunk)
+    {
+        ArgumentNullException.ThrowIfNull(chunk);
+        return _memory?.Put(chunk) ?? false;
+    }
+
     /// <summary>Whether the memory tier holds <paramref name="key"/>.</summary>
     public bool ContainsInMemory(ChunkHash key) => _memory?.Contains(key) ?? false;
 

@@ -26,12 +26,28 @@ public enum FinishReason
 /// <param name="SharedTokens">Of those, tokens shared with another sequence of the same context.</param>
 public readonly record struct GenerationUsage(int PromptTokens, int CompletionTokens, int CachedTokens, int CacheRestoredTokens, int SharedTokens);
 
+/// <summary>
+/// Where a request's time went, in llama-server's terms (its <c>timings</c> object) plus the cache's part.
+/// </summary>
+/// <param name="CacheN">Prompt tokens not prefilled (restored from the cache tiers or shared in the context).</param>
+/// <param name="PromptN">Prompt tokens prefilled.</param>
+/// <param name="QueueMs">From arrival to admission (lookup and waiting for a sequence).</param>
+/// <param name="RestoreMs">Writing the cached KV into the sequence.</param>
+/// <param name="PromptMs">From the end of the restore to the first token: the prefill of <paramref name="PromptN"/> tokens (in batches shared with other requests).</param>
+/// <param name="PredictedN">Tokens generated.</param>
+/// <param name="PredictedMs">From the first token to the end.</param>
+public readonly record struct GenerationTimings(int CacheN, int PromptN, double QueueMs, double RestoreMs, double PromptMs, int PredictedN, double PredictedMs);
+
 /// <summary>One event of a generation stream: a piece of text, or the end.</summary>
 /// <param name="Text">Text produced since the previous event (may be empty).</param>
 /// <param name="Finish">Set on the last event.</param>
 /// <param name="Usage">Set on the last event.</param>
 /// <param name="Error">Set when the request failed.</param>
-public readonly record struct GenerationEvent(string Text, FinishReason? Finish = null, GenerationUsage? Usage = null, string? Error = null);
+public readonly record struct GenerationEvent(string Text, FinishReason? Finish = null, GenerationUsage? Usage = null, string? Error = null)
+{
+    /// <summary>Set on the last event of a request that ran.</summary>
+    public GenerationTimings? Timings { get; init; }
+}
 
 /// <summary>A request as the scheduler sees it. Created by <see cref="InferenceService.SubmitAsync"/>.</summary>
 public sealed class GenerationJob

@@ -263,24 +263,38 @@ internal sealed class InferenceScheduler : IDisposable
             if (logitIndex >= 0)
             {
                 job.State = JobState.Decoding;
-                SampleAndEmit(slot, logitIndex); // may finish the request (max_tokens 1, end of generation): the KV stays in the sequence
-                if (job.Request.Parameters.SkipSave is false && _cache is not null)
+                SampleAndEmit(slot, logitIndex); // may finish the request (max_tokens 1, end of generation): Finish stores then
+                if (slot.Job == job)
                 {
                     // After the first token went out: storing never delays it.
-                    try
-                    {
-                        // Memory-tier work completes synchronously; lower tiers are written in the background.
-                        _cache.StoreAsync(slot.Sequence, job.Prompt, job.CacheRestored, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
-                    }
-                    catch (Exception e)
-                    {
-                        _logger.LogWarning(e, "storing KV failed; the request goes on");
-                    }
+                    Store(slot, job, job.Prompt);
                 }
             }
         }
 
         ClearIdleSlots();
+    }
+
+    /// <summary>
+    /// Stores the KV of <paramref name="tokens"/> (held by the slot's sequence at positions 0..): new whole chunks to every
+    /// tier, the partial last chunk to memory (token-exact reuse). Memory-tier work completes synchronously; lower tiers
+    /// are written in the background. A failure is logged and the request goes on.
+    /// </summary>
+    private void Store(Slot slot, RunningJob job, ReadOnlySpan<int> tokens)
+    {
+        if (job.Request.Parameters.SkipSave || _cache is null || tokens.Length < 2)
+        {
+            return;
+        }
+
+        try
+        {
+            _cache.StoreAsync(slot.Sequence, tokens.ToArray(), job.CacheRestored, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
+        }
+        catch (Exception e)
+        {
+            _logger.LogWarning(e, "storing KV failed; the request goes on");
+        }
     }
 
     private void ClearIdleSlots()
@@ -355,7 +369,23 @@ internal sealed class InferenceScheduler : IDisposable
         var job = slot.Job!;
         var tail = job.Stops.Flush();
         var usage = new GenerationUsage(job.Prompt.Length, job.Generated, job.CacheRestored + job.Shared, job.CacheRestored, job.Shared);
-        job.Request.Complete(new GenerationEvent(tail, reason, usage));
+        var now = Stopwatch.GetTimestamp();
+        var timings = new GenerationTimings(
+            CacheN: usage.CachedTokens,
+            PromptN: job.Prefilled,
+            QueueMs: Stopwatch.GetElapsedTime(job.Request.StartTimestamp, job.AdmittedTimestamp).TotalMilliseconds,
+            RestoreMs: job.RestoreMs,
+            PromptMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.PrefillStart, job.FirstTokenAt).TotalMilliseconds,
+            PredictedN: job.Generated,
+            PredictedMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt, now).TotalMilliseconds);
+        job.Request.Complete(new GenerationEvent(tail, reason, usage) { Timings = timings });
+        _metrics.Timings(timings);
+
+        // The completion's KV too (LMCache's save_decode_cache): the next chat turn restores the whole exchange.
+        if (_cache?.Engine.SaveDecodeCache == true)
+        {
+            Store(slot, job, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Materialized));
+        }
         _metrics.Finished(reason.ToString().ToLowerInvariant(), job.Prompt.Length, usage.CachedTokens, job.Generated,
             job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt).TotalSeconds);
         job.Dispose();
@@ -434,9 +464,10 @@ internal sealed class InferenceScheduler : IDisposable
             }
 
             ClearSlot(slot);
-            var job = new RunningJob(request, _weights, ++_clock, _endOfGeneration);
+            var job = new RunningJob(request, _weights, ++_clock, _endOfGeneration) { AdmittedTimestamp = Stopwatch.GetTimestamp() };
             slot.Job = job;
             Plan(slot);
+            job.PrefillStart = Stopwatch.GetTimestamp();
         }
     }
 
@@ -477,7 +508,9 @@ internal sealed class InferenceScheduler : IDisposable
             FreeResidentsExcept(slot, null);
             MakeRoom(prefix.Tokens);
             // The chunks were pinned in memory before the request was queued: this touches no tier and never waits on I/O.
+            var restoreStart = Stopwatch.GetTimestamp();
             cached = _cache.Restore(slot.Sequence, prefix);
+            job.RestoreMs = Stopwatch.GetElapsedTime(restoreStart).TotalMilliseconds;
 
             if (cached <= 0 || _context.NativeHandle.MemorySequenceMaxPosition(slot.Sequence) != cached - 1)
             {
@@ -680,6 +713,12 @@ internal sealed class InferenceScheduler : IDisposable
         public int Shared { get; set; }
 
         public long FirstTokenAt { get; set; }
+
+        public long AdmittedTimestamp { get; init; }
+
+        public long PrefillStart { get; set; }
+
+        public double RestoreMs { get; set; }
 
         public Slot? Donor { get; set; }
 

@@ -233,6 +233,7 @@ public static class OpenAiEndpoints
             ["model"] = model,
             ["choices"] = new JsonArray(choice),
             ["usage"] = Usage(last.Usage ?? default),
+            ["timings"] = Timings(last.Timings),
         }, http.RequestAborted).ConfigureAwait(false);
     }
 
@@ -308,7 +309,9 @@ public static class OpenAiEndpoints
                 await SendAsync(Chunk(e.Text, null)).ConfigureAwait(false);
             }
 
-            await SendAsync(Chunk("", FinishText(e.Finish))).ConfigureAwait(false);
+            var final = Chunk("", FinishText(e.Finish));
+            final["timings"] = Timings(e.Timings); // as llama-server: on the last chunk
+            await SendAsync(final).ConfigureAwait(false);
             if (includeUsage)
             {
                 await SendAsync(new JsonObject
@@ -334,6 +337,30 @@ public static class OpenAiEndpoints
         null => null,
         _ => "stop",
     };
+
+    /// <summary>llama-server's <c>timings</c> (cache_n, prompt_n, prompt_ms, predicted_n, predicted_ms, ...) plus restore_ms and queue_ms.</summary>
+    private static JsonObject? Timings(GenerationTimings? timings)
+    {
+        if (timings is not { } t)
+        {
+            return null;
+        }
+
+        return new JsonObject
+        {
+            ["cache_n"] = t.CacheN,
+            ["prompt_n"] = t.PromptN,
+            ["queue_ms"] = Math.Round(t.QueueMs, 3),
+            ["restore_ms"] = Math.Round(t.RestoreMs, 3),
+            ["prompt_ms"] = Math.Round(t.PromptMs, 3),
+            ["prompt_per_token_ms"] = t.PromptN > 0 ? Math.Round(t.PromptMs / t.PromptN, 3) : 0,
+            ["prompt_per_second"] = t.PromptMs > 0 ? Math.Round(t.PromptN * 1000 / t.PromptMs, 2) : 0,
+            ["predicted_n"] = t.PredictedN,
+            ["predicted_ms"] = Math.Round(t.PredictedMs, 3),
+            ["predicted_per_token_ms"] = t.PredictedN > 1 ? Math.Round(t.PredictedMs / (t.PredictedN - 1), 3) : 0,
+            ["predicted_per_second"] = t.PredictedMs > 0 && t.PredictedN > 1 ? Math.Round((t.PredictedN - 1) * 1000 / t.PredictedMs, 2) : 0,
+        };
+    }
 
     private static JsonObject Usage(GenerationUsage usage) => new()
     {
