@@ -30,7 +30,20 @@ internal static class BenchServingCommand
         var urls = new Option<string[]>("--url") { Description = "OpenAI endpoint(s) to measure instead of in-process servers (e.g. http://127.0.0.1:8000)." };
         var model = new Option<string?>("--model") { Description = "GGUF for the in-process servers. Default: the generated default model (random weights)." };
         var configs = new Option<string>("--configs") { Description = "In-process configurations: off (plain llama.cpp), context (in-context sharing only), tiers (cache tiers only), on (both).", DefaultValueFactory = _ => "off,on" };
-        var workload = new Option<string>("--workload") { Description = "leval, sharegpt or all.", DefaultValueFactory = _ => "all" };
+        var workload = new Option<string>("--workload")
+        {
+            Description = "Comma list of leval, sharegpt (real data), doc-qa, chat, clients (the llama-server peer workloads, synthetic documents); all = leval,sharegpt; peer = doc-qa,chat,clients.",
+            DefaultValueFactory = _ => "all",
+        };
+        var docWords = new Option<int>("--doc-words") { Description = "Words per synthetic document (doc-qa, chat, clients).", DefaultValueFactory = _ => 450 };
+        var rounds = new Option<int>("--rounds") { Description = "doc-qa: questions per document, asked round by round over all documents.", DefaultValueFactory = _ => 3 };
+        var conversations = new Option<int>("--conversations") { Description = "chat: conversations, interleaved turn by turn.", DefaultValueFactory = _ => 4 };
+        var turns = new Option<int>("--turns") { Description = "chat: turns per conversation.", DefaultValueFactory = _ => 5 };
+        var clients = new Option<int>("--clients") { Description = "clients: concurrent clients, two questions each on their own document.", DefaultValueFactory = _ => 8 };
+        var repeats = new Option<int>("--repeats") { Description = "clients: runs per configuration (rotating order).", DefaultValueFactory = _ => 2 };
+        var concurrent = new Option<int>("--max-concurrent") { Description = "In-process servers: requests decoded together.", DefaultValueFactory = _ => 4 };
+        var threads = new Option<int>("--threads") { Description = "In-process servers: llama.cpp threads.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var chunk = new Option<int>("--chunk-size") { Description = "In-process servers: chunk_size.", DefaultValueFactory = _ => 256 };
         var data = new Option<string?>("--data") { Description = "Folder with leval/ and sharegpt/ (default: ../shared/data from the current folder or its parents)." };
         var documents = new Option<int>("--documents") { Description = "L-Eval documents (the first question of each is cold).", DefaultValueFactory = _ => 4 };
         var questions = new Option<int>("--questions") { Description = "Questions per document.", DefaultValueFactory = _ => 4 };
@@ -41,30 +54,33 @@ internal static class BenchServingCommand
         var output = new Option<string>("--output", "-o") { Description = "Folder for results (JSON, CSV, PNG).", DefaultValueFactory = _ => "bench-results" };
         var command = new Command("serving", "TTFT on real workloads through the OpenAI API: cold vs warm, cache off vs on.")
         {
-            urls, model, configs, workload, data, documents, questions, requests, maxChars, maxTokens, ctx, output,
+            urls, model, configs, workload, data, documents, questions, requests, maxChars, maxTokens, ctx, output, docWords, rounds, conversations, turns,
+            clients, repeats, concurrent, threads, chunk,
         };
         command.SetAction(async (r, ct) =>
         {
             var dataDir = r.GetValue(data) ?? FindDataFolder();
-            var set = r.GetValue(workload)!.ToLowerInvariant();
-            if (set is not ("leval" or "sharegpt" or "all"))
+            var names = r.GetValue(workload)!.ToLowerInvariant().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .SelectMany(w => w switch { "all" => ["leval", "sharegpt"], "peer" => ["doc-qa", "chat", "clients"], _ => new[] { w } }).ToHashSet();
+            if (names.Count == 0 || names.Any(w => w is not ("leval" or "sharegpt" or "doc-qa" or "chat" or "clients")))
             {
-                await Console.Error.WriteLineAsync($"--workload must be leval, sharegpt or all, got '{set}'");
+                await Console.Error.WriteLineAsync($"--workload takes a comma list of leval, sharegpt, doc-qa, chat, clients, all, peer; got '{r.GetValue(workload)}'");
                 return 2;
             }
 
             var items = new List<WorkItem>();
-            if (set is "leval" or "all")
+            if (names.Contains("leval"))
             {
                 items.AddRange(LoadLeval(dataDir, r.GetValue(documents), r.GetValue(questions), r.GetValue(maxChars)));
             }
 
-            if (set is "sharegpt" or "all")
+            if (names.Contains("sharegpt"))
             {
                 items.AddRange(LoadShareGpt(dataDir, r.GetValue(requests), r.GetValue(maxChars)));
             }
 
-            if (items.Count == 0)
+            var peer = names.Intersect(["doc-qa", "chat", "clients"]).ToList();
+            if (items.Count == 0 && peer.Count == 0)
             {
                 await Console.Error.WriteLineAsync("no workload could be loaded (see the messages above)");
                 return 1;
@@ -95,12 +111,13 @@ internal static class BenchServingCommand
                         {
                             ModelPath = r.GetValue(model),
                             ContextSize = r.GetValue(ctx),
-                            MaxConcurrentRequests = 4,
+                            MaxConcurrentRequests = r.GetValue(concurrent),
+                            Threads = r.GetValue(threads),
                             EnableCache = config is "tiers" or "on",
                             EnableInContextSharing = config is "context" or "on",
+                            LogLevel = LogLevel.Warning,
                         };
-                        var app = ServingApp.Build(options, new LMCacheOptions { MaxLocalCpuSize = 4 }, ["http://127.0.0.1:0"], null,
-                            l => l.SetMinimumLevel(LogLevel.Warning));
+                        var app = ServingApp.Build(options, new LMCacheOptions { MaxLocalCpuSize = 4, ChunkSize = r.GetValue(chunk) }, ["http://127.0.0.1:0"]);
                         apps.Add(app);
                         await app.StartAsync(ct);
                         var url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -109,8 +126,18 @@ internal static class BenchServingCommand
                     }
                 }
 
-                var results = await RunAsync(targets, items, r.GetValue(maxTokens), ct);
-                Report(results, r.GetValue(output)!, targets.Select(t => t.Name).ToList());
+                var configNames = targets.Select(t => t.Name).ToList();
+                if (items.Count > 0)
+                {
+                    var results = await RunAsync(targets, items, r.GetValue(maxTokens), ct);
+                    Report(results, r.GetValue(output)!, configNames);
+                }
+
+                if (peer.Count > 0)
+                {
+                    await RunPeerAsync(targets, peer, r.GetValue(docWords), r.GetValue(documents), r.GetValue(rounds), r.GetValue(conversations),
+                        r.GetValue(turns), r.GetValue(clients), r.GetValue(repeats), r.GetValue(maxTokens), r.GetValue(output)!, ct);
+                }
             }
             finally
             {
@@ -127,6 +154,62 @@ internal static class BenchServingCommand
     }
 
     internal sealed record WorkItem(string Workload, string Group, bool Cold, string Prompt);
+
+    private static async Task RunPeerAsync(List<(string Name, string Url)> targets, List<string> workloads, int words, int documents, int rounds,
+        int conversations, int turns, int clients, int repeats, int maxTokens, string outputDir, CancellationToken ct)
+    {
+        var http = targets.Select(t => (t.Name, Http: new HttpClient { BaseAddress = new Uri(t.Url), Timeout = TimeSpan.FromMinutes(30) })).ToList();
+        try
+        {
+            foreach (var (_, client) in http)
+            {
+                using var warm = await client.PostAsync("/v1/completions", JsonContent.Create(new JsonObject { ["prompt"] = "warm up", ["max_tokens"] = 2 }), ct);
+                warm.EnsureSuccessStatusCode();
+            }
+
+            var results = new List<BenchPeerWorkloads.Result>();
+            var throughput = new List<BenchPeerWorkloads.Throughput>();
+            if (workloads.Contains("doc-qa"))
+            {
+                Console.WriteLine($"doc-qa: {documents} documents x {rounds} questions, {words} words each");
+                results.AddRange(await BenchPeerWorkloads.DocumentQaAsync(http, documents, words, rounds, maxTokens, ct));
+            }
+
+            if (workloads.Contains("chat"))
+            {
+                Console.WriteLine($"chat: {conversations} conversations x {turns} turns, interleaved");
+                results.AddRange(await BenchPeerWorkloads.ChatAsync(http, conversations, turns, words / 3, maxTokens, ct));
+            }
+
+            if (workloads.Contains("clients"))
+            {
+                Console.WriteLine($"clients: {clients} concurrent clients x 2 questions, {repeats} runs per configuration");
+                var (requests, runs) = await BenchPeerWorkloads.ConcurrentClientsAsync(http, clients, words / 2, maxTokens, repeats, ct);
+                results.AddRange(requests);
+                throughput.AddRange(runs);
+            }
+
+            var table = BenchPeerWorkloads.Table(results, throughput, [.. targets.Select(t => t.Name)]);
+            Console.WriteLine();
+            Console.Write(table);
+            Directory.CreateDirectory(outputDir);
+            File.WriteAllText(Path.Combine(outputDir, "peer-summary.md"), table);
+            File.WriteAllText(Path.Combine(outputDir, "peer.json"), JsonSerializer.Serialize(new { requests = results, throughput }, Indented));
+            var csv = new StringBuilder("config,workload,kind,round,ttft_ms,total_ms,prompt_tokens,cached_tokens,completion_tokens,restore_ms,prompt_ms\n");
+            foreach (var x in results)
+            {
+                csv.AppendLine(CultureInfo.InvariantCulture,
+                    $"{x.Config},{x.Workload},{(x.Cold ? "cold" : "warm")},{x.Round},{x.TtftMs:F2},{x.TotalMs:F2},{x.PromptTokens},{x.CachedTokens},{x.CompletionTokens},{x.RestoreMs:F2},{x.PromptMs:F2}");
+            }
+
+            File.WriteAllText(Path.Combine(outputDir, "peer.csv"), csv.ToString());
+            Console.WriteLine($"results: {outputDir}/peer.json, peer.csv, peer-summary.md");
+        }
+        finally
+        {
+            http.ForEach(c => c.Http.Dispose());
+        }
+    }
 
     internal sealed record RequestResult(string Config, string Workload, bool Cold, double TtftMs, double TotalMs, int PromptTokens, int CachedTokens,
         int CompletionTokens);
