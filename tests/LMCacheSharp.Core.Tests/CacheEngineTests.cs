@@ -397,4 +397,27 @@ public class CacheEnginePrefetchTests
 
         Assert.Equal(0, pool.RentedCount);
     }
+
+    [Fact]
+    public async Task Pinning_fetches_every_lower_tier_chunk_of_a_prompt_at_once()
+    {
+        var pool = new KvBufferPool();
+        var metrics = new Metrics.CacheMetrics();
+        var remote = new EnvelopeTier(pool);
+        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01, TokenExactReuse = false };
+        await using (var engine = new CacheEngine(options, TestData.Namespace(),
+            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        {
+            var tokens = TestData.Tokens(96, 24);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            await engine.Storage.Memory!.ClearAsync();
+            remote.Delay = TimeSpan.FromMilliseconds(50); // every remote call takes a while: they overlap or they add up
+            using var prefix = await engine.PinAsync(tokens);
+            Assert.Equal(96, prefix.Tokens);
+            Assert.Equal(6, remote.MaxConcurrentGets); // all six chunk reads in flight together (pipelined), not one by one
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
 }

@@ -117,9 +117,24 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
         return n;
     }
 
+    /// <summary>The most GETs that were in flight at once.</summary>
+    public int MaxConcurrentGets;
+
+    private int _getsInFlight;
+
     public async ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default)
     {
-        await Fault(cancellationToken);
+        var inFlight = Interlocked.Increment(ref _getsInFlight);
+        InterlockedMax(ref MaxConcurrentGets, inFlight);
+        try
+        {
+            await Fault(cancellationToken);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _getsInFlight);
+        }
+
         Interlocked.Increment(ref Gets);
         if (!Values.TryGetValue(key, out var bytes))
         {
@@ -158,6 +173,14 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
     public StorageTierStats GetStats() => new(Values.Count, Values.Values.Sum(v => (long)v.Length), -1);
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    private static void InterlockedMax(ref int target, int value)
+    {
+        int current;
+        while ((current = Volatile.Read(ref target)) < value && Interlocked.CompareExchange(ref target, value, current) != current)
+        {
+        }
+    }
 
     private async Task Fault(CancellationToken ct)
     {

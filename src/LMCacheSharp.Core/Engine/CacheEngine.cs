@@ -202,27 +202,45 @@ public sealed class CacheEngine : IAsyncDisposable
         var count = keys.Length;
         var chunks = count == 0 ? [] : new KvChunk[count];
         var pinned = 0;
+        // One lookup for the whole prompt (one round trip per tier stretch), then every present chunk fetched at once:
+        // lower tiers pipeline the reads (the lm:// pool and Redis multiplex them), so a prompt costs two round trips,
+        // not one per chunk. Memory hits complete synchronously.
+        var present = count == 0 ? 0 : await Storage.CountPrefixAsync(keys, cancellationToken).ConfigureAwait(false);
+        var fetches = new Task<KvChunk?>[present];
+        for (var i = 0; i < present; i++)
+        {
+            var get = Storage.GetAsync(keys[i], cancellationToken);
+            fetches[i] = get.IsCompletedSuccessfully ? Task.FromResult(get.Result) : get.AsTask();
+        }
+
         try
         {
-            for (; pinned < count; pinned++)
-            {
-                var chunk = await Storage.GetAsync(keys[pinned], cancellationToken).ConfigureAwait(false);
-                if (chunk is null)
-                {
-                    break;
-                }
-
-                chunks[pinned] = chunk;
-            }
+            await Task.WhenAll(fetches).ConfigureAwait(false);
         }
         catch
         {
-            for (var i = 0; i < pinned; i++)
+            foreach (var fetch in fetches)
             {
-                chunks[i].Release();
+                if (fetch.IsCompletedSuccessfully)
+                {
+                    fetch.Result?.Release();
+                }
             }
 
             throw;
+        }
+
+        for (var i = 0; i < present; i++)
+        {
+            var chunk = fetches[i].Result;
+            if (chunk is not null && pinned == i)
+            {
+                chunks[pinned++] = chunk; // the leading run
+            }
+            else
+            {
+                chunk?.Release(); // after a gap (evicted or failed since the lookup): of no use
+            }
         }
 
         var hitTokens = Math.Min(pinned * ChunkSize, tokens.Length);
