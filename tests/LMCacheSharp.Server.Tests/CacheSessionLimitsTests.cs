@@ -40,6 +40,28 @@ public class CacheSessionLimitsTests
     }
 
     [Fact]
+    public async Task A_connection_idle_between_frames_is_never_closed()
+    {
+        var time = new TimerSignallingTimeProvider();
+        var options = new CacheServerOptions { Limits = Limits, FrameTimeout = TimeSpan.FromSeconds(1), MinDataRateGracePeriod = TimeSpan.Zero };
+        await using var s = new SessionHarness(options, time: time);
+        await s.SendAsync(w => FrameWriter.WriteEmpty(w, Opcode.Ping, StatusCode.Ok, 1));
+        await s.ExpectAsync(1, StatusCode.Ok);
+        time.Advance(TimeSpan.FromHours(1)); // 3600 frame timeouts, between frames
+        await s.SendAsync(w => FrameWriter.WriteEmpty(w, Opcode.Ping, StatusCode.Ok, 2));
+        await s.ExpectAsync(2, StatusCode.Ok);
+
+        // Neither limit applied between frames (the minimum rate has no grace here); both run on this clock inside one.
+        var armed = time.NextArmedAsync();
+        await s.SendAsync(w => FrameWriter.WritePutHead(w, 3, "k"u8, 1000));
+        await armed.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        time.Advance(options.FrameTimeout);
+        var reply = await s.ReceiveAsync();
+        Assert.Equal(StatusCode.ProtocolViolation, reply!.Value.Header.Status); // "too slow" (no grace) or "frame timeout"
+        Assert.Null(await s.ReceiveAsync());
+    }
+
+    [Fact]
     public async Task A_fast_client_is_not_held_to_the_rate_during_the_grace_period()
     {
         var time = new TimerSignallingTimeProvider();
