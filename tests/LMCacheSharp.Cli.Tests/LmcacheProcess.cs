@@ -21,7 +21,12 @@ internal static class LmcacheProcess
         return File.Exists(path) ? path : throw new FileNotFoundException("build src/LMCacheSharp.Cli first", path);
     });
 
-    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(TimeSpan timeout, params string[] args)
+    public static Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(TimeSpan timeout, params string[] args) =>
+        RunAsync(timeout, new Dictionary<string, string>(), args);
+
+    /// <summary>Runs lmcache with <paramref name="environment"/> added to (or replacing entries of) this process's environment.</summary>
+    public static async Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(TimeSpan timeout, IReadOnlyDictionary<string, string> environment,
+        params string[] args)
     {
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         info.ArgumentList.Add(Dll.Value);
@@ -31,6 +36,11 @@ internal static class LmcacheProcess
         }
 
         info.Environment["LMCACHE_HOME"] = Path.Combine(Path.GetTempPath(), "lmcache-cli-tests-" + Environment.ProcessId);
+        foreach (var (name, value) in environment)
+        {
+            info.Environment[name] = value;
+        }
+
         using var process = Process.Start(info)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();

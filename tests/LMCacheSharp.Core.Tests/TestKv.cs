@@ -94,6 +94,9 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
 
     public TimeSpan Delay { get; set; }
 
+    /// <summary>When set, PutAsync waits for it (a slow lower-tier write).</summary>
+    public ManualResetEventSlim? PutGate { get; set; }
+
     /// <summary>When set, RemoveAsync waits for it (a slow lower-tier delete).</summary>
     public SemaphoreSlim? RemoveGate { get; set; }
 
@@ -147,6 +150,11 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
     public async ValueTask<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken = default)
     {
         await Fault(cancellationToken);
+        if (PutGate is { } gate)
+        {
+            await Task.Run(() => gate.Wait(cancellationToken), cancellationToken);
+        }
+
         Interlocked.Increment(ref Puts);
         var buffer = new byte[ChunkEnvelope.MaxSerializedLength(chunk, Codecs.RawCodec.Instance)];
         var n = ChunkEnvelope.Serialize(chunk, Codecs.RawCodec.Instance, buffer);

@@ -7,6 +7,7 @@ using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
 using LMCacheSharp.Core.Storage;
 using LMCacheSharp.Server;
+using Microsoft.Extensions.Time.Testing;
 
 namespace LMCacheSharp.Remote.Tests;
 
@@ -104,13 +105,14 @@ public class LmRemoteTierTests
         var port = server.EndPoint.Port;
         var pool = new KvBufferPool();
         using var metrics = new CacheMetrics();
-        var tier = (RemoteStorageTier)RemoteTierFactory.Create(server.Url, Options(server.Url, timeoutMs: 500), pool, metrics);
+        var time = new FakeTimeProvider();
+        var (tier, connector) = TierOnAFakeClock(server.Url, 500, pool, metrics, time);
         var chunk = TestChunks.Make(pool, TestChunks.Key(7), 16, 7);
         Assert.True(await tier.PutAsync(chunk));
         Assert.Equal(1, await tier.CountPrefixAsync(new[] { chunk.Key }));
 
         await server.DisposeAsync(); // killed mid-run
-        var started = DateTime.UtcNow;
+        var before = connector.Calls;
         for (var i = 0; i < 10; i++)
         {
             Assert.Equal(0, await tier.CountPrefixAsync(new[] { chunk.Key }));
@@ -118,22 +120,15 @@ public class LmRemoteTierTests
         }
 
         Assert.False(await tier.PutAsync(chunk));
-        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(5), "a dead server must not stall callers");
+        // A dead server does not stall callers: three failed calls open the circuit, the other 18 never reach the network.
+        Assert.Equal(3, connector.Calls - before);
         Assert.Equal(CircuitState.Open, tier.Breaker.State);
         Assert.True(metrics.Snapshot().TierErrors >= 3);
 
         await using var restarted = await StartServerAsync(port, store);
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
-        KvChunk? hit = null;
-        while (hit is null && DateTime.UtcNow < deadline)
-        {
-            hit = await tier.GetAsync(chunk.Key);
-            if (hit is null)
-            {
-                await Task.Delay(100, TestContext.Current.CancellationToken);
-            }
-        }
-
+        Assert.Null(await tier.GetAsync(chunk.Key)); // still open: no probe before the open period has passed
+        time.Advance(tier.Breaker.MinOpenTime);
+        var hit = await tier.GetAsync(chunk.Key); // the probe resets the pool and reaches the restarted server
         Assert.NotNull(hit);
         Assert.True(hit.Span.SequenceEqual(chunk.Span));
         Assert.Equal(CircuitState.Closed, tier.Breaker.State);
@@ -166,17 +161,61 @@ public class LmRemoteTierTests
         var url = $"lm://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}";
         var pool = new KvBufferPool();
         using var metrics = new CacheMetrics();
-        await using var tier = (RemoteStorageTier)RemoteTierFactory.Create(url, Options(url, timeoutMs: 200), pool, metrics);
-        var started = DateTime.UtcNow;
-        Assert.Equal(0, await tier.CountPrefixAsync(new[] { TestChunks.Key(1) }));
-        Assert.Null(await tier.GetAsync(TestChunks.Key(1)));
-        Assert.Null(await tier.GetAsync(TestChunks.Key(2)));
-        Assert.Null(await tier.GetAsync(TestChunks.Key(3))); // the breaker is open now: immediate
-        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(2), $"took {DateTime.UtcNow - started}");
-        Assert.Equal(CircuitState.Open, tier.Breaker.State);
-        Assert.Equal(3, metrics.Snapshot().TierErrors);
+        var (tier, connector) = TierOnAFakeClock(url, 200, pool, metrics, new FakeTimeProvider());
+        await using (tier)
+        {
+            Assert.Equal(0, await tier.CountPrefixAsync(new[] { TestChunks.Key(1) }));
+            Assert.Null(await tier.GetAsync(TestChunks.Key(1)));
+            Assert.Null(await tier.GetAsync(TestChunks.Key(2)));
+            Assert.Equal(3, connector.Calls); // each ended by the 200 ms timeout, not by an answer
+            Assert.Equal(CircuitState.Open, tier.Breaker.State);
+            Assert.Null(await tier.GetAsync(TestChunks.Key(3))); // the breaker is open now: immediate, no call
+            Assert.Equal(3, connector.Calls);
+            Assert.Equal(3, metrics.Snapshot().TierErrors);
+        }
+
         listener.Stop();
         accepted.ForEach(s => s.Dispose());
+    }
+
+    /// <summary>The lm:// tier the factory builds, with its connector counted and its breaker on <paramref name="time"/>.</summary>
+    private static (RemoteStorageTier Tier, CountingConnector Connector) TierOnAFakeClock(string url, int timeoutMs, KvBufferPool pool,
+        CacheMetrics metrics, TimeProvider time)
+    {
+        var built = (RemoteStorageTier)RemoteTierFactory.Create(url, Options(url, timeoutMs), pool, metrics);
+        var connector = new CountingConnector(built.Connector);
+        var tier = new RemoteStorageTier(connector, built.Timeout, metrics,
+            new CircuitBreaker(minOpenTime: built.Breaker.MinOpenTime, maxOpenTime: built.Breaker.MaxOpenTime, probeTimeout: built.Breaker.ProbeTimeout, timeProvider: time));
+        return (tier, connector);
+    }
+
+    private sealed class CountingConnector(IRemoteConnector inner) : IRemoteConnector
+    {
+        private int _calls;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public string Name => inner.Name;
+
+        public Task<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken) => Count(inner.CountPrefixAsync(keys, cancellationToken));
+
+        public Task<RemoteRead> GetAsync(ChunkHash key, CancellationToken cancellationToken) => Count(inner.GetAsync(key, cancellationToken));
+
+        public Task<bool> PutAsync(KvChunk chunk, CancellationToken cancellationToken) => Count(inner.PutAsync(chunk, cancellationToken));
+
+        public Task<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken) => Count(inner.RemoveAsync(key, cancellationToken));
+
+        public Task ClearAsync(CancellationToken cancellationToken) => Count(inner.ClearAsync(cancellationToken));
+
+        public void ResetConnections() => inner.ResetConnections();
+
+        public ValueTask DisposeAsync() => inner.DisposeAsync();
+
+        private T Count<T>(T task)
+        {
+            Interlocked.Increment(ref _calls);
+            return task;
+        }
     }
 
     [Fact]

@@ -40,6 +40,35 @@ public class CacheSessionLimitsTests
     }
 
     [Fact]
+    public async Task A_connection_idle_between_frames_is_never_closed()
+    {
+        var time = new TimerSignallingTimeProvider();
+        var options = new CacheServerOptions { Limits = Limits, FrameTimeout = TimeSpan.FromSeconds(1), MinDataRateGracePeriod = TimeSpan.Zero };
+        await using var s = new SessionHarness(options, time: time);
+        await s.SendAsync(w => FrameWriter.WriteEmpty(w, Opcode.Ping, StatusCode.Ok, 1));
+        await s.ExpectAsync(1, StatusCode.Ok);
+        time.Advance(TimeSpan.FromHours(1)); // 3600 frame timeouts, between frames
+        await s.SendAsync(w => FrameWriter.WriteEmpty(w, Opcode.Ping, StatusCode.Ok, 2));
+        await s.ExpectAsync(2, StatusCode.Ok);
+
+        // Neither limit applied between frames (the minimum rate has no grace here); both run on this clock inside one.
+        var closing = s.ReceiveAsync();
+        await s.SendAsync(w => FrameWriter.WritePutHead(w, 3, "k"u8, 1000));
+        while (!closing.IsCompleted)
+        {
+            // Each read inside the frame may arm the timer anew: advance until one fires (an arming after this turn's
+            // advance wakes the next turn).
+            var armed = time.NextArmedAsync();
+            time.Advance(options.FrameTimeout);
+            await Task.WhenAny(armed, closing).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        }
+
+        var reply = await closing;
+        Assert.Equal(StatusCode.ProtocolViolation, reply!.Value.Header.Status); // "too slow" (no grace) or "frame timeout"
+        Assert.Null(await s.ReceiveAsync());
+    }
+
+    [Fact]
     public async Task A_fast_client_is_not_held_to_the_rate_during_the_grace_period()
     {
         var time = new TimerSignallingTimeProvider();
@@ -82,16 +111,31 @@ public class CacheSessionLimitsTests
         var value = new byte[6 << 20];
         new Random(1).NextBytes(value);
 
-        var armedA = timeA.NextArmedAsync();
         await a.SendAsync(w => FrameWriter.WritePutHead(w, 1, "a"u8, value.Length)); // header only: 6 MiB reserved, body pending
-        await armedA.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
-        Assert.Equal(6 << 20, budget.UsedBytes);
+        // Reads of the key may arm the frame timer before the reservation; the read of the value always arms it after.
+        while (true)
+        {
+            var armed = timeA.NextArmedAsync();
+            if (budget.UsedBytes == 6 << 20)
+            {
+                break;
+            }
 
-        var armedB = timeB.NextArmedAsync();
+            await armed.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        }
+
+        var busy = b.ExpectAsync(1, StatusCode.Busy);
         await b.SendAsync(w => FrameWriter.WritePutHead(w, 1, "b"u8, value.Length)); // 12 MiB would be over 8 MiB: waits
-        await armedB.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
-        timeB.Advance(TimeSpan.FromMilliseconds(100));
-        Assert.Contains("busy", ResponseBody.ParseMessage((await b.ExpectAsync(1, StatusCode.Busy)).Body), StringComparison.Ordinal);
+        // The wait's timer is armed after any frame timer of the key's reads: advance until it has fired. Each turn takes the
+        // next arming first, so one armed after this turn's advance wakes the next turn.
+        while (!busy.IsCompleted)
+        {
+            var armed = timeB.NextArmedAsync();
+            timeB.Advance(TimeSpan.FromMilliseconds(100));
+            await Task.WhenAny(armed, busy).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        }
+
+        Assert.Contains("busy", ResponseBody.ParseMessage((await busy).Body), StringComparison.Ordinal);
         Assert.Equal(0, b.Store.Pool.RentedCount); // no buffer for the refused value
 
         await b.SendRawAsync(value); // the refused body streams through

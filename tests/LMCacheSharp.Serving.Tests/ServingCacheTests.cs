@@ -42,11 +42,11 @@ public sealed class ServingCacheTests
     {
         await using var server = await TestServer.StartAsync(o => o.EnableCache = false);
         await server.CompleteAsync(Prompts.Long("first topic"));
-        Assert.Equal(1, await ResidentsAfterTheStepAsync(server)); // kept for whoever comes next
-
-        var (_, shared, _) = await server.CompleteAsync(Prompts.Long("other subject"));
+        var ((_, shared, _), residents) = await ResidentsWhenTheNextRequestArrivesAsync(server, () => server.CompleteAsync(Prompts.Long("other subject")));
+        Assert.Equal(1, residents); // kept for whoever comes next
         Assert.Equal(0, shared); // nothing in common: the first sequence was freed rather than kept beside it
-        Assert.Equal(1, await ResidentsAfterTheStepAsync(server));
+        var (_, after) = await ResidentsWhenTheNextRequestArrivesAsync(server, () => server.CompleteAsync("probe", 1));
+        Assert.Equal(1, after);
     }
 
     [Fact]
@@ -153,19 +153,23 @@ public sealed class ServingCacheTests
         }
 
         // With one sequence, this only completes once the abandoned request was dropped.
-        var done = server.CompleteAsync("next please", 3);
-        Assert.Same(done, await Task.WhenAny(done, Task.Delay(TimeSpan.FromSeconds(60))));
+        await server.CompleteAsync("next please", 3).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
     }
 
-    // The scheduler publishes the count after the step that answered; give it a moment to get there.
-    private static async Task<int> ResidentsAfterTheStepAsync(TestServer server)
+    // The scheduler publishes the count after the step that answered a request, so a response can arrive before it. The
+    // next request's step starts only after that: read the count there, on the inference thread, before the step runs.
+    private static async Task<(T Result, int Residents)> ResidentsWhenTheNextRequestArrivesAsync<T>(TestServer server, Func<Task<T>> next)
     {
-        for (var i = 0; i < 50 && server.Service.ResidentSequences == 0; i++)
+        var residents = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        server.Service.BeforeSchedulerStep = () => residents.TrySetResult(server.Service.ResidentSequences);
+        try
         {
-            await Task.Delay(20);
+            var result = await next();
+            return (result, await residents.Task);
         }
-
-        await Task.Delay(50);
-        return server.Service.ResidentSequences;
+        finally
+        {
+            server.Service.BeforeSchedulerStep = null;
+        }
     }
 }

@@ -48,6 +48,7 @@ public sealed class DiskTier : IStorageTier
     private readonly Lock _lock = new();
     private readonly Dictionary<ChunkHash, Entry> _entries = [];
     private readonly HashSet<ChunkHash> _writing = [];
+    private readonly HashSet<ChunkHash> _deleting = []; // forgotten by the index, file not yet unlinked: writes refused
     private readonly KvBufferPool _pool;
     private readonly CacheMetrics? _metrics;
     private readonly IKvCodec _codec;
@@ -227,7 +228,8 @@ public sealed class DiskTier : IStorageTier
     /// <summary>
     /// Synchronous <see cref="PutAsync"/>: encodes and writes <paramref name="chunk"/> (temporary file, then rename), evicting
     /// least recently used chunks to make room. False when the chunk is larger than the capacity, the codec cannot encode
-    /// it (a lossy codec on already-quantized KV) or the write failed (counted in <c>lmcache.num_tier_errors</c>).
+    /// it (a lossy codec on already-quantized KV), the key's file is being deleted at that moment, or the write failed
+    /// (counted in <c>lmcache.num_tier_errors</c>). File deletes and renames run outside the tier's lock.
     /// </summary>
     public bool Put(KvChunk chunk)
     {
@@ -455,22 +457,28 @@ public sealed class DiskTier : IStorageTier
                 return false;
             }
 
-            DropLocked(entry);
-            return true;
+            ForgetLocked(entry);
         }
+
+        Unlink(key);
+        return true;
     }
 
     /// <summary>Synchronous <see cref="ClearAsync"/>: deletes every chunk file the tier holds.</summary>
     public void Clear()
     {
+        var keys = new List<ChunkHash>();
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            while (_lru.Tail is not null)
+            while (_lru.Tail is { } tail)
             {
-                DropLocked(_lru.Tail);
+                keys.Add(tail.Key);
+                ForgetLocked(tail);
             }
         }
+
+        Unlink(keys);
     }
 
     /// <summary>Keys from most to least recently used (diagnostics and tests).</summary>
@@ -579,6 +587,16 @@ public sealed class DiskTier : IStorageTier
         _lockFile.Dispose();
         return ValueTask.CompletedTask;
     }
+
+    /// <summary>File changes <see cref="FileSystemHook"/> sees.</summary>
+    internal enum FileSystemChange
+    {
+        Delete,
+        Rename,
+    }
+
+    /// <summary>Tests: called just before a chunk file is deleted or a temp file renamed into place (never under the lock).</summary>
+    internal Action<FileSystemChange, ChunkHash>? FileSystemHook { get; set; }
 
     private static long BlockRound(long length) => (length + HeaderBlockSize - 1) / HeaderBlockSize * HeaderBlockSize;
 
@@ -721,7 +739,7 @@ public sealed class DiskTier : IStorageTier
             return false;
         }
 
-        var evicted = 0;
+        List<ChunkHash>? evicted = null;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -735,7 +753,13 @@ public sealed class DiskTier : IStorageTier
                     return false;
                 }
 
-                DropLocked(existing); // replaced: the new file is renamed over the old name
+                // Replaced: the new file is renamed over the old one (AbortWrite deletes the old one if the write fails).
+                UnindexLocked(existing);
+            }
+
+            if (_deleting.Contains(key))
+            {
+                return false; // its file is being unlinked: a file renamed in now could be the one unlinked
             }
 
             if (!_writing.Add(key))
@@ -744,42 +768,43 @@ public sealed class DiskTier : IStorageTier
                 return false;
             }
 
-            while (_usedBytes + reserved > CapacityBytes && _lru.Tail is not null)
+            while (_usedBytes + reserved > CapacityBytes && _lru.Tail is { } victim)
             {
-                DropLocked(_lru.Tail);
-                evicted++;
+                (evicted ??= []).Add(victim.Key);
+                ForgetLocked(victim);
             }
 
             _usedBytes += reserved;
         }
 
-        if (evicted > 0)
+        if (evicted is not null)
         {
-            _metrics?.Evicted(Name, evicted);
+            Unlink(evicted);
+            _metrics?.Evicted(Name, evicted.Count);
         }
 
         return true;
     }
 
+    // The rename runs outside the lock: the key is in _writing, so no other write, delete or index entry touches its path.
     private bool CommitWrite(ChunkHash key, string temp, string path, Entry entry, long reserved)
     {
-        var sync = false;
+        FileSystemHook?.Invoke(FileSystemChange.Rename, key);
+        File.Move(temp, path, overwrite: true);
         lock (_lock)
         {
             if (_disposed)
             {
-                return false;
+                return true; // the file is in place for the next process
             }
 
-            File.Move(temp, path, overwrite: true);
             _writing.Remove(key);
             _usedBytes += entry.BlockBytes - reserved;
             _entries[key] = entry;
             _lru.LinkAtHead(entry);
-            sync = _fsync;
         }
 
-        if (sync)
+        if (_fsync)
         {
             DiskFile.SyncDirectory(Path.GetDirectoryName(path)!);
         }
@@ -787,23 +812,22 @@ public sealed class DiskTier : IStorageTier
         return true;
     }
 
+    // Still holding the key in _writing: deletes the temp file and whatever file is under the key's name (a replaced
+    // file that is no longer indexed, which must not come back at the next start), then releases the reservation.
     private void AbortWrite(ChunkHash key, long reserved, string temp)
     {
+        if (temp.Length > 0)
+        {
+            TryDelete(temp);
+        }
+
+        FileSystemHook?.Invoke(FileSystemChange.Delete, key);
+        TryDelete(PathOf(key));
+
         lock (_lock)
         {
             _writing.Remove(key);
             _usedBytes -= reserved;
-        }
-
-        if (temp.Length > 0)
-        {
-            try
-            {
-                File.Delete(temp);
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-            }
         }
     }
 
@@ -812,22 +836,64 @@ public sealed class DiskTier : IStorageTier
     {
         lock (_lock)
         {
-            if (!_disposed && _entries.TryGetValue(key, out var current) && ReferenceEquals(current, entry))
+            if (_disposed || !_entries.TryGetValue(key, out var current) || !ReferenceEquals(current, entry))
             {
-                DropLocked(entry);
+                return;
             }
+
+            ForgetLocked(entry);
         }
+
+        Unlink(key);
     }
 
-    // Under the lock, so that a rename of a fresh file for the same key cannot slip between unlinking and forgetting.
-    private void DropLocked(Entry entry)
+    private void UnindexLocked(Entry entry)
     {
         _entries.Remove(entry.Key);
         _lru.Unlink(entry);
         _usedBytes -= entry.BlockBytes;
+    }
+
+    // Under the lock: forgets the entry and marks its key as being deleted until Unlink has removed the file, so that a
+    // write of the same key cannot rename a fresh file in between and have it unlinked. Unlink runs outside the lock.
+    // Meanwhile the directory may hold the file on top of the bytes the index counts.
+    private void ForgetLocked(Entry entry)
+    {
+        UnindexLocked(entry);
+        _deleting.Add(entry.Key);
+    }
+
+    private void Unlink(ChunkHash key)
+    {
+        UnlinkFile(key);
+        lock (_lock)
+        {
+            _deleting.Remove(key);
+        }
+    }
+
+    private void Unlink(List<ChunkHash> keys)
+    {
+        foreach (var key in keys)
+        {
+            UnlinkFile(key);
+        }
+
+        lock (_lock)
+        {
+            foreach (var key in keys)
+            {
+                _deleting.Remove(key);
+            }
+        }
+    }
+
+    private void UnlinkFile(ChunkHash key)
+    {
         try
         {
-            File.Delete(PathOf(entry.Key));
+            FileSystemHook?.Invoke(FileSystemChange.Delete, key);
+            File.Delete(PathOf(key));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -893,7 +959,7 @@ public sealed class DiskTier : IStorageTier
 
         // Oldest first, so the most recently written or hit file ends at the head.
         found.Sort((a, b) => a.Time.CompareTo(b.Time));
-        var evicted = 0;
+        var evicted = new List<ChunkHash>();
         lock (_lock)
         {
             foreach (var (entry, _) in found)
@@ -903,19 +969,20 @@ public sealed class DiskTier : IStorageTier
                 _usedBytes += entry.BlockBytes;
             }
 
-            while (_usedBytes > CapacityBytes && _lru.Tail is not null)
+            while (_usedBytes > CapacityBytes && _lru.Tail is { } victim)
             {
-                DropLocked(_lru.Tail);
-                evicted++;
+                evicted.Add(victim.Key);
+                ForgetLocked(victim);
             }
         }
 
-        if (evicted > 0)
+        Unlink(evicted);
+        if (evicted.Count > 0)
         {
-            _metrics?.Evicted(Name, evicted);
+            _metrics?.Evicted(Name, evicted.Count);
         }
 
-        return new DiskTierScan(found.Count - evicted, discarded, temps, evicted, Stopwatch.GetElapsedTime(start));
+        return new DiskTierScan(found.Count - evicted.Count, discarded, temps, evicted.Count, Stopwatch.GetElapsedTime(start));
     }
 
     private static bool TryParseKey(ReadOnlySpan<char> hex, out ChunkHash key)

@@ -19,6 +19,8 @@ public sealed class StorageManager : IAsyncDisposable
     private readonly CacheMetrics? _metrics;
     private readonly Channel<WriteOp>? _queue;
     private readonly Task? _writer;
+    private readonly CancellationTokenSource _stopWriter = new();
+    private readonly TimeProvider _time;
     private long _pendingWrites;
     private int _disposed;
 
@@ -26,7 +28,8 @@ public sealed class StorageManager : IAsyncDisposable
     /// <param name="tiers">The tiers; the manager owns them and disposes them.</param>
     /// <param name="metrics">Where drops and tier errors are counted, or null.</param>
     /// <param name="writeQueueChunks">Chunks the background writer may hold (default 256, range 1..1,000,000).</param>
-    public StorageManager(IEnumerable<IStorageTier> tiers, CacheMetrics? metrics = null, int writeQueueChunks = 256)
+    /// <param name="timeProvider">The clock of <see cref="DisposeAsync"/>'s wait for the writer (default: the system's).</param>
+    public StorageManager(IEnumerable<IStorageTier> tiers, CacheMetrics? metrics = null, int writeQueueChunks = 256, TimeProvider? timeProvider = null)
     {
         ArgumentNullException.ThrowIfNull(tiers);
         ArgumentOutOfRangeException.ThrowIfLessThan(writeQueueChunks, 1);
@@ -38,6 +41,7 @@ public sealed class StorageManager : IAsyncDisposable
         }
 
         _metrics = metrics;
+        _time = timeProvider ?? TimeProvider.System;
         _memory = _tiers.OfType<MemoryTier>().FirstOrDefault();
         _writeBehind = [.. _tiers.Where(t => t.Kind != StorageTierKind.Memory)];
         if (_writeBehind.Length > 0)
@@ -168,13 +172,34 @@ public sealed class StorageManager : IAsyncDisposable
     /// <summary>Whether the memory tier holds <paramref name="key"/>.</summary>
     public bool ContainsInMemory(ChunkHash key) => _memory?.Contains(key) ?? false;
 
-    /// <summary>Waits until every queued background write has been done (or <paramref name="cancellationToken"/> fires).</summary>
+    /// <summary>How long <see cref="DisposeAsync"/> lets the writer finish queued writes before it cancels them.</summary>
+    public static TimeSpan DisposeWriteTimeout { get; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Completes once every background write and delete queued before this call has been done (writes queued after it are
+    /// not waited for), or dropped by <see cref="DisposeAsync"/>. A marker goes through the queue behind them; when the
+    /// queue is full the marker waits for room.
+    /// </summary>
     public async Task FlushAsync(CancellationToken cancellationToken = default)
     {
-        while (Interlocked.Read(ref _pendingWrites) > 0)
+        if (_queue is null)
         {
-            await Task.Delay(1, cancellationToken).ConfigureAwait(false);
+            return;
         }
+
+        var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            await _queue.Writer.WriteAsync(new WriteOp(null, default, flushed), cancellationToken).ConfigureAwait(false);
+        }
+        catch (ChannelClosedException)
+        {
+            // Disposing: nothing more is accepted; what was queued is written or dropped by the time the writer stops.
+            await _writer!.WaitAsync(cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        await flushed.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -214,7 +239,10 @@ public sealed class StorageManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Finishes queued writes (up to 10 s), then disposes every tier.</summary>
+    /// <summary>
+    /// Finishes queued writes (up to <see cref="DisposeWriteTimeout"/>), then cancels the writer and waits for it to stop, drops
+    /// what is left in the queue and disposes every tier. No tier is disposed while the writer is inside it.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -225,13 +253,31 @@ public sealed class StorageManager : IAsyncDisposable
         if (_queue is not null)
         {
             _queue.Writer.TryComplete();
-            await _writer!.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            try
+            {
+                await _writer!.WaitAsync(DisposeWriteTimeout, _time).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                await _stopWriter.CancelAsync().ConfigureAwait(false);
+                await _writer!.ConfigureAwait(false); // the writer catches its own cancellation; it never throws
+            }
+
+            // The writer has stopped: this is now the queue's only reader.
             while (_queue.Reader.TryRead(out var left))
             {
+                if (left.Flushed is { } marker)
+                {
+                    marker.TrySetResult();
+                    continue;
+                }
+
                 left.Chunk?.Release();
                 Interlocked.Decrement(ref _pendingWrites);
             }
         }
+
+        _stopWriter.Dispose();
 
         foreach (var tier in _tiers)
         {
@@ -248,35 +294,52 @@ public sealed class StorageManager : IAsyncDisposable
 
     private async Task WriteBehindLoopAsync()
     {
-        await foreach (var op in _queue!.Reader.ReadAllAsync().ConfigureAwait(false))
+        var stop = _stopWriter.Token;
+        try
         {
-            try
+            await foreach (var op in _queue!.Reader.ReadAllAsync(stop).ConfigureAwait(false))
             {
-                foreach (var tier in _writeBehind)
+                if (op.Flushed is { } marker)
                 {
-                    if (op.Chunk is null)
-                    {
-                        await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), op.Key, false, CancellationToken.None).ConfigureAwait(false);
-                        continue;
-                    }
+                    marker.TrySetResult();
+                    continue;
+                }
 
-                    var ok = await GuardAsync(tier, static (t, c, ct) => t.PutAsync(c, ct), op.Chunk, false, CancellationToken.None).ConfigureAwait(false);
-                    if (!ok)
+                try
+                {
+                    foreach (var tier in _writeBehind)
                     {
-                        _metrics?.DroppedStore(tier.Name);
+                        if (op.Chunk is null)
+                        {
+                            await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), op.Key, false, stop).ConfigureAwait(false);
+                            continue;
+                        }
+
+                        var ok = await GuardAsync(tier, static (t, c, ct) => t.PutAsync(c, ct), op.Chunk, false, stop).ConfigureAwait(false);
+                        if (!ok)
+                        {
+                            _metrics?.DroppedStore(tier.Name);
+                        }
                     }
                 }
+                finally
+                {
+                    op.Chunk?.Release();
+                    Interlocked.Decrement(ref _pendingWrites);
+                }
             }
-            finally
-            {
-                op.Chunk?.Release();
-                Interlocked.Decrement(ref _pendingWrites);
-            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // DisposeAsync gave up waiting; it drops what is left once this task has ended.
         }
     }
 
-    /// <summary>A background write (<see cref="Chunk"/> set) or delete (<see cref="Chunk"/> null) of <see cref="Key"/>.</summary>
-    private readonly record struct WriteOp(KvChunk? Chunk, ChunkHash Key);
+    /// <summary>
+    /// A background write (<see cref="Chunk"/> set) or delete (<see cref="Chunk"/> null) of <see cref="Key"/>; or, with
+    /// <see cref="Flushed"/> set, a flush marker the writer completes when it reaches it.
+    /// </summary>
+    private readonly record struct WriteOp(KvChunk? Chunk, ChunkHash Key, TaskCompletionSource? Flushed = null);
 
     private async ValueTask<TResult> GuardAsync<TArg, TResult>(IStorageTier tier, Func<IStorageTier, TArg, CancellationToken, ValueTask<TResult>> call,
         TArg arg, TResult onFailure, CancellationToken cancellationToken)
