@@ -21,7 +21,9 @@ public class LmRemoteTierTests
         return server;
     }
 
-    private static LMCacheOptions Options(string url, int timeoutMs = 2000) => new() { RemoteUrl = url, RemoteTimeoutMs = timeoutMs, ChunkSize = 16, MaxLocalCpuSize = 0.05 };
+    // Whole chunks: the remote tier does not hold partial ones (token-exact tails live in memory).
+    private static LMCacheOptions Options(string url, int timeoutMs = 2000) =>
+        new() { RemoteUrl = url, RemoteTimeoutMs = timeoutMs, ChunkSize = 16, MaxLocalCpuSize = 0.05, TokenExactReuse = false };
 
     [Fact]
     public async Task Chunks_round_trip_bit_identical_and_the_prefix_lookup_is_one_call()

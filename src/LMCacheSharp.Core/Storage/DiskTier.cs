@@ -200,6 +200,7 @@ public sealed class DiskTier : IStorageTier
         var path = PathOf(key);
         KvChunk? chunk = null;
         var status = ChunkReadStatus.Truncated;
+        var ioFailed = false;
         try
         {
             using var handle = DiskFile.OpenRead(path, DirectIo);
@@ -209,8 +210,7 @@ public sealed class DiskTier : IStorageTier
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            // Missing (deleted behind our back) or unreadable: a miss. The file is dropped below like a corrupt one.
-            _metrics?.TierError(Name);
+            ioFailed = true; // missing (deleted behind our back) or unreadable
         }
 
         if (status == ChunkReadStatus.Ok)
@@ -220,8 +220,24 @@ public sealed class DiskTier : IStorageTier
         }
 
         chunk?.Release();
-        _metrics?.CorruptChunk(Name);
-        Discard(key, entry);
+        lock (_lock)
+        {
+            if (!_disposed && (!_entries.TryGetValue(key, out var current) || current != entry))
+            {
+                return null; // evicted, removed or replaced while we read: a plain miss, nothing is wrong with the disk
+            }
+        }
+
+        if (ioFailed)
+        {
+            _metrics?.TierError(Name);
+        }
+        else
+        {
+            _metrics?.CorruptChunk(Name);
+        }
+
+        Discard(key, entry); // the file is dropped like a corrupt one
         return null;
     }
 
