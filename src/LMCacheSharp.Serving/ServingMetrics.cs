@@ -20,6 +20,7 @@ public sealed class ServingMetrics : IDisposable
     private readonly Histogram<double> _restoreTime;
     private readonly Histogram<double> _prefillTime;
     private readonly Histogram<double> _queueTime;
+    private readonly Histogram<double> _decodeTime;
     private long _totalPrefilled;
 
     /// <summary>Creates the instruments.</summary>
@@ -38,6 +39,7 @@ public sealed class ServingMetrics : IDisposable
         var buckets = new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] };
         _restoreTime = _meter.CreateHistogram<double>("lmcache_serving.restore_time", "s", "Writing a request's cached KV into its sequence.", advice: buckets);
         _prefillTime = _meter.CreateHistogram<double>("lmcache_serving.prefill_time", "s", "From the restore to the first token (prefill of the uncached tokens).", advice: buckets);
+        _decodeTime = _meter.CreateHistogram<double>("lmcache_serving.decode_step_time", "s", "One llama_decode call of the inference loop (a batch of prompt and next tokens).", advice: buckets);
         _queueTime = _meter.CreateHistogram<double>("lmcache_serving.queue_time", "s", "From arrival to admission (lookup, waiting for a sequence).", advice: buckets);
     }
 
@@ -59,6 +61,8 @@ public sealed class ServingMetrics : IDisposable
     internal void Started() => _inFlight.Add(1);
 
     internal void FirstToken(TimeSpan ttft) => _ttft.Record(ttft.TotalSeconds);
+
+    internal void Decoded(int tokens, TimeSpan time) => _decodeTime.Record(time.TotalSeconds, new KeyValuePair<string, object?>("batch", tokens <= 8 ? "decode" : "prefill"));
 
     internal void Timings(Inference.GenerationTimings t)
     {

@@ -219,7 +219,14 @@ internal sealed class InferenceScheduler : IDisposable
             return;
         }
 
+        var decodeStart = Stopwatch.GetTimestamp();
         var result = _context.NativeHandle.Decode(_batch);
+        var decodeTime = Stopwatch.GetElapsedTime(decodeStart);
+        _metrics.Decoded(_batch.TokenCount, decodeTime);
+        if (_logger.IsEnabled(LogLevel.Trace))
+        {
+            _logger.LogTrace("decode: {Tokens} tokens of {Sequences} sequences in {Ms:F1} ms", _batch.TokenCount, inBatch.Count, decodeTime.TotalMilliseconds);
+        }
         if (result == DecodeResult.NoKvSlot)
         {
             if (!EvictOneResident())
