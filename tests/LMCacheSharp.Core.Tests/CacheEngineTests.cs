@@ -212,11 +212,8 @@ public class CacheEngineTests
     public async Task A_corrupted_lower_tier_chunk_is_a_miss()
     {
         var pool = new KvBufferPool();
-        var metrics = new Metrics.CacheMetrics();
         var remote = new EnvelopeTier(pool);
-        var options = Options();
-        await using (var engine = new CacheEngine(options, TestData.Namespace(),
-            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        await using (var engine = TestData.EngineOver(remote, pool, Options()))
         {
             var tokens = TestData.Tokens(48, 11);
             await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
@@ -290,11 +287,8 @@ public class CacheEnginePrefetchTests
     public async Task Prefetch_brings_lower_tier_chunks_into_memory_up_to_the_first_miss()
     {
         var pool = new KvBufferPool();
-        var metrics = new Metrics.CacheMetrics();
         var remote = new EnvelopeTier(pool);
-        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
-        await using (var engine = new CacheEngine(options, TestData.Namespace(),
-            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        await using (var engine = TestData.EngineOver(remote, pool, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 }))
         {
             var tokens = TestData.Tokens(64, 20);
             await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
@@ -315,11 +309,8 @@ public class CacheEnginePrefetchTests
     public async Task Pinned_chunks_restore_without_any_tier_even_after_eviction()
     {
         var pool = new KvBufferPool();
-        var metrics = new Metrics.CacheMetrics();
         var remote = new EnvelopeTier(pool);
-        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
-        await using (var engine = new CacheEngine(options, TestData.Namespace(),
-            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        await using (var engine = TestData.EngineOver(remote, pool, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 }))
         {
             var tokens = TestData.Tokens(64, 21);
             await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
@@ -343,11 +334,8 @@ public class CacheEnginePrefetchTests
     public async Task A_corrupt_pinned_chunk_ends_the_run_and_its_lower_tier_delete_does_not_wait()
     {
         var pool = new KvBufferPool();
-        var metrics = new Metrics.CacheMetrics();
         var remote = new EnvelopeTier(pool);
-        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 };
-        await using (var engine = new CacheEngine(options, TestData.Namespace(),
-            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        await using (var engine = TestData.EngineOver(remote, pool, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 }))
         {
             var tokens = TestData.Tokens(64, 22);
             await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
@@ -405,11 +393,8 @@ public class CacheEnginePrefetchTests
     public async Task Pinning_fetches_every_lower_tier_chunk_of_a_prompt_at_once()
     {
         var pool = new KvBufferPool();
-        var metrics = new Metrics.CacheMetrics();
         var remote = new EnvelopeTier(pool);
-        var options = new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01, TokenExactReuse = false };
-        await using (var engine = new CacheEngine(options, TestData.Namespace(),
-            new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), remote], metrics), pool, metrics, ownsDependencies: true))
+        await using (var engine = TestData.EngineOver(remote, pool, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01, TokenExactReuse = false }))
         {
             var tokens = TestData.Tokens(96, 24);
             await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));

@@ -1,6 +1,7 @@
 using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Engine;
 using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Tests.Shared;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 
@@ -72,24 +73,6 @@ public sealed class FaultLogTests
         finally
         {
             Directory.Delete(dir, true);
-        }
-    }
-
-    private sealed class ListLogger : ILogger
-    {
-        public List<string> Lines { get; } = [];
-
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
-        {
-            lock (Lines)
-            {
-                Lines.Add(formatter(state, exception));
-            }
         }
     }
 }

@@ -206,6 +206,14 @@ internal sealed class EnvelopeTier(KvBufferPool pool, StorageTierKind kind = Sto
 
 internal static class TestData
 {
+    /// <summary>An engine with a memory tier over <paramref name="lower"/>, owning its storage, pool and metrics.</summary>
+    public static CacheEngine EngineOver(IStorageTier lower, KvBufferPool pool, Configuration.LMCacheOptions options)
+    {
+        var metrics = new Metrics.CacheMetrics();
+        return new CacheEngine(options, Namespace(), new StorageManager([new MemoryTier(options.MaxLocalCpuSizeBytes, metrics), lower], metrics), pool,
+            metrics, ownsDependencies: true);
+    }
+
     public static readonly KvFormat SmallFormat = new(2, 8, 8, KvDataType.F16, KvLayout.LayerKV);
 
     public static CacheNamespace Namespace(string model = "model-a", string? salt = null) => new(model, SmallFormat, salt);

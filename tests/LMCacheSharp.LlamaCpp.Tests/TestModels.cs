@@ -9,7 +9,7 @@ namespace LMCacheSharp.LlamaCpp.Tests;
 /// <summary>Generated test models (cached in a temp folder per spec) and the shared stories260K model.</summary>
 internal static class TestModels
 {
-    public const string StoriesSha256 = "270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d";
+    public const string StoriesSha256 = LMCacheSharp.Tests.Shared.SharedModels.Stories260KSha256;
 
     public const string Text =
         "The quick brown fox jumps over the lazy dog. Once upon a time there was a cache that kept the keys and values " +
@@ -59,38 +59,8 @@ internal static class TestModels
         return path;
     });
 
-    /// <summary>../shared/models/stories260K.gguf from the repository root when present with the right sha256, else null and why.</summary>
-    public static string? Stories260K(out string reason)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (!File.Exists(Path.Combine(dir.FullName, "LMCacheSharp.slnx")))
-            {
-                continue;
-            }
-
-            var path = Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "models", "stories260K.gguf"));
-            if (!File.Exists(path))
-            {
-                reason = $"stories260K.gguf not found at {path}";
-                return null;
-            }
-
-            using var stream = File.OpenRead(path);
-            var sha = Convert.ToHexStringLower(SHA256.HashData(stream));
-            if (sha != StoriesSha256)
-            {
-                reason = $"{path} has sha256 {sha}, expected {StoriesSha256}";
-                return null;
-            }
-
-            reason = "";
-            return path;
-        }
-
-        reason = "repository root (LMCacheSharp.slnx) not found above " + AppContext.BaseDirectory;
-        return null;
-    }
+    /// <summary>../shared/models/stories260K.gguf when present with the right sha256, else null and why.</summary>
+    public static string? Stories260K(out string reason) => LMCacheSharp.Tests.Shared.SharedModels.Stories260K(out reason);
 }
 
 /// <summary>

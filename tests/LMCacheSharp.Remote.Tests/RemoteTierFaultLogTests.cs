@@ -1,6 +1,7 @@
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Tests.Shared;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 
@@ -59,23 +60,5 @@ public sealed class RemoteTierFaultLogTests
         public Task ClearAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
-    }
-
-    private sealed class ListLogger : ILogger
-    {
-        public List<string> Lines { get; } = [];
-
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
-        {
-            lock (Lines)
-            {
-                Lines.Add(formatter(state, exception));
-            }
-        }
     }
 }
