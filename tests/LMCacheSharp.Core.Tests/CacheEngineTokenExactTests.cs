@@ -127,6 +127,53 @@ public sealed class CacheEngineTokenExactTests
         }, iter: 300);
     }
 
+    [Fact]
+    public async Task Partial_chunks_survive_a_restart_through_the_disk_tier()
+    {
+        var dir = Directory.CreateTempSubdirectory("lmcache-tail-disk-").FullName;
+        try
+        {
+            var options = new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.01, LocalDisk = dir, MaxLocalDiskSize = 0.01, TokenExactReuse = true };
+            var stored = TestData.Tokens(40, 12); // two whole chunks and an 8-token tail
+            await using (var first = CacheEngine.Create(options, TestData.Namespace()))
+            {
+                await first.StoreAsync(stored, new FakeSequence(TestData.SmallFormat, stored));
+                await first.FlushAsync();
+            }
+
+            var request = stored[..37].Concat(TestData.Tokens(9, 13).Select(t => t + 500)).ToArray();
+            await using var second = CacheEngine.Create(options, TestData.Namespace()); // a restarted process: memory is empty
+            Assert.Equal(0, second.Storage.Memory!.Count);
+            using var prefix = await second.PinAsync(request);
+            Assert.Equal(37, prefix.Tokens);
+            var sink = new RecordingSink(TestData.SmallFormat);
+            Assert.Equal(37, second.Restore(prefix, sink));
+            sink.AssertMatches(request, 37);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
+    public async Task Partial_chunks_never_reach_a_remote_tier()
+    {
+        var pool = new KvBufferPool();
+        var remote = new EnvelopeTier(pool);
+        await using (var engine = TestData.EngineOver(remote, pool, new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.01, TokenExactReuse = true }))
+        {
+            var tokens = TestData.Tokens(40, 14);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            Assert.Equal(2, remote.Values.Count); // the whole chunks only
+            using var prefix = await engine.PinAsync(tokens);
+            Assert.Equal(40, prefix.Tokens); // the tail from memory
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
     /// <summary>Records what restore writes and checks every restored position's rows against the request's own KV.</summary>
     private sealed class RecordingSink(KvFormat format) : IKvSink
     {

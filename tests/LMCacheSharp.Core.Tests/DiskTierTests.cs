@@ -583,6 +583,47 @@ public sealed class DiskTierTests : IAsyncLifetime
         Assert.Equal(200, disk.Count + dropped);
     }
 
+    [Fact]
+    public async Task A_chunk_lineage_survives_a_restart_and_a_damaged_one_costs_only_the_lineage()
+    {
+        var lineage = new ChunkLineage(Key(7), [.. Enumerable.Range(100, 16)]);
+        var chunk = _pool.Rent((int)Format.PayloadLength(16));
+        CodecTestData.KvLike(KvDataType.F16, chunk.Length / 2, 5).CopyTo(chunk.Span);
+        chunk.Key = Key(8);
+        chunk.TokenCount = 16;
+        chunk.Format = Format;
+        chunk.Lineage = lineage;
+        chunk.SealChecksum();
+        var tier = Open();
+        Assert.True(tier.Put(chunk));
+        await tier.DisposeAsync();
+
+        tier = Open();
+        var (key, read) = Assert.Single(tier.GetLineages());
+        Assert.Equal(Key(8), key);
+        Assert.Equal(lineage.Parent, read.Parent);
+        Assert.Equal(lineage.Tokens, read.Tokens);
+        await tier.DisposeAsync();
+
+        var file = Directory.EnumerateFiles(_dir.FullName, "*.kv", SearchOption.AllDirectories).Single();
+        using (var stream = File.Open(file, FileMode.Open, FileAccess.ReadWrite))
+        {
+            stream.Position = ChunkEnvelope.HeaderSize + 50; // inside the lineage's tokens
+            stream.WriteByte(0xFF);
+        }
+
+        tier = Open();
+        Assert.Empty(tier.GetLineages());
+        using (var hit = tier.TryGet(Key(8)))
+        {
+            Assert.NotNull(hit); // the chunk itself is intact
+            Assert.True(hit.Span.SequenceEqual(chunk.Span));
+        }
+
+        chunk.Release();
+        await tier.DisposeAsync();
+    }
+
     private DiskTier Open(long capacity = 64 << 20, string codec = "naive", bool directIo = false, string subdir = "main")
     {
         var options = new DiskTierOptions

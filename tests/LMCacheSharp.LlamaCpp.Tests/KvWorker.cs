@@ -28,7 +28,7 @@ internal static class KvWorker
         var tokens = args[6].Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
         _ = TestModels.Directory; // installs the quiet log callback
         using var lm = new LlamaTestModel(model, flashAttention);
-        var options = new LMCacheOptions { ChunkSize = chunk, LocalCpu = false, LocalDisk = dir, MaxLocalDiskSize = 1 };
+        var options = new LMCacheOptions { ChunkSize = chunk, LocalCpu = false, LocalDisk = dir, MaxLocalDiskSize = 1, TokenExactReuse = false };
         await using var cache = LlamaKvCache.CreateWithEngine(lm.Handle, GgufFingerprint.Compute(model), options,
             new LlamaKvCacheOptions { Layout = layout });
         var generator = new CachedGenerator(lm.Handle, cache);

@@ -72,4 +72,38 @@ public sealed class TokenExactServingTests
         }));
         Assert.All(results, r => Assert.True(r.Second >= r.Doc, $"second question cached {r.Second} of a {r.Doc}-token document"));
     }
+
+    [Fact]
+    public async Task A_restarted_instance_reuses_its_disk_cache_to_the_token()
+    {
+        var dir = Directory.CreateTempSubdirectory("lmcache-serving-tail-").FullName;
+        try
+        {
+            void Disk(Core.Configuration.LMCacheOptions c)
+            {
+                c.LocalDisk = dir;
+                c.MaxLocalDiskSize = 0.05;
+            }
+
+            var prompt = Prompts.Long("restart to the token") + " First question?";
+            int promptTokens;
+            await using (var first = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: Disk))
+            {
+                (_, _, promptTokens) = await first.CompleteAsync(prompt, 4);
+                await first.Service.Cache!.Engine.FlushAsync(TestContext.Current.CancellationToken);
+            }
+
+            await using var second = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: Disk);
+            var next = prompt + " And a second one?";
+            var (_, cached, _) = await second.CompleteAsync(next, 4);
+            var expected = second.Service.TokenizeCompletion(next).AsSpan().CommonPrefixLength(second.Service.TokenizeCompletion(prompt));
+            // Everything the first process held: its prompt and answer (the stored exchange) up to where the new prompt differs.
+            Assert.True(cached >= expected, $"cached {cached}, the prompts share {expected} tokens (of {promptTokens})");
+            Assert.NotEqual(0, cached % 16); // past the last whole chunk
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }

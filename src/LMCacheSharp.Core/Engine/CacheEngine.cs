@@ -91,6 +91,17 @@ public sealed class CacheEngine : IAsyncDisposable
 
         var storage = new StorageManager(tiers, metrics, options.WriteQueueChunks);
         var engine = new CacheEngine(options, defaultNamespace, storage, pool, metrics, ownsDependencies: true);
+        if (engine.TokenExact)
+        {
+            foreach (var disk in tiers.OfType<DiskTier>())
+            {
+                // A restarted process finds its partial chunks again: the tail index is rebuilt from the files' lineages.
+                foreach (var (key, lineage) in disk.GetLineages())
+                {
+                    engine.Tails.Add(lineage.Parent, key, lineage.Tokens);
+                }
+            }
+        }
         if (!ownsMetrics)
         {
             engine.DoNotDisposeMetrics();
@@ -254,7 +265,7 @@ public sealed class CacheEngine : IAsyncDisposable
                 Tails.Add(i == 0 ? ns.Seed : keys[i - 1], keys[i], tokens.Span.Slice(at, Math.Min(ChunkSize, tokens.Length - at)));
             }
 
-            FindTail(prefix);
+            await FindTailAsync(prefix, cancellationToken).ConfigureAwait(false);
         }
 
         Metrics.Lookup(tokens.Length, prefix.Tokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
@@ -265,7 +276,13 @@ public sealed class CacheEngine : IAsyncDisposable
     /// Pins the best stored child after the whole-chunk run of <paramref name="prefix"/>: memory only, tokens compared.
     /// A child that is gone from memory is forgotten.
     /// </summary>
-    private void FindTail(CachedPrefix prefix)
+    private void FindTail(CachedPrefix prefix) => FindTailAsync(prefix, CancellationToken.None, memoryOnly: true).AsTask().GetAwaiter().GetResult();
+
+    /// <summary>
+    /// As <see cref="FindTail"/>; unless <paramref name="memoryOnly"/>, a child that memory lacks is fetched from the lower
+    /// tiers (the disk tier after a restart) and promoted. Forgotten only when no tier holds it.
+    /// </summary>
+    private async ValueTask FindTailAsync(CachedPrefix prefix, CancellationToken cancellationToken, bool memoryOnly = false)
     {
         var run = prefix.ChunkCount;
         var at = run * ChunkSize;
@@ -275,8 +292,7 @@ public sealed class CacheEngine : IAsyncDisposable
         }
 
         var parent = run == 0 ? prefix.Namespace.Seed : prefix.Keys[run - 1];
-        var next = prefix.LookedUp.Span[at..];
-        foreach (var match in Tails.Find(parent, next))
+        foreach (var match in Tails.Find(parent, prefix.LookedUp.Span[at..]))
         {
             if (match.Common <= prefix.TailTokens)
             {
@@ -284,9 +300,18 @@ public sealed class CacheEngine : IAsyncDisposable
             }
 
             var chunk = Storage.Memory.TryGet(match.Key);
+            if (chunk is null && !memoryOnly)
+            {
+                chunk = await Storage.GetAsync(match.Key, cancellationToken).ConfigureAwait(false);
+            }
+
             if (chunk is null)
             {
-                Tails.Remove(parent, match.Key);
+                if (!memoryOnly)
+                {
+                    Tails.Remove(parent, match.Key);
+                }
+
                 continue;
             }
 
@@ -488,8 +513,14 @@ public sealed class CacheEngine : IAsyncDisposable
                     chunk.Key = keys[i];
                     chunk.TokenCount = chunkTokens;
                     chunk.Format = ns.Format;
+                    if (TokenExact)
+                    {
+                        chunk.Lineage = new ChunkLineage(parent, tokens.Span.Slice(chunkStart, chunkTokens).ToArray());
+                    }
+
                     chunk.SealChecksum();
-                    if (partial && !SaveUnfullChunk ? Storage.PutMemoryOnly(chunk) : Storage.Put(chunk))
+                    // A partial chunk goes to the local tiers only: the disk tier indexes it by its lineage, a remote could not find it.
+                    if (Storage.Put(chunk, localOnly: partial && !SaveUnfullChunk))
                     {
                         stored += chunkTokens;
                     }
@@ -508,7 +539,7 @@ public sealed class CacheEngine : IAsyncDisposable
             // A shorter partial chunk that a new one extends serves nothing the new one does not: free it.
             foreach (var key in dominated ?? [])
             {
-                Storage.Memory?.Remove(key);
+                Storage.RemoveInBackground(key, localOnly: true);
             }
         }
         finally

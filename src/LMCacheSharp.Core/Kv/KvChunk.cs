@@ -28,6 +28,7 @@ public sealed unsafe class KvChunk : IDisposable
     private int _tokenCount;
     private KvFormat _format;
     private ulong _checksum;
+    private ChunkLineage? _lineage;
     private volatile bool _sealed;
 
     internal KvChunk(KvBufferPool pool, NativeKvBuffer buffer, int length)
@@ -77,6 +78,20 @@ public sealed unsafe class KvChunk : IDisposable
         {
             ThrowIfSealed();
             _format = value;
+        }
+    }
+
+    /// <summary>
+    /// Where the chunk sits in its prompt (the previous chunk's key and this chunk's token ids), for token-exact reuse; null
+    /// when unknown. Set before the chunk is sealed; tiers that can keep it (the disk tier) persist it with the chunk.
+    /// </summary>
+    public ChunkLineage? Lineage
+    {
+        get => _lineage;
+        set
+        {
+            ThrowIfSealed();
+            _lineage = value;
         }
     }
 

@@ -299,6 +299,8 @@ public sealed class DiskTier : IStorageTier
             buffer[..HeaderBlockSize].Clear();
             ChunkEnvelope.WriteHeader(new ChunkEnvelopeHeader(_codec.Id, chunk.Format, chunk.TokenCount, chunk.Length, encodedLength,
                 chunk.Checksum, encodedChecksum, key), buffer);
+            // The chunk's place in its prompt goes into the rest of the header block (token-exact reuse after a restart).
+            var lineage = chunk.Lineage is { } l && l.Tokens.Length == chunk.TokenCount && l.TryWrite(buffer[ChunkEnvelope.HeaderSize..HeaderBlockSize]) ? l : null;
             var fileLength = HeaderBlockSize + (long)encodedLength;
             using (var handle = DiskFile.CreateNew(temp, DirectIo))
             {
@@ -324,7 +326,7 @@ public sealed class DiskTier : IStorageTier
                 }
             }
 
-            committed = CommitWrite(key, temp, path, new Entry(key, _codec.Id, fileLength, chunk.Length, encodedChecksum), reserved);
+            committed = CommitWrite(key, temp, path, new Entry(key, _codec.Id, fileLength, chunk.Length, encodedChecksum) { Lineage = lineage }, reserved);
             return committed;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -573,6 +575,15 @@ public sealed class DiskTier : IStorageTier
     {
         Clear();
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>The chunks whose files hold their lineage (parent and token ids): the tail index is rebuilt from these at start.</summary>
+    public IReadOnlyList<(ChunkHash Key, ChunkLineage Lineage)> GetLineages()
+    {
+        lock (_lock)
+        {
+            return [.. _entries.Values.Where(e => e.Lineage is not null).Select(e => (e.Key, e.Lineage!))];
+        }
     }
 
     /// <inheritdoc />
@@ -922,7 +933,7 @@ public sealed class DiskTier : IStorageTier
         var start = Stopwatch.GetTimestamp();
         var found = new List<(Entry Entry, DateTime Time)>();
         int discarded = 0, temps = 0;
-        Span<byte> header = stackalloc byte[ChunkEnvelope.HeaderSize];
+        var header = new byte[HeaderBlockSize]; // the envelope header and the lineage after it
         foreach (var dir in new DirectoryInfo(Root).EnumerateDirectories())
         {
             if (dir.Name.Length != 2 || !IsLowerHex(dir.Name))
@@ -951,10 +962,14 @@ public sealed class DiskTier : IStorageTier
                     using var handle = File.OpenHandle(file.FullName, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
                     var length = RandomAccess.GetLength(handle);
                     if (DiskFile.ReadFully(handle, header, 0) == header.Length &&
-                        ChunkEnvelope.TryReadHeader(header, out var h) == ChunkReadStatus.Ok && h.Key == key &&
+                        ChunkEnvelope.TryReadHeader(header.AsSpan(0, ChunkEnvelope.HeaderSize), out var h) == ChunkReadStatus.Ok && h.Key == key &&
                         length == HeaderBlockSize + (long)h.EncodedLength && KvCodecs.Find(h.Codec) is not null)
                     {
-                        entry = new Entry(key, h.Codec, length, h.RawLength, h.EncodedChecksum);
+                        // A lineage that fails its own checks is only a lost tail candidate: the chunk itself is fine.
+                        entry = new Entry(key, h.Codec, length, h.RawLength, h.EncodedChecksum)
+                        {
+                            Lineage = ChunkLineage.TryRead(header.AsSpan(ChunkEnvelope.HeaderSize), h.TokenCount),
+                        };
                     }
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -1052,6 +1067,9 @@ public sealed class DiskTier : IStorageTier
 
         /// <summary>XxHash3 of the encoded payload: with the codec and length, tells whether an envelope is this file's.</summary>
         public ulong EncodedChecksum { get; } = encodedChecksum;
+
+        /// <summary>The chunk's parent and token ids, when the file holds them.</summary>
+        public ChunkLineage? Lineage { get; init; }
 
         public long BlockBytes => BlockRound(FileLength);
     }

@@ -136,15 +136,26 @@ public sealed class StorageManager : IAsyncDisposable
     /// Stores a filled, sealed chunk: into the memory tier now, and queued for the other tiers. The caller keeps its
     /// reference. Returns false when no tier took it or queued it.
     /// </summary>
-    public bool Put(KvChunk chunk)
+    public bool Put(KvChunk chunk) => Put(chunk, localOnly: false);
+
+    /// <summary>
+    /// As <see cref="Put(KvChunk)"/>; with <paramref name="localOnly"/> the remote tiers are skipped (a partial chunk for
+    /// token-exact reuse: the disk tier indexes it by its lineage, a remote store could not find it).
+    /// </summary>
+    public bool Put(KvChunk chunk, bool localOnly)
     {
         ArgumentNullException.ThrowIfNull(chunk);
         var stored = _memory?.Put(chunk) ?? false;
+        if (localOnly && !_writeBehind.Any(t => t.Kind == StorageTierKind.Disk))
+        {
+            return stored;
+        }
+
         if (_queue is not null)
         {
             chunk.AddRef();
             Interlocked.Increment(ref _pendingWrites);
-            if (Volatile.Read(ref _disposed) == 0 && _queue.Writer.TryWrite(new WriteOp(chunk, chunk.Key)))
+            if (Volatile.Read(ref _disposed) == 0 && _queue.Writer.TryWrite(new WriteOp(chunk, chunk.Key) { LocalOnly = localOnly }))
             {
                 stored = true;
             }
@@ -160,13 +171,6 @@ public sealed class StorageManager : IAsyncDisposable
         }
 
         return stored;
-    }
-
-    /// <summary>Stores a sealed chunk in the memory tier only (the lower tiers never see it). False without a memory tier or when it did not fit.</summary>
-    public bool PutMemoryOnly(KvChunk chunk)
-    {
-        ArgumentNullException.ThrowIfNull(chunk);
-        return _memory?.Put(chunk) ?? false;
     }
 
     /// <summary>Whether the memory tier holds <paramref name="key"/>.</summary>
@@ -207,13 +211,21 @@ public sealed class StorageManager : IAsyncDisposable
     /// waits on disk or network for it). When the queue is full the lower-tier delete is skipped: those tiers verify what
     /// they return, so a stale copy there is a miss at worst.
     /// </summary>
-    public void RemoveInBackground(ChunkHash key)
+    public void RemoveInBackground(ChunkHash key) => RemoveInBackground(key, localOnly: false);
+
+    /// <summary>As <see cref="RemoveInBackground(ChunkHash)"/>; with <paramref name="localOnly"/> the remote tiers are left alone.</summary>
+    public void RemoveInBackground(ChunkHash key, bool localOnly)
     {
         _memory?.Remove(key);
+        if (localOnly && !_writeBehind.Any(t => t.Kind == StorageTierKind.Disk))
+        {
+            return;
+        }
+
         if (_queue is not null && Volatile.Read(ref _disposed) == 0)
         {
             Interlocked.Increment(ref _pendingWrites);
-            if (!_queue.Writer.TryWrite(new WriteOp(null, key)))
+            if (!_queue.Writer.TryWrite(new WriteOp(null, key) { LocalOnly = localOnly }))
             {
                 Interlocked.Decrement(ref _pendingWrites);
             }
@@ -309,6 +321,11 @@ public sealed class StorageManager : IAsyncDisposable
                 {
                     foreach (var tier in _writeBehind)
                     {
+                        if (op.LocalOnly && tier.Kind == StorageTierKind.Remote)
+                        {
+                            continue;
+                        }
+
                         if (op.Chunk is null)
                         {
                             await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), op.Key, false, stop).ConfigureAwait(false);
@@ -339,7 +356,11 @@ public sealed class StorageManager : IAsyncDisposable
     /// A background write (<see cref="Chunk"/> set) or delete (<see cref="Chunk"/> null) of <see cref="Key"/>; or, with
     /// <see cref="Flushed"/> set, a flush marker the writer completes when it reaches it.
     /// </summary>
-    private readonly record struct WriteOp(KvChunk? Chunk, ChunkHash Key, TaskCompletionSource? Flushed = null);
+    private readonly record struct WriteOp(KvChunk? Chunk, ChunkHash Key, TaskCompletionSource? Flushed = null)
+    {
+        /// <summary>Skip the remote tiers (a partial chunk only the local tiers can index).</summary>
+        public bool LocalOnly { get; init; }
+    }
 
     private async ValueTask<TResult> GuardAsync<TArg, TResult>(IStorageTier tier, Func<IStorageTier, TArg, CancellationToken, ValueTask<TResult>> call,
         TArg arg, TResult onFailure, CancellationToken cancellationToken)
