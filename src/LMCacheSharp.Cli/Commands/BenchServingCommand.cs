@@ -40,6 +40,7 @@ internal static class BenchServingCommand
         var conversations = new Option<int>("--conversations") { Description = "chat: conversations, interleaved turn by turn.", DefaultValueFactory = _ => 4 };
         var turns = new Option<int>("--turns") { Description = "chat: turns per conversation.", DefaultValueFactory = _ => 5 };
         var clients = new Option<int>("--clients") { Description = "clients: concurrent clients, two questions each on their own document.", DefaultValueFactory = _ => 8 };
+        var clientWords = new Option<int?>("--client-doc-words") { Description = "clients: words per client document. Default: half of --doc-words." };
         var repeats = new Option<int>("--repeats") { Description = "clients: runs per configuration (rotating order).", DefaultValueFactory = _ => 2 };
         var concurrent = new Option<int>("--max-concurrent") { Description = "In-process servers: requests decoded together.", DefaultValueFactory = _ => 4 };
         var threads = new Option<int>("--threads") { Description = "In-process servers: llama.cpp threads.", DefaultValueFactory = _ => Environment.ProcessorCount };
@@ -55,7 +56,7 @@ internal static class BenchServingCommand
         var command = new Command("serving", "TTFT on real workloads through the OpenAI API: cold vs warm, cache off vs on.")
         {
             urls, model, configs, workload, data, documents, questions, requests, maxChars, maxTokens, ctx, output, docWords, rounds, conversations, turns,
-            clients, repeats, concurrent, threads, chunk,
+            clients, repeats, concurrent, threads, chunk, clientWords,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -135,8 +136,9 @@ internal static class BenchServingCommand
 
                 if (peer.Count > 0)
                 {
-                    await RunPeerAsync(targets, peer, r.GetValue(docWords), r.GetValue(documents), r.GetValue(rounds), r.GetValue(conversations),
-                        r.GetValue(turns), r.GetValue(clients), r.GetValue(repeats), r.GetValue(maxTokens), r.GetValue(output)!, ct);
+                    await RunPeerAsync(targets, peer, r.GetValue(docWords), r.GetValue(clientWords) ?? r.GetValue(docWords) / 2, r.GetValue(documents),
+                        r.GetValue(rounds), r.GetValue(conversations), r.GetValue(turns), r.GetValue(clients), r.GetValue(repeats), r.GetValue(maxTokens),
+                        r.GetValue(output)!, ct);
                 }
             }
             finally
@@ -155,8 +157,8 @@ internal static class BenchServingCommand
 
     internal sealed record WorkItem(string Workload, string Group, bool Cold, string Prompt);
 
-    private static async Task RunPeerAsync(List<(string Name, string Url)> targets, List<string> workloads, int words, int documents, int rounds,
-        int conversations, int turns, int clients, int repeats, int maxTokens, string outputDir, CancellationToken ct)
+    private static async Task RunPeerAsync(List<(string Name, string Url)> targets, List<string> workloads, int words, int clientWords, int documents,
+        int rounds, int conversations, int turns, int clients, int repeats, int maxTokens, string outputDir, CancellationToken ct)
     {
         var http = targets.Select(t => (t.Name, Http: new HttpClient { BaseAddress = new Uri(t.Url), Timeout = TimeSpan.FromMinutes(30) })).ToList();
         try
@@ -184,7 +186,7 @@ internal static class BenchServingCommand
             if (workloads.Contains("clients"))
             {
                 Console.WriteLine($"clients: {clients} concurrent clients x 2 questions, {repeats} runs per configuration");
-                var (requests, runs) = await BenchPeerWorkloads.ConcurrentClientsAsync(http, clients, words / 2, maxTokens, repeats, ct);
+                var (requests, runs) = await BenchPeerWorkloads.ConcurrentClientsAsync(http, clients, clientWords, maxTokens, repeats, ct);
                 results.AddRange(requests);
                 throughput.AddRange(runs);
             }
