@@ -172,6 +172,44 @@ public static class OpenAiRequestParser
         }
     }
 
+    /// <summary>
+    /// Rejects a body with a field name that is not valid text (invalid UTF-8, or an escape such as \ud800 that decodes to a
+    /// lone surrogate) anywhere in it, before any field is looked up: for such a name <see cref="JsonProperty.Name"/>, and
+    /// <see cref="JsonElement.TryGetProperty(string, out JsonElement)"/> over an escaped one, throw InvalidOperationException
+    /// (found by OpenAiRequestParserFuzzTests). String values are checked where they are read (<see cref="ReadString"/>).
+    /// </summary>
+    private static void RequireValidNames(JsonElement e, string where)
+    {
+        if (e.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var p in e.EnumerateObject())
+            {
+                string name;
+                try
+                {
+                    name = p.Name;
+                }
+                catch (InvalidOperationException)
+                {
+                    var field = where.Length == 0 ? "a field name" : $"a field name in '{where}'";
+                    throw new OpenAiRequestException($"{field} is not valid text (a lone UTF-16 surrogate or invalid UTF-8)", where.Length == 0 ? null : where);
+                }
+
+                RequireValidNames(p.Value, where.Length == 0 ? name : where);
+            }
+        }
+        else if (e.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var item in e.EnumerateArray())
+            {
+                if (item.ValueKind is JsonValueKind.Object or JsonValueKind.Array)
+                {
+                    RequireValidNames(item, where);
+                }
+            }
+        }
+    }
+
     /// <summary>Parses a /v1/chat/completions body.</summary>
     public static ChatCompletionRequest ParseChat(JsonElement body)
     {
@@ -335,7 +373,8 @@ public static class OpenAiRequestParser
         var skip = false;
         foreach (var p in kv.EnumerateObject())
         {
-            if (p.Name == "lmcache.skip_save")
+            var name = p.Name;
+            if (name == "lmcache.skip_save")
             {
                 skip = p.Value.ValueKind switch
                 {
@@ -344,9 +383,9 @@ public static class OpenAiRequestParser
                     _ => throw new OpenAiRequestException("'kv_transfer_params.lmcache.skip_save' must be a boolean", "kv_transfer_params"),
                 };
             }
-            else if (p.Name.StartsWith("lmcache.tag.", StringComparison.Ordinal) && p.Name.Length > "lmcache.tag.".Length)
+            else if (name.StartsWith("lmcache.tag.", StringComparison.Ordinal) && name.Length > "lmcache.tag.".Length)
             {
-                tags[p.Name["lmcache.tag.".Length..]] = p.Value.ValueKind == JsonValueKind.String ? ReadString(p.Value, "kv_transfer_params") : p.Value.GetRawText();
+                tags[name["lmcache.tag.".Length..]] = p.Value.ValueKind == JsonValueKind.String ? ReadString(p.Value, "kv_transfer_params") : p.Value.GetRawText();
             }
 
             // Other keys belong to other connectors (disaggregated prefill etc.): ignored, as vLLM does.
@@ -374,6 +413,8 @@ public static class OpenAiRequestParser
         {
             throw new OpenAiRequestException("the request body must be a JSON object");
         }
+
+        RequireValidNames(body, "");
     }
 
     private static string? OptionalString(JsonElement e, string name, string? where = null) =>
