@@ -22,6 +22,23 @@ public sealed class ChunkEnvelopeTests : IDisposable
     }
 
     [Fact]
+    public void A_raw_header_whose_two_checksums_or_lengths_differ_is_refused_even_with_a_valid_header_checksum()
+    {
+        var (bytes, key, original) = Serialized();
+        using (original)
+        {
+            // Someone rewrites the raw checksum field and recomputes the header's own checksum: the payload no longer
+            // matches what the header says of it, in a way the header checksum cannot see.
+            var forged = (byte[])bytes.Clone();
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(forged.AsSpan(48), 12345);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(forged.AsSpan(120), System.IO.Hashing.XxHash3.HashToUInt64(forged.AsSpan(0, 120)));
+            Assert.Equal(ChunkReadStatus.LengthMismatch, ChunkEnvelope.TryReadHeader(forged, out _));
+            Assert.NotEqual(ChunkReadStatus.Ok, ChunkEnvelope.TryDeserialize(forged, key, TestData.SmallFormat, _pool, out var none));
+            Assert.Null(none);
+        }
+    }
+
+    [Fact]
     public void Round_trip_restores_payload_and_metadata_exactly()
     {
         var (bytes, key, original) = Serialized();

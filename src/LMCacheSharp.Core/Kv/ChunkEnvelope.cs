@@ -157,8 +157,16 @@ public static class ChunkEnvelope
             return ChunkReadStatus.LengthMismatch;
         }
 
-        header = new ChunkEnvelopeHeader((KvCodecId)h[8], format, (int)tokens, (int)rawLength, (int)encodedLength,
-            BinaryPrimitives.ReadUInt64LittleEndian(h[48..]), BinaryPrimitives.ReadUInt64LittleEndian(h[56..]), new ChunkHash(h.Slice(64, 32)));
+        var rawChecksum = BinaryPrimitives.ReadUInt64LittleEndian(h[48..]);
+        var encodedChecksum = BinaryPrimitives.ReadUInt64LittleEndian(h[56..]);
+        if ((KvCodecId)h[8] == KvCodecId.Raw && (encodedLength != rawLength || encodedChecksum != rawChecksum))
+        {
+            // Raw payloads are stored as they are: both lengths and both checksums describe the same bytes.
+            return ChunkReadStatus.LengthMismatch;
+        }
+
+        header = new ChunkEnvelopeHeader((KvCodecId)h[8], format, (int)tokens, (int)rawLength, (int)encodedLength, rawChecksum, encodedChecksum,
+            new ChunkHash(h.Slice(64, 32)));
         return ChunkReadStatus.Ok;
     }
 
