@@ -157,6 +157,47 @@ public sealed class CacheEngineTokenExactTests
     }
 
     [Fact]
+    public async Task A_forged_lineage_on_disk_never_serves_other_tokens()
+    {
+        var dir = Directory.CreateTempSubdirectory("lmcache-tail-forged-").FullName;
+        try
+        {
+            var options = new LMCacheOptions { ChunkSize = Chunk, MaxLocalCpuSize = 0.01, LocalDisk = dir, MaxLocalDiskSize = 0.01, TokenExactReuse = true };
+            var stored = TestData.Tokens(40, 15);
+            await using (var first = CacheEngine.Create(options, TestData.Namespace()))
+            {
+                await first.StoreAsync(stored, new FakeSequence(TestData.SmallFormat, stored));
+                await first.FlushAsync();
+            }
+
+            // Rewrite the 8-token tail's lineage to claim other tokens, with a valid lineage checksum.
+            var request = stored[..32].Concat(stored[32..].Select(t => t + 1)).Append(1).ToArray();
+            var forgedFiles = 0;
+            foreach (var file in Directory.EnumerateFiles(dir, "*.kv", SearchOption.AllDirectories))
+            {
+                var bytes = File.ReadAllBytes(file);
+                if (ChunkLineage.TryRead(bytes.AsSpan(ChunkEnvelope.HeaderSize), 8) is { } lineage)
+                {
+                    Assert.True(new ChunkLineage(lineage.Parent, request[32..40]).TryWrite(bytes.AsSpan(ChunkEnvelope.HeaderSize)));
+                    File.WriteAllBytes(file, bytes);
+                    forgedFiles++;
+                }
+            }
+
+            Assert.Equal(1, forgedFiles);
+            var metrics = new Metrics.CacheMetrics();
+            await using var second = CacheEngine.Create(options, TestData.Namespace(), metrics);
+            using var prefix = await second.PinAsync(request);
+            Assert.Equal(32, prefix.Tokens); // the whole chunks; the forged child is not believed
+            Assert.Equal(1, metrics.Snapshot().CorruptChunks);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public async Task Partial_chunks_never_reach_a_remote_tier()
     {
         var pool = new KvBufferPool();

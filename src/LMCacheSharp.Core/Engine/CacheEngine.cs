@@ -93,12 +93,22 @@ public sealed class CacheEngine : IAsyncDisposable
         var engine = new CacheEngine(options, defaultNamespace, storage, pool, metrics, ownsDependencies: true);
         if (engine.TokenExact)
         {
+            var derived = new ChunkHash[1];
             foreach (var disk in tiers.OfType<DiskTier>())
             {
                 // A restarted process finds its partial chunks again: the tail index is rebuilt from the files' lineages.
                 foreach (var (key, lineage) in disk.GetLineages())
                 {
-                    engine.Tails.Add(lineage.Parent, key, lineage.Tokens);
+                    // A file's lineage is only believed when it hashes to the file's key: a chunk's key is the hash of its
+                    // parent and its tokens, so a lineage that claims other tokens can never make a child match them.
+                    if (PrefixHasher.ComputeKeys(lineage.Parent, lineage.Tokens, lineage.Tokens.Length, true, derived) == 1 && derived[0] == key)
+                    {
+                        engine.Tails.Add(lineage.Parent, key, lineage.Tokens);
+                    }
+                    else
+                    {
+                        metrics.CorruptChunk(disk.Name);
+                    }
                 }
             }
         }
