@@ -18,7 +18,6 @@ internal delegate void FuzzTarget(ReadOnlySpan<byte> input);
 /// </summary>
 internal static class FuzzTargets
 {
-    private static readonly ProtocolLimits Limits = new() { MaxKeyBytes = 64, MaxValueBytes = 1 << 20, MaxKeysPerRequest = 64, MaxFrameBytes = (1 << 20) + 4096 };
     private static readonly KvFormat Format = new(2, 16, 16, KvDataType.F16, KvLayout.LayerKV);
     private static readonly KvBufferPool Pool = new();
 
@@ -35,40 +34,9 @@ internal static class FuzzTargets
     /// <summary>The frame reader and every request body parser, the way the server reads a stream: only ProtocolException.</summary>
     public static void Frames(ReadOnlySpan<byte> input)
     {
-        var buffer = new ReadOnlySequence<byte>(input.ToArray());
         try
         {
-            while (FrameReader.TryReadFrame(ref buffer, Limits, isRequest: true, out var header, out var body))
-            {
-                var bytes = body.ToArray();
-                try
-                {
-                    switch (header.Opcode)
-                    {
-                        case Opcode.Get or Opcode.Delete:
-                            RequestBody.ParseKey(bytes, Limits);
-                            break;
-                        case Opcode.Put:
-                            RequestBody.TryReadPutHead(body, header.BodyLength, Limits, out _, out _);
-                            RequestBody.ParsePut(bytes, Limits, out _);
-                            break;
-                        case Opcode.MultiGet or Opcode.ExistsPrefix:
-                            var keys = new KeyListReader(bytes, Limits);
-                            while (keys.TryReadNext(out _))
-                            {
-                            }
-
-                            break;
-                        case Opcode.Ping or Opcode.Clear or Opcode.Stats:
-                            RequestBody.ParseEmpty(bytes);
-                            break;
-                    }
-                }
-                catch (ProtocolException e) when (!e.IsFramingViolation)
-                {
-                    // A request-level error: the server answers and reads the next frame.
-                }
-            }
+            Shared.ProtocolParsing.ParseAll(input.ToArray());
         }
         catch (ProtocolException)
         {

@@ -19,7 +19,7 @@ namespace LMCacheSharp.Server.Tests;
 /// </summary>
 public class MutationFuzzTests
 {
-    private static readonly ProtocolLimits Limits = new() { MaxKeyBytes = 64, MaxValueBytes = 1 << 20, MaxKeysPerRequest = 64, MaxFrameBytes = (1 << 20) + 4096 };
+    private static readonly ProtocolLimits Limits = LMCacheSharp.Fuzz.Shared.ProtocolParsing.Limits;
     private static readonly KvFormat Format = new(2, 16, 16, KvDataType.F16, KvLayout.LayerKV);
 
     private static int Seed => int.TryParse(Environment.GetEnvironmentVariable("LMCACHE_FUZZ_SEED"), out var s) ? s : 20261213;
@@ -40,7 +40,7 @@ public class MutationFuzzTests
             var input = Mutate(random, seeds);
             try
             {
-                ParseAll(input);
+                LMCacheSharp.Fuzz.Shared.ProtocolParsing.ParseAll(input);
             }
             catch (ProtocolException)
             {
@@ -147,7 +147,7 @@ public class MutationFuzzTests
             var input = Convert.FromHexString(File.ReadAllText(file).Trim());
             try
             {
-                ParseAll(input);
+                LMCacheSharp.Fuzz.Shared.ProtocolParsing.ParseAll(input);
             }
             catch (ProtocolException)
             {
@@ -296,43 +296,6 @@ public class MutationFuzzTests
         for (var b = 0; b < size; b++)
         {
             data[offset + b] = (byte)(value >> (8 * b));
-        }
-    }
-
-    /// <summary>Reads frames and parses each body the way the server would, until the input runs out.</summary>
-    private static void ParseAll(byte[] input)
-    {
-        var buffer = new ReadOnlySequence<byte>(input);
-        while (FrameReader.TryReadFrame(ref buffer, Limits, isRequest: true, out var header, out var body))
-        {
-            var bytes = body.ToArray();
-            try
-            {
-                switch (header.Opcode)
-                {
-                    case Opcode.Get or Opcode.Delete:
-                        RequestBody.ParseKey(bytes, Limits);
-                        break;
-                    case Opcode.Put:
-                        RequestBody.TryReadPutHead(body, header.BodyLength, Limits, out _, out _);
-                        RequestBody.ParsePut(bytes, Limits, out _);
-                        break;
-                    case Opcode.MultiGet or Opcode.ExistsPrefix:
-                        var keys = new KeyListReader(bytes, Limits);
-                        while (keys.TryReadNext(out _))
-                        {
-                        }
-
-                        break;
-                    case Opcode.Ping or Opcode.Clear or Opcode.Stats:
-                        RequestBody.ParseEmpty(bytes);
-                        break;
-                }
-            }
-            catch (ProtocolException e) when (!e.IsFramingViolation)
-            {
-                // A request-level error: the server answers and goes on with the next frame.
-            }
         }
     }
 
