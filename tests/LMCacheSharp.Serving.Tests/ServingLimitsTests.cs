@@ -282,6 +282,36 @@ public sealed class ServingLimitsTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.OK, (await server.Http.GetAsync("/health")).StatusCode);
     }
 
+    [Fact]
+    public async Task Tokenize_and_detokenize_follow_llama_server_and_refuse_bad_input()
+    {
+        var tokens = (await _server.PostAsync("/tokenize", new { content = "Once upon a time" }))["tokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray();
+        var withBos = (await _server.PostAsync("/tokenize", new { content = "Once upon a time", add_special = true }))["tokens"]!.AsArray();
+        Assert.Equal(_server.Service.TokenizeCompletion("Once upon a time"), withBos.Select(t => t!.GetValue<int>()).ToArray());
+        Assert.True(withBos.Count >= tokens.Length);
+        var pieces = (await _server.PostAsync("/tokenize", new { content = "Once", with_pieces = true }))["tokens"]!.AsArray();
+        Assert.All(pieces, p => Assert.NotNull(p!["piece"]));
+        var text = (await _server.PostAsync("/detokenize", new { tokens }))["content"]!.GetValue<string>();
+        Assert.Contains("upon a time", text, StringComparison.Ordinal);
+
+        Assert.Equal("content", (await _server.PostAsync("/tokenize", new { content = 5 }, 400))["error"]!["param"]!.GetValue<string>());
+        Assert.Equal("tokens", (await _server.PostAsync("/detokenize", new { tokens = new[] { -1 } }, 400))["error"]!["param"]!.GetValue<string>());
+        Assert.Equal("tokens", (await _server.PostAsync("/detokenize", new { tokens = "x" }, 400))["error"]!["param"]!.GetValue<string>());
+        using var bad = await _server.Http.PostAsync("/tokenize", new StringContent("{nope", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+        await AssertStillServingAsync();
+    }
+
+    [Fact]
+    public async Task A_model_is_found_by_its_id_and_an_unknown_id_is_404()
+    {
+        var model = JsonNode.Parse(await _server.Http.GetStringAsync("/v1/models/tiny"))!;
+        Assert.Equal("tiny", model["id"]!.GetValue<string>());
+        using var missing = await _server.Http.GetAsync("/v1/models/gpt-4");
+        Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
+        Assert.Equal("model_not_found", JsonNode.Parse(await missing.Content.ReadAsStringAsync())!["error"]!["code"]!.GetValue<string>());
+    }
+
     private async Task AssertStillServingAsync()
     {
         var (text, _, _) = await _server.CompleteAsync("still alive", 2);

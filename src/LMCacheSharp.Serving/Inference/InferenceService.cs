@@ -186,7 +186,7 @@ public sealed class InferenceService : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(prompt);
         CheckPromptBytes(prompt, "prompt");
-        return Tokenize(prompt, special: false);
+        return TokenizeText(prompt, special: false);
     }
 
     /// <summary>Formats and tokenizes chat messages (special tokens of the template are parsed); too long: as <see cref="TokenizeCompletion"/>.</summary>
@@ -206,7 +206,7 @@ public sealed class InferenceService : IAsyncDisposable
 
         var text = _chat.Format(messages);
         CheckPromptBytes(text, "messages");
-        return Tokenize(text, special: true);
+        return TokenizeText(text, special: true);
     }
 
     /// <summary>Checks a prompt given as token ids: every id in the vocabulary. Returns a copy.</summary>
@@ -361,9 +361,29 @@ public sealed class InferenceService : IAsyncDisposable
         _weights.Dispose();
     }
 
-    private int[] Tokenize(string text, bool special)
+    /// <summary>
+    /// Tokenizes <paramref name="text"/> as llama-server's /tokenize does: BOS only when <paramref name="addSpecial"/> (and
+    /// the model wants one), special-token text parsed when <paramref name="parseSpecial"/>. A text too long for the context
+    /// is rejected like a prompt (param <c>content</c>).
+    /// </summary>
+    public int[] Tokenize(string text, bool addSpecial, bool parseSpecial)
     {
-        var tokens = _weights.Tokenize(text, _weights.Vocab.ShouldAddBOS, special, Encoding.UTF8);
+        ArgumentNullException.ThrowIfNull(text);
+        CheckPromptBytes(text, "content");
+        return TokenizeText(text, parseSpecial, addSpecial && _weights.Vocab.ShouldAddBOS);
+    }
+
+    /// <summary>The text piece of one token (llama-server's <c>with_pieces</c>).</summary>
+    public string TokenPiece(int token)
+    {
+        Span<byte> piece = stackalloc byte[256];
+        var n = (int)_weights.NativeHandle.TokenToSpan((LLama.Native.LLamaToken)token, piece, 0, true);
+        return n <= piece.Length ? Encoding.UTF8.GetString(piece[..n]) : Detokenize([token]);
+    }
+
+    private int[] TokenizeText(string text, bool special, bool? addBos = null)
+    {
+        var tokens = _weights.Tokenize(text, addBos ?? _weights.Vocab.ShouldAddBOS, special, Encoding.UTF8);
         var result = new int[tokens.Length];
         for (var i = 0; i < tokens.Length; i++)
         {

@@ -45,9 +45,117 @@ public static class OpenAiEndpoints
             @object = "list",
             data = new[] { new { id = service.ModelName, @object = "model", created, owned_by = "lmcachesharp" } },
         }));
+        app.MapGet("/v1/models/{id}", (string id) => id == service.ModelName
+            ? Results.Json(new { id = service.ModelName, @object = "model", created, owned_by = "lmcachesharp" })
+            : Results.Json(Error($"The model '{id}' does not exist; this server serves '{service.ModelName}'.", "invalid_request_error", "model", "model_not_found"),
+                statusCode: 404));
+        app.MapPost("/tokenize", (HttpContext http) => TokenizeAsync(http, service));
+        app.MapPost("/detokenize", (HttpContext http) => DetokenizeAsync(http, service));
         app.MapPost("/v1/completions", (HttpContext http) => HandleAsync(http, service, chat: false));
         app.MapPost("/v1/chat/completions", (HttpContext http) => HandleAsync(http, service, chat: true));
         return app;
+    }
+
+    private static JsonObject Error(string message, string type, string? param, string code) => new()
+    {
+        ["error"] = new JsonObject { ["message"] = message, ["type"] = type, ["param"] = param, ["code"] = code },
+    };
+
+    /// <summary>POST /tokenize, llama-server's shape: {"content", "add_special" (false), "parse_special" (true), "with_pieces" (false)} -> {"tokens"}.</summary>
+    private static async Task TokenizeAsync(HttpContext http, InferenceService service)
+    {
+        try
+        {
+            using var doc = await ReadSmallJsonAsync(http, service).ConfigureAwait(false);
+            var body = doc.RootElement;
+            if (body.ValueKind != JsonValueKind.Object || !body.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
+            {
+                throw new OpenAiRequestException("'content' is required and must be a string", "content");
+            }
+
+            string text;
+            try
+            {
+                text = content.GetString()!;
+            }
+            catch (InvalidOperationException)
+            {
+                throw new OpenAiRequestException("'content' is not valid text", "content");
+            }
+
+            var tokens = service.Tokenize(text, Flag(body, "add_special", false), Flag(body, "parse_special", true));
+            var list = new JsonArray();
+            var withPieces = Flag(body, "with_pieces", false);
+            foreach (var t in tokens)
+            {
+                list.Add(withPieces ? new JsonObject { ["id"] = t, ["piece"] = service.TokenPiece(t) } : JsonValue.Create(t));
+            }
+
+            await http.Response.WriteAsJsonAsync(new JsonObject { ["tokens"] = list }, http.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OpenAiRequestException e)
+        {
+            await WriteErrorAsync(http, e.Status, e.Message, "invalid_request_error", e.Param, e.Code).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>POST /detokenize, llama-server's shape: {"tokens": [ids]} -> {"content"}.</summary>
+    private static async Task DetokenizeAsync(HttpContext http, InferenceService service)
+    {
+        try
+        {
+            using var doc = await ReadSmallJsonAsync(http, service).ConfigureAwait(false);
+            var body = doc.RootElement;
+            if (body.ValueKind != JsonValueKind.Object || !body.TryGetProperty("tokens", out var tokens) || tokens.ValueKind != JsonValueKind.Array)
+            {
+                throw new OpenAiRequestException("'tokens' is required and must be a list of token ids", "tokens");
+            }
+
+            var ids = new List<int>(tokens.GetArrayLength());
+            foreach (var t in tokens.EnumerateArray())
+            {
+                if (t.ValueKind != JsonValueKind.Number || !t.TryGetInt32(out var id) || id < 0 || id >= service.VocabularySize)
+                {
+                    throw new OpenAiRequestException($"'tokens[{ids.Count}]' must be a token id in 0..{service.VocabularySize - 1}", "tokens");
+                }
+
+                ids.Add(id);
+            }
+
+            await http.Response.WriteAsJsonAsync(new JsonObject { ["content"] = service.Detokenize(ids) }, http.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OpenAiRequestException e)
+        {
+            await WriteErrorAsync(http, e.Status, e.Message, "invalid_request_error", e.Param, e.Code).ConfigureAwait(false);
+        }
+    }
+
+    private static bool Flag(JsonElement body, string name, bool fallback) =>
+        !body.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? fallback
+        : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean()
+        : throw new OpenAiRequestException($"'{name}' must be a boolean", name);
+
+    /// <summary>Reads a JSON body under the same limit as the completion endpoints.</summary>
+    private static async Task<JsonDocument> ReadSmallJsonAsync(HttpContext http, InferenceService service)
+    {
+        var limit = service.MaxRequestBodyBytes;
+        if (http.Request.ContentLength > limit)
+        {
+            throw BodyTooLarge(service, limit);
+        }
+
+        try
+        {
+            return await JsonDocument.ParseAsync(new LimitedReadStream(http.Request.Body, limit), default, http.RequestAborted).ConfigureAwait(false);
+        }
+        catch (JsonException e)
+        {
+            throw new OpenAiRequestException($"the request body is not valid JSON: {e.Message}");
+        }
+        catch (Exception e) when (e is LimitedReadStream.LimitExceededException or BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge })
+        {
+            throw BodyTooLarge(service, limit);
+        }
     }
 
     /// <summary>Writes an error in OpenAI's shape.</summary>
