@@ -56,7 +56,6 @@ public static class ServingApp
             options.ModelName ??= DefaultModel.Name;
         }
 
-        builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(new ServingMetrics());
         builder.Services.AddSingleton(new CacheMetrics());
         builder.Services.AddSingleton(sp => InferenceService.Create(modelPath, options, cacheOptions, sp.GetRequiredService<ServingMetrics>(),
@@ -67,7 +66,7 @@ public static class ServingApp
         Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult();
         var app = builder.Build();
         var service = app.Services.GetRequiredService<InferenceService>();
-        service.Metrics.ObserveLoopProgressAge(() => service.LoopProgressAgeSeconds);
+        service.Metrics.ObserveLoopProgressAge(() => service.GetLoopHealth().ProgressAgeSeconds);
         var requestLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving.Requests");
         app.Use(async (http, next) =>
         {

@@ -228,9 +228,11 @@ public sealed class CacheEngine : IAsyncDisposable
         // not one per chunk. Memory hits complete synchronously.
         var present = count == 0 ? 0 : await Storage.CountPrefixAsync(keys, cancellationToken).ConfigureAwait(false);
         var fetches = new Task<KvChunk?>[present];
+        var fromLowerTier = present == 0 ? [] : new bool[present];
         for (var i = 0; i < present; i++)
         {
             var get = Storage.GetAsync(keys[i], cancellationToken);
+            fromLowerTier[i] = !get.IsCompletedSuccessfully; // only the memory tier answers synchronously
             fetches[i] = get.IsCompletedSuccessfully ? Task.FromResult(get.Result) : get.AsTask();
         }
 
@@ -270,7 +272,13 @@ public sealed class CacheEngine : IAsyncDisposable
         {
             for (var i = 0; i < pinned; i++)
             {
-                // Chunks found in a lower tier become candidates of the tail lookup too, now that memory holds them.
+                // Chunks found in a lower tier become candidates of the tail lookup too, now that memory holds them (those
+                // found in memory were registered when they were stored: the hot path does not walk the index for them).
+                if (!fromLowerTier[i])
+                {
+                    continue;
+                }
+
                 var at = i * ChunkSize;
                 Tails.Add(i == 0 ? ns.Seed : keys[i - 1], keys[i], tokens.Span.Slice(at, Math.Min(ChunkSize, tokens.Length - at)));
             }
@@ -492,12 +500,7 @@ public sealed class CacheEngine : IAsyncDisposable
                 var parent = i == 0 ? ns.Seed : keys[i - 1];
                 if (chunkStart + chunkTokens <= skipTokens || Storage.ContainsInMemory(keys[i]))
                 {
-                    if (TokenExact && Storage.ContainsInMemory(keys[i]))
-                    {
-                        Tails.Add(parent, keys[i], tokens.Span.Slice(chunkStart, chunkTokens), dominated);
-                    }
-
-                    continue;
+                    continue; // cached already: registered in the tail index when it was stored or pinned
                 }
 
                 if (partial && TokenExact && Tails.Find(parent, tokens.Span[chunkStart..], max: 1) is [{ } best] && best.Common == chunkTokens &&

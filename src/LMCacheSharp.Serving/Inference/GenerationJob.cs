@@ -85,9 +85,6 @@ public sealed class GenerationJob
     /// <summary>The events, in order; completes after the final event.</summary>
     public ChannelReader<GenerationEvent> Events => _events.Reader;
 
-    /// <summary>Leading prompt tokens found in the cache tiers (brought into memory and pinned) before scheduling.</summary>
-    public int PrefetchedTokens { get; internal set; }
-
     /// <summary>The pinned cached prefix, restored on the inference thread without touching a tier; released when restored or when the request ends.</summary>
     internal LMCacheSharp.Core.Engine.CachedPrefix? Prefix { get; set; }
 

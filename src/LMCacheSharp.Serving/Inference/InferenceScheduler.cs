@@ -147,12 +147,7 @@ internal sealed class InferenceScheduler : IDisposable
                     _logger.LogError(e, "inference step failed; failing the running requests");
                     foreach (var slot in _slots)
                     {
-                        if (slot.Job is not null)
-                        {
-                            FailSlot(slot, "internal error during inference");
-                        }
-
-                        ClearSlot(slot);
+                        FailSlot(slot, "internal error during inference"); // frees residents too
                     }
                 }
             }
@@ -287,7 +282,7 @@ internal sealed class InferenceScheduler : IDisposable
     /// tier, the partial last chunk to memory (token-exact reuse). Memory-tier work completes synchronously; lower tiers
     /// are written in the background. A failure is logged and the request goes on.
     /// </summary>
-    private void Store(Slot slot, RunningJob job, ReadOnlySpan<int> tokens)
+    private void Store(Slot slot, RunningJob job, ReadOnlyMemory<int> tokens)
     {
         if (job.Request.Parameters.SkipSave || _cache is null || tokens.Length < 2)
         {
@@ -296,7 +291,7 @@ internal sealed class InferenceScheduler : IDisposable
 
         try
         {
-            _cache.StoreAsync(slot.Sequence, tokens.ToArray(), job.CacheRestored, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
+            _cache.StoreAsync(slot.Sequence, tokens, job.CacheRestored, job.Request.Namespace).AsTask().GetAwaiter().GetResult();
         }
         catch (Exception e)
         {
@@ -317,7 +312,7 @@ internal sealed class InferenceScheduler : IDisposable
         }
     }
 
-    /// <summary>Fails the slot's request, frees its sequence and makes the slot free: nothing stays half-admitted.</summary>
+    /// <summary>Fails the slot's request (if any), frees its sequence and makes the slot free: nothing stays half-admitted.</summary>
     private void FailSlot(Slot slot, string message)
     {
         if (slot.Job is { } job)
@@ -391,7 +386,7 @@ internal sealed class InferenceScheduler : IDisposable
         // The completion's KV too (LMCache's save_decode_cache): the next chat turn restores the whole exchange.
         if (_cache?.Engine.SaveDecodeCache == true)
         {
-            Store(slot, job, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(slot.Materialized));
+            Store(slot, job, slot.Materialized.ToArray()); // the list changes as the slot is reused: the store reads a copy
         }
         _metrics.Finished(reason.ToString().ToLowerInvariant(), job.Prompt.Length, usage.CachedTokens, job.Generated,
             job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt).TotalSeconds);

@@ -61,25 +61,23 @@ public sealed class InferenceService : IAsyncDisposable
     /// </summary>
     public long MaxRequestBodyBytes => Math.Min(OpenAiEndpoints.MaxBodyBytes, MaxPromptBytes * 6 + (1L << 20));
 
-    /// <summary>Whether the inference loop is healthy: not dead, and not stuck on a step for longer than <paramref name="stallAfter"/> while work is pending.</summary>
-    public (bool Healthy, string Status, double ProgressAgeSeconds) GetLoopHealth(TimeSpan stallAfter)
+    /// <summary>
+    /// Whether the inference loop is healthy: not dead, and not stuck on a step for longer than
+    /// <see cref="ServingOptions.StallTimeout"/> while work is pending; with the seconds since its last progress (0 when idle).
+    /// </summary>
+    public (bool Healthy, string Status, double ProgressAgeSeconds) GetLoopHealth()
     {
-        var age = System.Diagnostics.Stopwatch.GetElapsedTime(_scheduler.LastProgressTimestamp);
+        var pending = _scheduler.Pending;
+        var age = pending > 0 ? System.Diagnostics.Stopwatch.GetElapsedTime(_scheduler.LastProgressTimestamp) : TimeSpan.Zero;
         if (_scheduler.LoopDead)
         {
             return (false, "inference loop stopped", age.TotalSeconds);
         }
 
-        if (_scheduler.Pending > 0 && age > stallAfter)
-        {
-            return (false, $"inference loop made no progress for {age.TotalSeconds:F0} s with {_scheduler.Pending} requests pending", age.TotalSeconds);
-        }
-
-        return (true, "ok", _scheduler.Pending > 0 ? age.TotalSeconds : 0);
+        return pending > 0 && age > _options.StallTimeout
+            ? (false, $"inference loop made no progress for {age.TotalSeconds:F0} s with {pending} requests pending", age.TotalSeconds)
+            : (true, "ok", age.TotalSeconds);
     }
-
-    /// <summary>Seconds since the inference loop last made progress (0 when idle).</summary>
-    public double LoopProgressAgeSeconds => _scheduler.Pending > 0 ? System.Diagnostics.Stopwatch.GetElapsedTime(_scheduler.LastProgressTimestamp).TotalSeconds : 0;
 
     /// <summary>Test hook: runs at the start of every scheduler step, on the inference thread.</summary>
     internal Action? BeforeSchedulerStep
@@ -310,7 +308,6 @@ public sealed class InferenceService : IAsyncDisposable
         if (Cache is not null)
         {
             job.Prefix = await Cache.PrefetchAsync(promptTokens, ns, cancellationToken).ConfigureAwait(false);
-            job.PrefetchedTokens = job.Prefix.Tokens;
         }
 
         _metrics.Started();

@@ -28,9 +28,9 @@ public static class OpenAiEndpoints
         ArgumentNullException.ThrowIfNull(app);
         ArgumentNullException.ThrowIfNull(service);
         var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        app.MapGet("/health", (HttpContext http) =>
+        app.MapGet("/health", () =>
         {
-            var (healthy, status, age) = service.GetLoopHealth(StallTimeout(http));
+            var (healthy, status, age) = service.GetLoopHealth();
             return Results.Json(new
             {
                 status = healthy ? "ok" : "unhealthy",
@@ -40,13 +40,10 @@ public static class OpenAiEndpoints
                 loop_progress_age_seconds = Math.Round(age, 3)
             }, statusCode: healthy ? 200 : 503);
         });
-        app.MapGet("/v1/models", () => Results.Json(new
-        {
-            @object = "list",
-            data = new[] { new { id = service.ModelName, @object = "model", created, owned_by = "lmcachesharp" } },
-        }));
+        var card = new { id = service.ModelName, @object = "model", created, owned_by = "lmcachesharp" };
+        app.MapGet("/v1/models", () => Results.Json(new { @object = "list", data = new[] { card } }));
         app.MapGet("/v1/models/{id}", (string id) => id == service.ModelName
-            ? Results.Json(new { id = service.ModelName, @object = "model", created, owned_by = "lmcachesharp" })
+            ? Results.Json(card)
             : Results.Json(Error($"The model '{id}' does not exist; this server serves '{service.ModelName}'.", "invalid_request_error", "model", "model_not_found"),
                 statusCode: 404));
         app.MapPost("/tokenize", (HttpContext http) => TokenizeAsync(http, service));
@@ -66,22 +63,14 @@ public static class OpenAiEndpoints
     {
         try
         {
-            using var doc = await ReadSmallJsonAsync(http, service).ConfigureAwait(false);
+            using var doc = await ReadJsonBodyAsync(http, service).ConfigureAwait(false);
             var body = doc.RootElement;
             if (body.ValueKind != JsonValueKind.Object || !body.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
             {
                 throw new OpenAiRequestException("'content' is required and must be a string", "content");
             }
 
-            string text;
-            try
-            {
-                text = content.GetString()!;
-            }
-            catch (InvalidOperationException)
-            {
-                throw new OpenAiRequestException("'content' is not valid text", "content");
-            }
+            var text = OpenAiRequestParser.ReadString(content, "content");
 
             var tokens = service.Tokenize(text, Flag(body, "add_special", false), Flag(body, "parse_special", true));
             var list = new JsonArray();
@@ -104,7 +93,7 @@ public static class OpenAiEndpoints
     {
         try
         {
-            using var doc = await ReadSmallJsonAsync(http, service).ConfigureAwait(false);
+            using var doc = await ReadJsonBodyAsync(http, service).ConfigureAwait(false);
             var body = doc.RootElement;
             if (body.ValueKind != JsonValueKind.Object || !body.TryGetProperty("tokens", out var tokens) || tokens.ValueKind != JsonValueKind.Array)
             {
@@ -135,18 +124,30 @@ public static class OpenAiEndpoints
         : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean()
         : throw new OpenAiRequestException($"'{name}' must be a boolean", name);
 
-    /// <summary>Reads a JSON body under the same limit as the completion endpoints.</summary>
-    private static async Task<JsonDocument> ReadSmallJsonAsync(HttpContext http, InferenceService service)
+    /// <summary>
+    /// Reads the request body as JSON. No prompt that fits the context needs a bigger body than
+    /// <see cref="InferenceService.MaxRequestBodyBytes"/>: a larger one is read and thrown away up to <see cref="MaxBodyBytes"/>,
+    /// so that clients that send the whole body before reading (most) see the 413, then refused; one announcing more than
+    /// <see cref="MaxBodyBytes"/> is refused at once. Bad JSON is a 400.
+    /// </summary>
+    private static async Task<JsonDocument> ReadJsonBodyAsync(HttpContext http, InferenceService service)
     {
+        var aborted = http.RequestAborted;
         var limit = service.MaxRequestBodyBytes;
+        if (http.Request.ContentLength > MaxBodyBytes)
+        {
+            throw BodyTooLarge(service, limit);
+        }
+
         if (http.Request.ContentLength > limit)
         {
+            await DrainAsync(http.Request.Body, aborted).ConfigureAwait(false);
             throw BodyTooLarge(service, limit);
         }
 
         try
         {
-            return await JsonDocument.ParseAsync(new LimitedReadStream(http.Request.Body, limit), default, http.RequestAborted).ConfigureAwait(false);
+            return await JsonDocument.ParseAsync(new LimitedReadStream(http.Request.Body, limit), default, aborted).ConfigureAwait(false);
         }
         catch (JsonException e)
         {
@@ -154,6 +155,7 @@ public static class OpenAiEndpoints
         }
         catch (Exception e) when (e is LimitedReadStream.LimitExceededException or BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge })
         {
+            await DrainAsync(http.Request.Body, aborted).ConfigureAwait(false);
             throw BodyTooLarge(service, limit);
         }
     }
@@ -168,16 +170,7 @@ public static class OpenAiEndpoints
             http.Response.Headers.RetryAfter = "1";
         }
 
-        return http.Response.WriteAsJsonAsync(new JsonObject
-        {
-            ["error"] = new JsonObject
-            {
-                ["message"] = message,
-                ["type"] = type,
-                ["param"] = param,
-                ["code"] = code ?? type,
-            },
-        });
+        return http.Response.WriteAsJsonAsync(Error(message, type, param, code ?? type));
     }
 
     private static async Task HandleAsync(HttpContext http, InferenceService service, bool chat)
@@ -190,38 +183,7 @@ public static class OpenAiEndpoints
         string? echo = null;
         try
         {
-            // No prompt that fits the context needs a bigger body (InferenceService.MaxRequestBodyBytes). A larger one is read
-            // and thrown away up to MaxBodyBytes, so that clients that send the whole body before reading (most) see the 413,
-            // then refused; a body over MaxBodyBytes is refused at once.
-            var limit = service.MaxRequestBodyBytes;
-            if (http.Request.ContentLength > MaxBodyBytes)
-            {
-                throw BodyTooLarge(service, limit);
-            }
-
-            if (http.Request.ContentLength > limit)
-            {
-                await DrainAsync(http.Request.Body, aborted).ConfigureAwait(false);
-                throw BodyTooLarge(service, limit);
-            }
-
-            JsonDocument doc;
-            var body = new LimitedReadStream(http.Request.Body, limit);
-            try
-            {
-                doc = await JsonDocument.ParseAsync(body, default, aborted).ConfigureAwait(false);
-            }
-            catch (JsonException e)
-            {
-                throw new OpenAiRequestException($"the request body is not valid JSON: {e.Message}");
-            }
-            catch (Exception e) when (e is LimitedReadStream.LimitExceededException or BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge })
-            {
-                await DrainAsync(http.Request.Body, aborted).ConfigureAwait(false);
-                throw BodyTooLarge(service, limit);
-            }
-
-            using (doc)
+            using (var doc = await ReadJsonBodyAsync(http, service).ConfigureAwait(false))
             {
                 if (chat)
                 {
@@ -296,9 +258,6 @@ public static class OpenAiEndpoints
     private static OpenAiRequestException BodyTooLarge(InferenceService service, long limit) => new(
         $"the request body is larger than {limit} bytes, more than any prompt that fits this model's {service.ContextSize}-token context needs",
         null, "request_too_large", StatusCodes.Status413PayloadTooLarge);
-
-    private static TimeSpan StallTimeout(HttpContext http) =>
-        http.RequestServices.GetService(typeof(ServingOptions)) is ServingOptions o ? o.StallTimeout : TimeSpan.FromSeconds(60);
 
     private static void CheckModel(string model, InferenceService service)
     {

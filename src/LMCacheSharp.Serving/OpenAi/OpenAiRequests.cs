@@ -160,7 +160,7 @@ public static class OpenAiRequestParser
     }
 
     /// <summary>A JSON string's value; invalid text (a lone surrogate escape such as \ud800) is a 400 naming the field.</summary>
-    private static string ReadString(JsonElement e, string name)
+    internal static string ReadString(JsonElement e, string name)
     {
         try
         {
