@@ -21,13 +21,14 @@ public sealed class ServeCommandTests
     public async Task Every_configuration_problem_is_reported_at_once_with_its_source()
     {
         var (code, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "serve", "--port", "0",
-            "--lmcache", "chunk_size=0", "--lmcache", "broken", "--ctx-size", "5", "--flash-attention", "maybe", "--log-level", "loud");
+            "--lmcache", "chunk_size=0", "--lmcache", "broken", "--ctx-size", "5", "--flash-attention", "maybe", "--log-level", "loud", "--stall-timeout", "0");
         Assert.Equal(2, code);
         Assert.Contains("chunk_size (command line)", stderr, StringComparison.Ordinal);
         Assert.Contains("--lmcache: takes KEY=VALUE, got 'broken'", stderr, StringComparison.Ordinal);
         Assert.Contains("--ctx-size", stderr, StringComparison.Ordinal);
         Assert.Contains("--flash-attention", stderr, StringComparison.Ordinal);
         Assert.Contains("--log-level", stderr, StringComparison.Ordinal);
+        Assert.Contains("--stall-timeout", stderr, StringComparison.Ordinal);
         Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal); // no stack trace
     }
 
@@ -47,6 +48,20 @@ public sealed class ServeCommandTests
         {
             File.Delete(path);
         }
+    }
+
+    [Theory]
+    [InlineData("--workload", "nonsense")]
+    [InlineData("--configs", "fast")]
+    public async Task Bench_serving_refuses_unknown_workloads_and_configurations(string option, string value)
+    {
+        string[] args = option == "--workload"
+            ? ["bench", "serving", "--workload", value]
+            : ["bench", "serving", "--workload", "doc-qa", "--documents", "1", "--rounds", "1", option, value];
+        var (code, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(120), args);
+        Assert.Equal(2, code);
+        Assert.Contains(value, stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);
     }
 
     [Theory]

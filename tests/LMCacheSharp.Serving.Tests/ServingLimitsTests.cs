@@ -310,6 +310,7 @@ public sealed class ServingLimitsTests : IAsyncLifetime
         using var missing = await _server.Http.GetAsync("/v1/models/gpt-4");
         Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
         Assert.Equal("model_not_found", JsonNode.Parse(await missing.Content.ReadAsStringAsync())!["error"]!["code"]!.GetValue<string>());
+        await AssertStillServingAsync();
     }
 
     private async Task AssertStillServingAsync()
