@@ -139,7 +139,9 @@ public sealed class CircuitBreaker
 
     /// <summary>
     /// The call <paramref name="ticket"/> names failed or timed out. While closed it counts towards the threshold; while
-    /// half-open only the current probe reopens the circuit (for twice as long, up to <see cref="MaxOpenTime"/>).
+    /// half-open only the current probe reopens the circuit (for twice as long, up to <see cref="MaxOpenTime"/>). A call that
+    /// entered before the circuit last changed state (a slow call from before it opened, failing after the probe closed it)
+    /// says nothing about the remote now and changes nothing.
     /// </summary>
     public void OnFailure(CircuitTicket ticket)
     {
@@ -150,7 +152,7 @@ public sealed class CircuitBreaker
                 _openTime = TimeSpan.FromTicks(Math.Min(_openTime.Ticks * 2, MaxOpenTime.Ticks));
                 Open();
             }
-            else if (_state == CircuitState.Closed && ++_failures >= FailureThreshold)
+            else if (_state == CircuitState.Closed && ticket.Epoch == _epoch && ++_failures >= FailureThreshold)
             {
                 Open();
             }

@@ -91,6 +91,25 @@ public class CircuitBreakerTicketTests
     }
 
     [Fact]
+    public void A_failure_of_a_call_that_entered_before_the_circuit_opened_does_not_reopen_it_once_closed()
+    {
+        var time = new FakeTimeProvider();
+        var breaker = new CircuitBreaker(1, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(10), time);
+        Assert.True(breaker.TryEnter(out var stuck));
+        breaker.OnFailure(); // another call's failure opens the circuit
+        time.Advance(TimeSpan.FromSeconds(1));
+        Assert.True(breaker.TryEnter(out var probe));
+        breaker.OnSuccess(probe);
+        Assert.Equal(CircuitState.Closed, breaker.State);
+
+        breaker.OnFailure(stuck); // the stuck call finally fails: stale
+        Assert.Equal(CircuitState.Closed, breaker.State);
+        Assert.True(breaker.TryEnter(out var fresh));
+        breaker.OnFailure(fresh); // a call of this closed period still counts
+        Assert.Equal(CircuitState.Open, breaker.State);
+    }
+
+    [Fact]
     public void A_probe_replaced_after_the_probe_timeout_no_longer_decides()
     {
         var time = new FakeTimeProvider();
