@@ -43,6 +43,12 @@ internal static class ProtocolParsing
                     case Opcode.Ping or Opcode.Clear or Opcode.Stats:
                         RequestBody.ParseEmpty(bytes);
                         break;
+                    case Opcode.Link:
+                        RequestBody.ParseLink(bytes, Limits, out _, out _);
+                        break;
+                    case Opcode.Children:
+                        RequestBody.ParseChildren(bytes, Limits, out _, out _);
+                        break;
                 }
             }
             catch (ProtocolException e) when (!e.IsFramingViolation)

@@ -86,6 +86,50 @@ public static class FrameWriter
         }
     }
 
+    /// <summary>Writes a LINK request: <paramref name="child"/> continues <paramref name="parent"/> and covers <paramref name="tokens"/>.</summary>
+    public static void WriteLinkRequest(IBufferWriter<byte> writer, uint requestId, ReadOnlySpan<byte> child, ReadOnlySpan<byte> parent, ReadOnlySpan<int> tokens)
+    {
+        CheckKey(child);
+        CheckKey(parent);
+        WriteHeader(writer, new FrameHeader(Opcode.Link, StatusCode.Ok, requestId, 2 + child.Length + 2 + parent.Length + 4 + (4 * tokens.Length)));
+        WriteKey(writer, child);
+        WriteKey(writer, parent);
+        WriteTokens(writer, tokens);
+    }
+
+    /// <summary>Writes a CHILDREN request: the best <paramref name="max"/> children of <paramref name="parent"/> for <paramref name="next"/>.</summary>
+    public static void WriteChildrenRequest(IBufferWriter<byte> writer, uint requestId, ReadOnlySpan<byte> parent, int max, ReadOnlySpan<int> next)
+    {
+        CheckKey(parent);
+        ArgumentOutOfRangeException.ThrowIfLessThan(max, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(max, ushort.MaxValue);
+        WriteHeader(writer, new FrameHeader(Opcode.Children, StatusCode.Ok, requestId, 2 + parent.Length + 2 + 4 + (4 * next.Length)));
+        WriteKey(writer, parent);
+        WriteUInt16(writer, (ushort)max);
+        WriteTokens(writer, next);
+    }
+
+    /// <summary>Writes an Ok response to CHILDREN: each child's key and tokens, best first.</summary>
+    public static void WriteChildrenResponse(IBufferWriter<byte> writer, uint requestId, IReadOnlyList<(byte[] Key, int[] Tokens)> children)
+    {
+        ArgumentNullException.ThrowIfNull(children);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(children.Count, ushort.MaxValue, nameof(children));
+        var length = 2;
+        foreach (var (key, tokens) in children)
+        {
+            CheckKey(key);
+            length += 2 + key.Length + 4 + (4 * tokens.Length);
+        }
+
+        WriteHeader(writer, new FrameHeader(Opcode.Children, StatusCode.Ok, requestId, length));
+        WriteUInt16(writer, (ushort)children.Count);
+        foreach (var (key, tokens) in children)
+        {
+            WriteKey(writer, key);
+            WriteTokens(writer, tokens);
+        }
+    }
+
     /// <summary>Writes an AUTH request.</summary>
     public static void WriteAuth(IBufferWriter<byte> writer, uint requestId, ReadOnlySpan<byte> token)
     {
@@ -180,6 +224,17 @@ public static class FrameWriter
     {
         WriteUInt16(writer, (ushort)key.Length);
         WriteRaw(writer, key);
+    }
+
+    private static void WriteTokens(IBufferWriter<byte> writer, ReadOnlySpan<int> tokens)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(writer.GetSpan(4), (uint)tokens.Length);
+        writer.Advance(4);
+        foreach (var token in tokens)
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(writer.GetSpan(4), token);
+            writer.Advance(4);
+        }
     }
 
     private static void WriteUInt16(IBufferWriter<byte> writer, ushort value)

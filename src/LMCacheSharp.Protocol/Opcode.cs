@@ -29,6 +29,19 @@ public enum Opcode : byte
 
     /// <summary>Server counters; response body = a list of (name, u64) pairs.</summary>
     Stats = 9,
+
+    /// <summary>
+    /// Records that a stored key continues a parent key, with the child's token ids: body = child key, parent key, u32 token
+    /// count, then the tokens (i32 each). Token-exact reuse finds the children of a parent with <see cref="Children"/>.
+    /// </summary>
+    Link = 10,
+
+    /// <summary>
+    /// The stored children of a parent that share the most leading tokens with the request's next tokens: body = parent key,
+    /// u16 most children wanted, u32 token count, then the tokens; response body = u16 count, then per child its key, u32
+    /// token count and tokens, best first.
+    /// </summary>
+    Children = 11,
 }
 
 /// <summary>Response statuses. The numbers are on the wire: never renumber.</summary>

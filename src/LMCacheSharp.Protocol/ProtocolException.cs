@@ -36,6 +36,9 @@ public enum ProtocolError
     /// <summary>A request body other than PUT is over <see cref="ProtocolLimits.MaxControlBodyBytes"/> (request-level).</summary>
     BodyTooLarge,
 
+    /// <summary>A request field holds a value out of its range (a LINK without tokens, a CHILDREN asking for none) (request-level).</summary>
+    InvalidField,
+
     /// <summary>A response field holds a value that cannot occur (a client-side check of the server's replies).</summary>
     InvalidResponse,
 }

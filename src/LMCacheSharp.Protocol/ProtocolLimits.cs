@@ -15,6 +15,12 @@ public sealed class ProtocolLimits
     /// <summary>Most keys in one MGET or EXISTS-PREFIX. Default 4096; range 1..65535 (the count is a u16 on the wire).</summary>
     public int MaxKeysPerRequest { get; init; } = 4096;
 
+    /// <summary>Most tokens in a LINK or CHILDREN request (a chunk's tokens). Default 65,536 (the largest chunk); range 1..1,048,576.</summary>
+    public int MaxLinkTokens { get; init; } = 65_536;
+
+    /// <summary>Most children one CHILDREN request may ask for. Default 16; range 1..1024.</summary>
+    public int MaxChildrenPerLookup { get; init; } = 16;
+
     /// <summary>
     /// Largest frame body in bytes, in either direction: a longer frame is a framing violation (the connection is closed).
     /// Default 257 MiB (the default value limit plus 1 MiB); range 16..2 GiB - 64 KiB.
@@ -34,7 +40,7 @@ public sealed class ProtocolLimits
     /// Largest body of a request other than PUT (a key list at the limits: u16 count, then each key with its u16 length).
     /// Derived from <see cref="MaxKeysPerRequest"/> and <see cref="MaxKeyBytes"/>.
     /// </summary>
-    public int MaxControlBodyBytes => 2 + (MaxKeysPerRequest * (2 + MaxKeyBytes));
+    public int MaxControlBodyBytes => Math.Max(2 + (MaxKeysPerRequest * (2 + MaxKeyBytes)), (2 * (2 + MaxKeyBytes)) + 6 + (4 * MaxLinkTokens));
 
     /// <summary>Every problem with the current values, each naming the limit and its range; empty when valid.</summary>
     public IReadOnlyList<string> GetErrors()
@@ -53,6 +59,16 @@ public sealed class ProtocolLimits
         if (MaxKeysPerRequest is < 1 or > ushort.MaxValue)
         {
             errors.Add($"max keys per request: must be in 1..65535, got {MaxKeysPerRequest}");
+        }
+
+        if (MaxLinkTokens is < 1 or > 1 << 20)
+        {
+            errors.Add($"max link tokens: must be in 1..1048576, got {MaxLinkTokens}");
+        }
+
+        if (MaxChildrenPerLookup is < 1 or > 1024)
+        {
+            errors.Add($"max children per lookup: must be in 1..1024, got {MaxChildrenPerLookup}");
         }
 
         if (MaxFrameBytes is < 16 or > FrameBytesCeiling)

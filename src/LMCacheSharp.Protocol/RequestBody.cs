@@ -13,6 +13,8 @@ namespace LMCacheSharp.Protocol;
 ///   MGET, EXISTS-PREFIX  body = u16 count (0..MaxKeysPerRequest), then count keys
 ///   AUTH                 body = the token bytes (up to MaxControlBodyBytes)
 ///   PING, CLEAR, STATS   body = empty
+///   LINK                 body = child key, parent key, u32 count (1..MaxLinkTokens), then count x i32 tokens
+///   CHILDREN             body = parent key, u16 max (1..MaxChildrenPerLookup), u32 count (0..MaxLinkTokens), count x i32 tokens
 /// </code>
 /// </summary>
 public static class RequestBody
@@ -98,6 +100,36 @@ public static class RequestBody
         return key;
     }
 
+    /// <summary>Parses a LINK body: returns the child key; <paramref name="parent"/> and <paramref name="tokens"/> (i32 little-endian each) follow it.</summary>
+    public static ReadOnlySpan<byte> ParseLink(ReadOnlySpan<byte> body, ProtocolLimits limits, out ReadOnlySpan<byte> parent, out ReadOnlySpan<byte> tokens)
+    {
+        var child = ReadKey(body, limits, out var consumed);
+        parent = ReadKey(body[consumed..], limits, out var parentBytes);
+        tokens = ReadTokens(body[(consumed + parentBytes)..], limits, minimum: 1, "LINK");
+        return child;
+    }
+
+    /// <summary>Parses a CHILDREN body: returns the parent key, the most children wanted and the request's next tokens.</summary>
+    public static ReadOnlySpan<byte> ParseChildren(ReadOnlySpan<byte> body, ProtocolLimits limits, out int max, out ReadOnlySpan<byte> tokens)
+    {
+        var parent = ReadKey(body, limits, out var consumed);
+        body = body[consumed..];
+        if (body.Length < 2)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, "CHILDREN body ends before the child count");
+        }
+
+        max = BinaryPrimitives.ReadUInt16LittleEndian(body);
+        if (max is 0 || max > limits.MaxChildrenPerLookup)
+        {
+            throw new ProtocolException(max is 0 ? ProtocolError.InvalidField : ProtocolError.TooManyKeys,
+                $"{max} children asked: must be 1..{limits.MaxChildrenPerLookup}");
+        }
+
+        tokens = ReadTokens(body[2..], limits, minimum: 0, "CHILDREN");
+        return parent;
+    }
+
     /// <summary>Checks that an empty body is empty (PING, CLEAR, STATS).</summary>
     public static void ParseEmpty(ReadOnlySpan<byte> body)
     {
@@ -115,6 +147,35 @@ public static class RequestBody
         {
             throw new ProtocolException(ProtocolError.BodyTooLarge, $"request body of {bodyLength} bytes is over the {limits.MaxControlBodyBytes}-byte limit");
         }
+    }
+
+    // u32 count, then exactly count x i32: the rest of the body.
+    private static ReadOnlySpan<byte> ReadTokens(ReadOnlySpan<byte> source, ProtocolLimits limits, int minimum, string what)
+    {
+        if (source.Length < 4)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, $"{what} body ends before the token count");
+        }
+
+        var count = BinaryPrimitives.ReadUInt32LittleEndian(source);
+        if (count < minimum || count > limits.MaxLinkTokens)
+        {
+            throw new ProtocolException(count < minimum ? ProtocolError.InvalidField : ProtocolError.BodyTooLarge,
+                $"{count} tokens: must be {minimum}..{limits.MaxLinkTokens}");
+        }
+
+        var bytes = (long)count * 4;
+        if (source.Length - 4 < bytes)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, $"{what} body ends inside its {count} tokens");
+        }
+
+        if (source.Length - 4 > bytes)
+        {
+            throw new ProtocolException(ProtocolError.TrailingBytes, $"{source.Length - 4 - bytes} bytes after the tokens");
+        }
+
+        return source.Slice(4, (int)bytes);
     }
 
     private static void CheckKeyLength(int length, ProtocolLimits limits)

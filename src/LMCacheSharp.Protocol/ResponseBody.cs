@@ -11,7 +11,8 @@ namespace LMCacheSharp.Protocol;
 ///                           or u32 0xFFFFFFFE (omitted: the response reached MaxFrameBytes; ask again)
 ///   Ok to EXISTS-PREFIX     u32 count of leading present keys
 ///   Ok to STATS             u16 count, then per counter: u8 name length, ASCII name, i64 value
-///   Ok to PUT, DELETE, CLEAR, AUTH, PING; NotFound    empty
+///   Ok to CHILDREN          u16 count, then per child: u16 key length, key, u32 token count, count x i32 tokens
+///   Ok to PUT, DELETE, CLEAR, AUTH, PING, LINK; NotFound    empty
 ///   any error status        a short UTF-8 message (at most 1024 bytes)
 /// </code>
 /// </summary>
@@ -41,6 +42,57 @@ public static class ResponseBody
         }
 
         return (int)count;
+    }
+
+    /// <summary>Parses a CHILDREN body: at most <paramref name="maxAsked"/> children, each with its key and tokens.</summary>
+    public static IReadOnlyList<(byte[] Key, int[] Tokens)> ParseChildren(ReadOnlySpan<byte> body, int maxAsked, ProtocolLimits limits)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        if (body.Length < 2)
+        {
+            throw new ProtocolException(ProtocolError.InvalidResponse, "CHILDREN body ends before the count");
+        }
+
+        var count = BinaryPrimitives.ReadUInt16LittleEndian(body);
+        if (count > maxAsked)
+        {
+            throw new ProtocolException(ProtocolError.InvalidResponse, $"{count} children is over the {maxAsked} asked");
+        }
+
+        var children = new List<(byte[], int[])>(count);
+        var offset = 2;
+        for (var i = 0; i < count; i++)
+        {
+            var key = RequestBody.ReadKey(body[offset..], limits, out var consumed);
+            offset += consumed;
+            if (body.Length - offset < 4)
+            {
+                throw new ProtocolException(ProtocolError.InvalidResponse, "CHILDREN body ends before a token count");
+            }
+
+            var tokenCount = BinaryPrimitives.ReadUInt32LittleEndian(body[offset..]);
+            offset += 4;
+            if (tokenCount == 0 || tokenCount > limits.MaxLinkTokens || (body.Length - offset) / 4 < tokenCount)
+            {
+                throw new ProtocolException(ProtocolError.InvalidResponse, $"a child of {tokenCount} tokens does not fit the body");
+            }
+
+            var tokens = new int[tokenCount];
+            for (var t = 0; t < tokens.Length; t++)
+            {
+                tokens[t] = BinaryPrimitives.ReadInt32LittleEndian(body[(offset + (4 * t))..]);
+            }
+
+            offset += 4 * tokens.Length;
+            children.Add((key.ToArray(), tokens));
+        }
+
+        if (offset != body.Length)
+        {
+            throw new ProtocolException(ProtocolError.InvalidResponse, $"{body.Length - offset} bytes after the last child");
+        }
+
+        return children;
     }
 
     /// <summary>Parses a STATS body.</summary>

@@ -169,6 +169,40 @@ public sealed class CacheClient : IAsyncDisposable
         return ResponseBody.ParseCount(response.Body, count);
     }
 
+    /// <summary>
+    /// Records on the server that <paramref name="child"/> continues <paramref name="parent"/> and covers <paramref name="tokens"/>,
+    /// for <see cref="ChildrenAsync"/> (token-exact reuse). The server keeps these records as soft state.
+    /// </summary>
+    public async Task LinkAsync(ReadOnlyMemory<byte> child, ReadOnlyMemory<byte> parent, ReadOnlyMemory<int> tokens, CancellationToken cancellationToken = default)
+    {
+        CheckKey(child.Span);
+        CheckKey(parent.Span);
+        CheckTokens(tokens.Length, minimum: 1);
+        using var response = await SendBufferedAsync(Opcode.Link,
+            static (w, id, s) => FrameWriter.WriteLinkRequest(w, id, s.child.Span, s.parent.Span, s.tokens.Span), (child, parent, tokens),
+            cancellationToken).ConfigureAwait(false);
+        response.ThrowUnless(StatusCode.Ok);
+    }
+
+    /// <summary>
+    /// The stored children of <paramref name="parent"/> that share the most leading tokens with <paramref name="next"/>, best
+    /// first, at most <paramref name="max"/>, each with its key and tokens, in one round trip. The tokens are the server's
+    /// word: a caller compares them and checks the key they hash to before it uses a child.
+    /// </summary>
+    public async Task<IReadOnlyList<(byte[] Key, int[] Tokens)>> ChildrenAsync(ReadOnlyMemory<byte> parent, ReadOnlyMemory<int> next, int max = 4,
+        CancellationToken cancellationToken = default)
+    {
+        CheckKey(parent.Span);
+        CheckTokens(next.Length, minimum: 0);
+        ArgumentOutOfRangeException.ThrowIfLessThan(max, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(max, _options.Limits.MaxChildrenPerLookup);
+        using var response = await SendBufferedAsync(Opcode.Children,
+            static (w, id, s) => FrameWriter.WriteChildrenRequest(w, id, s.parent.Span, s.max, s.next.Span), (parent, next, max),
+            cancellationToken).ConfigureAwait(false);
+        response.ThrowUnless(StatusCode.Ok);
+        return ResponseBody.ParseChildren(response.Body, max, _options.Limits);
+    }
+
     /// <summary>Removes <paramref name="key"/>; false when it was absent.</summary>
     public async Task<bool> DeleteAsync(ReadOnlyMemory<byte> key, CancellationToken cancellationToken = default)
     {
@@ -219,6 +253,14 @@ public sealed class CacheClient : IAsyncDisposable
         foreach (var connection in _connections)
         {
             connection?.Abort("connections reset by the client");
+        }
+    }
+
+    private void CheckTokens(int count, int minimum)
+    {
+        if (count < minimum || count > _options.Limits.MaxLinkTokens)
+        {
+            throw new ArgumentException($"{count} tokens: must be {minimum}..{_options.Limits.MaxLinkTokens}", nameof(count));
         }
     }
 

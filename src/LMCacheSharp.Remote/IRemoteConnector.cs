@@ -1,5 +1,6 @@
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Storage;
 
 namespace LMCacheSharp.Remote;
 
@@ -38,6 +39,16 @@ public interface IRemoteConnector : IAsyncDisposable
 
     /// <summary>Removes every chunk this connector's keys cover.</summary>
     Task ClearAsync(CancellationToken cancellationToken);
+
+    /// <summary>Whether the remote keeps a child index (<see cref="LinkAsync"/>, <see cref="FindChildrenAsync"/>). Default false.</summary>
+    bool HasChildIndex => false;
+
+    /// <summary>Records that <paramref name="key"/> continues <paramref name="lineage"/>'s parent with its tokens. Default: nothing.</summary>
+    Task LinkAsync(ChunkHash key, ChunkLineage lineage, CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>The stored children of <paramref name="parent"/> best matching <paramref name="next"/>, at most <paramref name="max"/>. Default: none.</summary>
+    Task<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max, CancellationToken cancellationToken) =>
+        Task.FromResult<IReadOnlyList<StoredChild>>([]);
 
     /// <summary>
     /// Closes pooled connections so that the next call opens a fresh one: the circuit breaker's probe calls this first, so

@@ -2,6 +2,7 @@ using System.Buffers;
 using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Storage;
 
 namespace LMCacheSharp.Remote;
 
@@ -75,6 +76,34 @@ public sealed class LmRemoteConnector : IRemoteConnector
         ArgumentNullException.ThrowIfNull(chunk);
         using var serialized = SerializedChunk.Create(chunk, _codec);
         return await _client.PutAsync(ChunkWire.KeyBytes(chunk.Key), serialized.Bytes, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The cache server keeps a child index (LINK, CHILDREN).</summary>
+    public bool HasChildIndex => true;
+
+    /// <inheritdoc />
+    public Task LinkAsync(ChunkHash key, ChunkLineage lineage, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lineage);
+        return _client.LinkAsync(ChunkWire.KeyBytes(key), ChunkWire.KeyBytes(lineage.Parent), lineage.Tokens, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max, CancellationToken cancellationToken)
+    {
+        max = Math.Min(max, _client.Options.Limits.MaxChildrenPerLookup);
+        next = next[..Math.Min(next.Length, _client.Options.Limits.MaxLinkTokens)];
+        var children = await _client.ChildrenAsync(ChunkWire.KeyBytes(parent), next, max, cancellationToken).ConfigureAwait(false);
+        var result = new List<StoredChild>(children.Count);
+        foreach (var (key, tokens) in children)
+        {
+            if (key.Length == ChunkHash.Size)
+            {
+                result.Add(new StoredChild(new ChunkHash(key), tokens));
+            }
+        }
+
+        return result;
     }
 
     /// <inheritdoc />

@@ -1,7 +1,9 @@
 using System.Buffers;
+using System.Buffers.Binary;
 using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Core.Storage;
 using StackExchange.Redis;
 
 namespace LMCacheSharp.Remote;
@@ -115,6 +117,65 @@ public sealed class RedisRemoteConnector : IRemoteConnector
         return await send.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>Children per parent a Redis list keeps (the newest first; older ones are trimmed).</summary>
+    public const int ChildrenPerParent = 64;
+
+    /// <summary>A child index of Redis lists, one per parent (<c>{prefix}c:{parent}</c>), each entry the child's key and tokens.</summary>
+    public bool HasChildIndex => true;
+
+    /// <inheritdoc />
+    public async Task LinkAsync(ChunkHash key, ChunkLineage lineage, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lineage);
+        var db = (await ConnectAsync(cancellationToken).ConfigureAwait(false)).GetDatabase();
+        var entry = new byte[ChunkHash.Size + (4 * lineage.Tokens.Length)];
+        key.WriteTo(entry);
+        for (var i = 0; i < lineage.Tokens.Length; i++)
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(entry.AsSpan(ChunkHash.Size + (4 * i)), lineage.Tokens[i]);
+        }
+
+        // One pipelined batch: drop an older copy of the entry, push it first, keep the newest ChildrenPerParent.
+        var list = ChildrenKey(lineage.Parent);
+        var batch = db.CreateBatch();
+        var remove = batch.ListRemoveAsync(list, entry);
+        var push = batch.ListLeftPushAsync(list, entry);
+        var trim = batch.ListTrimAsync(list, 0, ChildrenPerParent - 1);
+        batch.Execute();
+        await Task.WhenAll(remove, push, trim).WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max, CancellationToken cancellationToken)
+    {
+        var db = (await ConnectAsync(cancellationToken).ConfigureAwait(false)).GetDatabase();
+        var entries = await db.ListRangeAsync(ChildrenKey(parent), 0, ChildrenPerParent - 1).WaitAsync(cancellationToken).ConfigureAwait(false);
+        var found = new List<(StoredChild Child, int Common)>();
+        foreach (var entry in entries)
+        {
+            var bytes = (byte[]?)entry;
+            if (bytes is null || bytes.Length <= ChunkHash.Size || (bytes.Length - ChunkHash.Size) % 4 != 0)
+            {
+                continue; // not an entry this connector wrote
+            }
+
+            var tokens = new int[(bytes.Length - ChunkHash.Size) / 4];
+            for (var i = 0; i < tokens.Length; i++)
+            {
+                tokens[i] = BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(ChunkHash.Size + (4 * i)));
+            }
+
+            var common = next.Span.CommonPrefixLength(tokens);
+            if (common > 0)
+            {
+                found.Add((new StoredChild(new ChunkHash(bytes.AsSpan(0, ChunkHash.Size)), tokens), common));
+            }
+        }
+
+        found.Sort(static (a, b) => a.Common != b.Common ? b.Common.CompareTo(a.Common) : a.Child.Tokens.Length.CompareTo(b.Child.Tokens.Length));
+        return [.. found.Take(max).Select(f => f.Child)];
+    }
+
     /// <inheritdoc />
     public async Task<bool> RemoveAsync(ChunkHash key, CancellationToken cancellationToken)
     {
@@ -190,6 +251,16 @@ public sealed class RedisRemoteConnector : IRemoteConnector
         }
 
         return [.. escaped];
+    }
+
+    private RedisKey ChildrenKey(ChunkHash parent)
+    {
+        var key = new byte[_prefix.Length + 2 + ChunkHash.Size];
+        _prefix.CopyTo(key, 0);
+        key[_prefix.Length] = (byte)'c';
+        key[_prefix.Length + 1] = (byte)':';
+        parent.WriteTo(key.AsSpan(_prefix.Length + 2));
+        return key;
     }
 
     private RedisKey Key(ChunkHash hash)

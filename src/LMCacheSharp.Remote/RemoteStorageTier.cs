@@ -11,7 +11,7 @@ namespace LMCacheSharp.Remote;
 /// stalls. Failures and timeouts are counted in <c>lmcache.num_tier_errors</c>, values that fail their checks in
 /// <c>lmcache.num_corrupt_chunks</c>. Only the caller's own cancellation throws.
 /// </summary>
-public sealed class RemoteStorageTier : IStorageTier
+public sealed class RemoteStorageTier : IStorageTier, IChildIndexTier
 {
     private readonly IRemoteConnector _connector;
     private readonly CacheMetrics? _metrics;
@@ -99,6 +99,15 @@ public sealed class RemoteStorageTier : IStorageTier
             k.AddRef();
             try
             {
+                // The link goes with the value (pipelined): a child index lists only children whose value is there.
+                if (k.Lineage is { } lineage && c.HasChildIndex)
+                {
+                    var put = c.PutAsync(k, ct);
+                    var link = c.LinkAsync(k.Key, lineage, ct);
+                    await Task.WhenAll(put, link).ConfigureAwait(false);
+                    return put.Result;
+                }
+
                 return await c.PutAsync(k, ct).ConfigureAwait(false);
             }
             finally
@@ -112,6 +121,23 @@ public sealed class RemoteStorageTier : IStorageTier
         }
 
         return ok && stored;
+    }
+
+    /// <inheritdoc />
+    public bool HasChildIndex => _connector.HasChildIndex;
+
+    /// <inheritdoc />
+    public async ValueTask<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max,
+        CancellationToken cancellationToken = default)
+    {
+        if (!HasChildIndex)
+        {
+            return [];
+        }
+
+        var (ok, children) = await CallAsync(static (c, a, ct) => c.FindChildrenAsync(a.parent, a.next, a.max, ct), (parent, next, max), null,
+            cancellationToken).ConfigureAwait(false);
+        return ok ? children : [];
     }
 
     /// <inheritdoc />

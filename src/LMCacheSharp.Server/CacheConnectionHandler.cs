@@ -14,12 +14,15 @@ public sealed partial class CacheConnectionHandler : ConnectionHandler
     private readonly ILogger _logger;
     private readonly CancellationToken _stopping;
     private readonly InFlightBudget _budget;
+    private readonly Core.Engine.TailIndex _children;
     private int _active;
 
     /// <summary>Creates the handler (resolved by dependency injection).</summary>
     public CacheConnectionHandler(ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILoggerFactory loggerFactory,
-        IHostApplicationLifetime lifetime, InFlightBudget budget)
+        IHostApplicationLifetime lifetime, InFlightBudget budget, Core.Engine.TailIndex children)
     {
+        ArgumentNullException.ThrowIfNull(children);
+        _children = children;
         ArgumentNullException.ThrowIfNull(budget);
         _budget = budget;
         ArgumentNullException.ThrowIfNull(loggerFactory);
@@ -56,7 +59,7 @@ public sealed partial class CacheConnectionHandler : ConnectionHandler
         _metrics.ConnectionOpened();
         try
         {
-            await new CacheSession(connection.Transport, _store, _options, _metrics, _logger, _budget, null).RunAsync(_stopping).ConfigureAwait(false);
+            await new CacheSession(connection.Transport, _store, _options, _metrics, _logger, _budget, null, _children).RunAsync(_stopping).ConfigureAwait(false);
         }
         finally
         {

@@ -90,6 +90,7 @@ public sealed partial class CacheServer : IAsyncDisposable
             builder.Services.AddSingleton(options);
             builder.Services.AddSingleton(metrics);
             builder.Services.AddSingleton(new InFlightBudget(options.EffectiveMaxInFlightPutBytes));
+            builder.Services.AddSingleton(CacheSession.CreateChildIndex(options));
             var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
             ListenOptions? protocol = null, http = null;
             builder.WebHost.ConfigureKestrel(k =>

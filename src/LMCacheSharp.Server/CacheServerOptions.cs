@@ -90,6 +90,15 @@ public sealed class CacheServerOptions
     /// </summary>
     public DiskStoreOptions? Disk { get; set; }
 
+    /// <summary>
+    /// Children (LINK records: a stored key that continues a parent key, with its tokens) the server remembers for token-exact
+    /// lookups (CHILDREN), oldest forgotten first. Soft state: lost on restart. Default 65,536; range 1..16,777,216.
+    /// </summary>
+    public int MaxChildren { get; set; } = 65_536;
+
+    /// <summary>Tokens the remembered children may hold in all (4 bytes each). Default 16,777,216 (64 MiB); range 1..2^32.</summary>
+    public long MaxChildTokens { get; set; } = 1L << 24;
+
     /// <summary>Every problem with the current values; empty when valid.</summary>
     public IReadOnlyList<string> GetErrors()
     {
@@ -161,6 +170,16 @@ public sealed class CacheServerOptions
         if (ShutdownTimeout < TimeSpan.Zero || ShutdownTimeout > TimeSpan.FromMinutes(10))
         {
             errors.Add($"shutdown timeout: must be in 0..10 min, got {ShutdownTimeout}");
+        }
+
+        if (MaxChildren is < 1 or > 1 << 24)
+        {
+            errors.Add($"max children: must be in 1..16777216, got {MaxChildren}");
+        }
+
+        if (MaxChildTokens is < 1 or > 1L << 32)
+        {
+            errors.Add($"max child tokens: must be in 1..4294967296, got {MaxChildTokens}");
         }
 
         if (Disk is not null)

@@ -1,7 +1,10 @@
 using System.Buffers;
+using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Security.Cryptography;
 using System.Text;
+using LMCacheSharp.Core.Engine;
+using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Protocol;
 using Microsoft.Extensions.Logging;
@@ -31,6 +34,7 @@ public sealed partial class CacheSession
     private readonly ILogger _logger;
     private readonly byte[]? _token;
     private readonly InFlightBudget _budget;
+    private readonly TailIndex _children;
     private readonly TimeProvider _time;
     private bool _authenticated;
     private int _authFailures;
@@ -58,8 +62,9 @@ public sealed partial class CacheSession
     /// <param name="logger">Where connection problems are logged.</param>
     /// <param name="budget">The PUT budget shared by every connection of the server, or null for one of this session's own.</param>
     /// <param name="timeProvider">The clock of the frame timeout, the minimum data rate and the PUT wait (tests pass a fake one).</param>
+    /// <param name="children">The LINK records shared by every connection of the server, or null for an index of this session's own.</param>
     public CacheSession(IDuplexPipe transport, ICacheStore store, CacheServerOptions options, CacheServerMetrics metrics, ILogger logger,
-        InFlightBudget? budget, TimeProvider? timeProvider)
+        InFlightBudget? budget, TimeProvider? timeProvider, TailIndex? children = null)
     {
         ArgumentNullException.ThrowIfNull(transport);
         ArgumentNullException.ThrowIfNull(store);
@@ -76,6 +81,7 @@ public sealed partial class CacheSession
         _token = string.IsNullOrEmpty(options.AuthToken) ? null : Encoding.UTF8.GetBytes(options.AuthToken);
         _authenticated = _token is null;
         _budget = budget ?? new InFlightBudget(options.EffectiveMaxInFlightPutBytes);
+        _children = children ?? CreateChildIndex(options);
         _time = timeProvider ?? TimeProvider.System;
     }
 
@@ -394,8 +400,56 @@ public sealed partial class CacheSession
             case Opcode.Clear:
                 RequestBody.ParseEmpty(body);
                 _store.Clear();
+                _children.Clear();
                 WriteEmpty(header, StatusCode.Ok);
                 break;
+            case Opcode.Link:
+                {
+                    var child = RequestBody.ParseLink(body, _limits, out var parent, out var tokenBytes);
+                    if (child.Length != ChunkHash.Size || parent.Length != ChunkHash.Size)
+                    {
+                        RequestError(header, StatusCode.BadRequest, $"LINK keys are {ChunkHash.Size}-byte chunk hashes");
+                        break;
+                    }
+
+                    _children.Add(new ChunkHash(parent), new ChunkHash(child), ReadTokens(tokenBytes));
+                    WriteEmpty(header, StatusCode.Ok);
+                    break;
+                }
+
+            case Opcode.Children:
+                {
+                    var parent = RequestBody.ParseChildren(body, _limits, out var max, out var tokenBytes);
+                    var found = new List<(byte[] Key, int[] Tokens)>(Math.Min(max, 16));
+                    if (parent.Length == ChunkHash.Size)
+                    {
+                        var parentHash = new ChunkHash(parent);
+                        var next = ReadTokens(tokenBytes);
+                        // Ask for more than wanted: children whose value was evicted or removed are forgotten on the way.
+                        foreach (var match in _children.Find(parentHash, next, max * 2))
+                        {
+                            var key = new byte[ChunkHash.Size];
+                            match.Key.WriteTo(key);
+                            if (!_store.Contains(key))
+                            {
+                                _children.Remove(parentHash, match.Key);
+                                continue;
+                            }
+
+                            if (found.Count < max && _children.TokensOf(parentHash, match.Key) is { } tokens)
+                            {
+                                found.Add((key, tokens));
+                            }
+                        }
+                    }
+
+                    FrameWriter.WriteChildrenResponse(_output, header.RequestId, found);
+                    var bytes = FrameHeader.Size + 2 + found.Sum(c => 2 + c.Key.Length + 4 + (4 * c.Tokens.Length));
+                    _unflushed += bytes;
+                    _metrics.BytesOut(bytes);
+                    break;
+                }
+
             case Opcode.Stats:
                 RequestBody.ParseEmpty(body);
                 FrameWriter.WriteStatsResponse(_output, header.RequestId, _metrics.Snapshot(_store.GetStats()));
@@ -404,6 +458,24 @@ public sealed partial class CacheSession
             default:
                 throw new InvalidOperationException($"opcode {header.Opcode} is not handled here");
         }
+    }
+
+    /// <summary>The index a session uses when the server does not share one (tests, a session on its own).</summary>
+    public static TailIndex CreateChildIndex(CacheServerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return new TailIndex(options.MaxChildren, options.MaxChildTokens);
+    }
+
+    private static int[] ReadTokens(ReadOnlySpan<byte> bytes)
+    {
+        var tokens = new int[bytes.Length / 4];
+        for (var i = 0; i < tokens.Length; i++)
+        {
+            tokens[i] = BinaryPrimitives.ReadInt32LittleEndian(bytes[(4 * i)..]);
+        }
+
+        return tokens;
     }
 
     private async ValueTask HandleMultiGetAsync(FrameHeader header, byte[] body)

@@ -14,7 +14,7 @@ public sealed class ServerCommandTests
             ["LMCACHE_SERVER_MAX_CONNECTIONS"] = "7", // valid: no problem reported for it
         };
         var (code, stdout, stderr) = await LmcacheProcess.RunAsync(Bound, environment, "server",
-            "--capacity", "8XB", "--max-inflight-put", "10", "--max-auth-failures", "0", "--frame-timeout", "soon");
+            "--capacity", "8XB", "--max-inflight-put", "10", "--max-auth-failures", "0", "--frame-timeout", "soon", "--max-children", "0");
         Assert.Equal(2, code);
         Assert.Contains("lmcache server: invalid configuration:", stderr, StringComparison.Ordinal);
         Assert.Contains("port (LMCACHE_SERVER_PORT): not an integer: 'not-a-port'", stderr, StringComparison.Ordinal);
@@ -23,8 +23,9 @@ public sealed class ServerCommandTests
         Assert.Contains("max in-flight put bytes (--max-inflight-put): must be in 1MB..1TB, got 10 bytes", stderr, StringComparison.Ordinal);
         Assert.Contains("max auth failures (--max-auth-failures): must be in 1..1000, got 0", stderr, StringComparison.Ordinal);
         Assert.Contains("frame timeout (--frame-timeout): not a number of seconds", stderr, StringComparison.Ordinal);
+        Assert.Contains("max children (--max-children): must be in 1..16777216, got 0", stderr, StringComparison.Ordinal);
         Assert.DoesNotContain("max connections", stderr, StringComparison.Ordinal);
-        Assert.Equal(7, stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length); // the heading and six problems
+        Assert.Equal(8, stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length); // the heading and seven problems
         Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal); // no stack trace
         Assert.Empty(stdout);
     }

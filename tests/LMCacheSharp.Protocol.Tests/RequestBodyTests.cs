@@ -98,7 +98,9 @@ public class RequestBodyTests
     [Fact]
     public void Control_bodies_over_the_derived_limit_are_too_large()
     {
-        Assert.Equal(2 + (3 * 10), Limits.MaxControlBodyBytes);
+        // The larger of a key list at the limits and a LINK of the most tokens (two keys, u32 count, the tokens).
+        Assert.Equal(Math.Max(2 + (3 * 10), (2 * 10) + 6 + (4 * Limits.MaxLinkTokens)), Limits.MaxControlBodyBytes);
+        Assert.Equal(2 + (3 * 10), new ProtocolLimits { MaxKeyBytes = 8, MaxKeysPerRequest = 3, MaxLinkTokens = 1 }.MaxControlBodyBytes);
         RequestBody.CheckControlBodyLength(Limits.MaxControlBodyBytes, Limits);
         var e = Assert.Throws<ProtocolException>(() => RequestBody.CheckControlBodyLength(Limits.MaxControlBodyBytes + 1, Limits));
         Assert.Equal(StatusCode.TooLarge, e.ToStatus());

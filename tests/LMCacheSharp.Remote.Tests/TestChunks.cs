@@ -64,7 +64,7 @@ internal static class TestChunks
 /// <summary>A fake engine sequence whose KV is a function of (token, position): what one engine stores another must restore exactly.</summary>
 internal sealed class FakeSequence(KvFormat format, int[] tokens) : IKvSource, IKvSink
 {
-    private readonly byte[] _restored = new byte[format.PayloadLength(tokens.Length)];
+    private readonly byte[] _restored = new byte[format.PayloadLength(tokens.Length + 64)]; // room for a tail chunk that runs past the prompt
 
     public int RestoredTokens { get; private set; }
 
@@ -93,6 +93,15 @@ internal sealed class FakeSequence(KvFormat format, int[] tokens) : IKvSource, I
         payload.CopyTo(_restored.AsSpan((int)format.PayloadLength(startToken)));
         RestoredTokens = startToken + tokenCount;
         return true;
+    }
+
+    /// <summary>The first <paramref name="tokensExpected"/> positions hold exactly this sequence's KV (a tail chunk may have written past them).</summary>
+    public void AssertPrefixRestored(int tokensExpected)
+    {
+        Assert.True(RestoredTokens >= tokensExpected, $"restored {RestoredTokens} tokens, expected at least {tokensExpected}");
+        var expected = new byte[format.PayloadLength(tokensExpected)];
+        Expected(format, tokens, 0, tokensExpected, expected);
+        Assert.True(expected.AsSpan().SequenceEqual(_restored.AsSpan(0, expected.Length)), "restored KV differs from what was stored");
     }
 
     public void AssertRestoredExactly(int tokensExpected)

@@ -24,8 +24,8 @@ public sealed class SharedCacheServerTests
         Assert.True(cacheServer.Store.GetStats().Items > 0, "instance one stored nothing on the cache server");
 
         var (second, warm, _) = await two.CompleteAsync(prompt);
-        Assert.True(warm >= promptTokens - 16, $"instance two restored {warm} of {promptTokens} prompt tokens");
-        Assert.Equal(0, warm % 16);
+        // To the token, through the cache server's child index: all but the last prompt token (its logits are computed).
+        Assert.True(warm >= promptTokens - 1, $"instance two restored {warm} of {promptTokens} prompt tokens");
         Assert.Equal(first, second);
         Assert.Equal((await alone.CompleteAsync(prompt)).Text, second); // the same greedy output as without any cache
     }
@@ -44,7 +44,7 @@ public sealed class SharedCacheServerTests
         Assert.Equal(0, cold);
         await one.Service.Cache!.Engine.FlushAsync(TestContext.Current.CancellationToken);
         var (second, warm, _) = await two.CompleteAsync(prompt, salt: salt);
-        Assert.True(warm >= promptTokens - 16, $"instance two restored {warm} of {promptTokens} prompt tokens");
+        Assert.True(warm >= promptTokens - 1, $"instance two restored {warm} of {promptTokens} prompt tokens"); // to the token, through Redis
         Assert.Equal(first, second);
     }
 

@@ -27,6 +27,8 @@ internal static class ServerCommand
         var maxInFlightPut = Flag("--max-inflight-put", "Bytes of PUT values being received at once, all connections together, e.g. 512MB (LMCACHE_SERVER_MAX_INFLIGHT_PUT). Default a quarter of --capacity, 64MB..1GB; 1MB..1TB.");
         var minDataRate = Flag("--min-data-rate", "Bytes per second a client must average inside a frame after a 5 s grace, e.g. 64KB (LMCACHE_SERVER_MIN_DATA_RATE). Default 64KB; 0: off, at most 1GB.");
         var maxAuthFailures = Flag("--max-auth-failures", "Failed AUTH attempts on one connection before it is closed (LMCACHE_SERVER_MAX_AUTH_FAILURES). Default 3; 1..1000.");
+        var maxChildren = Flag("--max-children", "Chunk children remembered for token-exact lookups by other instances (LINK/CHILDREN; LMCACHE_SERVER_MAX_CHILDREN). Default 65536; 1..16777216.");
+        var maxChildTokens = Flag("--max-child-tokens", "Tokens those children may hold in all, 4 bytes each (LMCACHE_SERVER_MAX_CHILD_TOKENS). Default 16777216; 1..2147483647.");
         var disk = Flag("--disk", "Also keep values in this directory, so a restarted server serves them again (LMCACHE_SERVER_DISK). Default off.");
         var diskCapacity = Flag("--disk-capacity", "Bytes of files kept in --disk before LRU eviction, e.g. 100GB (LMCACHE_SERVER_DISK_CAPACITY). Default 10GB.");
         var diskQueue = Flag("--disk-write-queue", "Bytes of values waiting for the disk writer before disk writes are dropped (LMCACHE_SERVER_DISK_WRITE_QUEUE). Default 256MB; 1MB..64GB.");
@@ -40,7 +42,7 @@ internal static class ServerCommand
         var command = new Command("server", "Run the cache server: a shared KV store for several lmcache serve instances (remote_url: lm://host:port).")
         {
             host, port, capacity, token, metricsPort, maxConnections, frameTimeout, maxValue, maxInFlightPut, minDataRate, maxAuthFailures,
-            disk, diskCapacity, diskQueue, diskQueueRecords, diskFlushTimeout, diskFsync,
+            maxChildren, maxChildTokens, disk, diskCapacity, diskQueue, diskQueueRecords, diskFlushTimeout, diskFsync,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -67,6 +69,8 @@ internal static class ServerCommand
             settings.Size(maxInFlightPut, "MAX_INFLIGHT_PUT", "max in-flight put bytes", v => options.MaxInFlightPutBytes = v);
             settings.Size(minDataRate, "MIN_DATA_RATE", "min data rate", v => options.MinDataRateBytesPerSecond = v);
             settings.Int(maxAuthFailures, "MAX_AUTH_FAILURES", "max auth failures", v => options.MaxAuthFailures = v);
+            settings.Int(maxChildren, "MAX_CHILDREN", "max children", v => options.MaxChildren = v);
+            settings.Int(maxChildTokens, "MAX_CHILD_TOKENS", "max child tokens", v => options.MaxChildTokens = v);
 
             var store = new DiskStoreOptions();
             var diskOnly = new List<string>();

@@ -21,6 +21,7 @@ public sealed class CacheEngine : IAsyncDisposable
     private readonly bool _ownsStorage;
     private readonly bool _ownsPool;
     private readonly bool _ownsMetrics;
+    private readonly bool _lowerChildIndex; // a lower tier keeps a child index: partial chunks go there, tails are looked up there
 
     /// <summary>Creates an engine over an existing storage manager.</summary>
     /// <param name="options">Chunk size and partial-chunk policy are read from here.</param>
@@ -47,6 +48,7 @@ public sealed class CacheEngine : IAsyncDisposable
         Pool = pool;
         Metrics = metrics;
         _ownsStorage = _ownsPool = _ownsMetrics = ownsDependencies;
+        _lowerChildIndex = storage.HasChildIndex;
     }
 
     /// <summary>
@@ -93,7 +95,6 @@ public sealed class CacheEngine : IAsyncDisposable
         var engine = new CacheEngine(options, defaultNamespace, storage, pool, metrics, ownsDependencies: true);
         if (engine.TokenExact)
         {
-            var derived = new ChunkHash[1];
             foreach (var disk in tiers.OfType<DiskTier>())
             {
                 // A restarted process finds its partial chunks again: the tail index is rebuilt from the files' lineages.
@@ -101,7 +102,7 @@ public sealed class CacheEngine : IAsyncDisposable
                 {
                     // A file's lineage is only believed when it hashes to the file's key: a chunk's key is the hash of its
                     // parent and its tokens, so a lineage that claims other tokens can never make a child match them.
-                    if (PrefixHasher.ComputeKeys(lineage.Parent, lineage.Tokens, lineage.Tokens.Length, true, derived) == 1 && derived[0] == key)
+                    if (IsChildOf(lineage.Parent, lineage.Tokens, key))
                     {
                         engine.Tails.Add(lineage.Parent, key, lineage.Tokens);
                     }
@@ -227,6 +228,9 @@ public sealed class CacheEngine : IAsyncDisposable
         // lower tiers pipeline the reads (the lm:// pool and Redis multiplex them), so a prompt costs two round trips,
         // not one per chunk. Memory hits complete synchronously.
         var present = count == 0 ? 0 : await Storage.CountPrefixAsync(keys, cancellationToken).ConfigureAwait(false);
+        // The tail after the run, from a shared store's child index when the local one has nothing as good: asked together
+        // with the chunk reads, so it costs no extra round trip (the chosen child is one more read).
+        var children = StartRemoteTailLookup(tokens, ns, keys, present, cancellationToken);
         var fetches = new Task<KvChunk?>[present];
         var fromLowerTier = present == 0 ? [] : new bool[present];
         for (var i = 0; i < present; i++)
@@ -250,6 +254,7 @@ public sealed class CacheEngine : IAsyncDisposable
                 }
             }
 
+            _ = children?.ContinueWith(static t => t.Exception, TaskContinuationOptions.OnlyOnFaulted);
             throw;
         }
 
@@ -283,11 +288,63 @@ public sealed class CacheEngine : IAsyncDisposable
                 Tails.Add(i == 0 ? ns.Seed : keys[i - 1], keys[i], tokens.Span.Slice(at, Math.Min(ChunkSize, tokens.Length - at)));
             }
 
+            if (children is not null)
+            {
+                var found = await children.ConfigureAwait(false);
+                if (pinned == present)
+                {
+                    var parent = present == 0 ? ns.Seed : keys[present - 1];
+                    foreach (var child in found)
+                    {
+                        // The remote's word is checked: a child whose tokens do not hash to its key is never a candidate.
+                        if (child.Tokens.Length is > 0 && child.Tokens.Length <= ChunkSize && IsChildOf(parent, child.Tokens, child.Key))
+                        {
+                            Tails.Add(parent, child.Key, child.Tokens);
+                        }
+                        else
+                        {
+                            Metrics.CorruptChunk("remote");
+                        }
+                    }
+                }
+            }
+
             await FindTailAsync(prefix, cancellationToken).ConfigureAwait(false);
         }
 
         Metrics.Lookup(tokens.Length, prefix.Tokens, Stopwatch.GetElapsedTime(start).TotalSeconds);
         return prefix;
+    }
+
+    // Asks the lower tiers' child indexes for the tail after the first `present` chunks, unless there is no tail to find or
+    // the local index already holds a child that matches all of it. Null when not asked.
+    private Task<IReadOnlyList<StoredChild>>? StartRemoteTailLookup(ReadOnlyMemory<int> tokens, CacheNamespace ns, ChunkHash[] keys, int present,
+        CancellationToken cancellationToken)
+    {
+        var at = present * ChunkSize;
+        if (!TokenExact || !_lowerChildIndex || at >= tokens.Length)
+        {
+            return null;
+        }
+
+        var parent = present == 0 ? ns.Seed : keys[present - 1];
+        var next = tokens[at..Math.Min(tokens.Length, at + ChunkSize)];
+        if (Tails.Find(parent, next.Span, max: 1) is [{ } best] && best.Common == next.Length && Storage.ContainsInMemory(best.Key))
+        {
+            return null;
+        }
+
+        return Storage.FindChildrenAsync(parent, next, RemoteChildrenPerLookup, cancellationToken).AsTask();
+    }
+
+    /// <summary>Children a tail lookup asks a lower tier's child index for.</summary>
+    private const int RemoteChildrenPerLookup = 4;
+
+    /// <summary>Whether <paramref name="key"/> is the key of a chunk of <paramref name="tokens"/> after <paramref name="parent"/>.</summary>
+    private static bool IsChildOf(ChunkHash parent, int[] tokens, ChunkHash key)
+    {
+        Span<ChunkHash> derived = stackalloc ChunkHash[1];
+        return PrefixHasher.ComputeKeys(parent, tokens, tokens.Length, true, derived) == 1 && derived[0] == key;
     }
 
     /// <summary>
@@ -486,7 +543,7 @@ public sealed class CacheEngine : IAsyncDisposable
         cancellationToken.ThrowIfCancellationRequested();
         var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
-        // Token-exact reuse also keeps the partial last chunk, in memory only (lower tiers do not index children yet).
+        // Token-exact reuse also keeps the partial last chunk (in the local tiers, and in a remote with a child index).
         var keys = RentKeys(tokens.Span, ns, out var count, includePartial: SaveUnfullChunk || TokenExact);
         var stored = 0;
         List<ChunkHash>? dominated = TokenExact ? [] : null; // partial chunks a longer new one makes useless
@@ -532,8 +589,9 @@ public sealed class CacheEngine : IAsyncDisposable
                     }
 
                     chunk.SealChecksum();
-                    // A partial chunk goes to the local tiers only: the disk tier indexes it by its lineage, a remote could not find it.
-                    if (Storage.Put(chunk, localOnly: partial && !SaveUnfullChunk))
+                    // A partial chunk goes to the local tiers only (the disk tier indexes it by its lineage), unless a remote keeps a
+                    // child index: then other instances find it there by its parent and tokens.
+                    if (Storage.Put(chunk, localOnly: partial && !SaveUnfullChunk && !_lowerChildIndex))
                     {
                         stored += chunkTokens;
                     }

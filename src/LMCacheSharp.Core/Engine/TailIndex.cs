@@ -22,18 +22,37 @@ public sealed class TailIndex
     private readonly Dictionary<ChunkHash, List<Child>> _children = [];
     private readonly Queue<(ChunkHash Parent, ChunkHash Key)> _order = new();
     private int _count;
+    private long _tokens;
 
     /// <summary>Creates an index.</summary>
     /// <param name="capacity">Children remembered at most. Default 65,536; range 1..16,777,216.</param>
-    public TailIndex(int capacity = 65_536)
+    /// <param name="maxTokens">Tokens remembered at most over all children (4 bytes each), or null for no limit but the capacity.</param>
+    public TailIndex(int capacity = 65_536, long? maxTokens = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(capacity, 1 << 24);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens ?? 1, 1);
         Capacity = capacity;
+        MaxTokens = maxTokens ?? long.MaxValue;
     }
 
     /// <summary>Children remembered at most.</summary>
     public int Capacity { get; }
+
+    /// <summary>Tokens remembered at most over all children; the oldest children are forgotten first.</summary>
+    public long MaxTokens { get; }
+
+    /// <summary>Tokens remembered now over all children.</summary>
+    public long TokenCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _tokens;
+            }
+        }
+    }
 
     /// <summary>Children remembered now.</summary>
     public int Count
@@ -80,6 +99,7 @@ public sealed class TailIndex
                     dominated?.Add(child.Key);
                     list.RemoveAt(i);
                     _count--;
+                    _tokens -= child.Tokens.Length;
                 }
                 else if (child.Tokens.Length >= tokens.Length && child.Tokens.AsSpan().StartsWith(tokens))
                 {
@@ -90,8 +110,9 @@ public sealed class TailIndex
 
             list.Add(new Child(key, tokens.ToArray()));
             _count++;
+            _tokens += tokens.Length;
             _order.Enqueue((parent, key));
-            while (_count > Capacity && _order.TryDequeue(out var oldest))
+            while ((_count > Capacity || _tokens > MaxTokens) && _order.TryDequeue(out var oldest))
             {
                 RemoveLocked(oldest.Parent, oldest.Key);
             }
@@ -145,6 +166,15 @@ public sealed class TailIndex
         return matches.Count > max ? matches.GetRange(0, max) : matches;
     }
 
+    /// <summary>The tokens of a remembered child, or null when it is not remembered.</summary>
+    public int[]? TokensOf(ChunkHash parent, ChunkHash key)
+    {
+        lock (_lock)
+        {
+            return _children.TryGetValue(parent, out var list) ? list.Find(c => c.Key == key)?.Tokens : null;
+        }
+    }
+
     /// <summary>Forgets a child (its chunk is gone).</summary>
     public void Remove(ChunkHash parent, ChunkHash key)
     {
@@ -162,6 +192,7 @@ public sealed class TailIndex
             _children.Clear();
             _order.Clear();
             _count = 0;
+            _tokens = 0;
         }
     }
 
@@ -178,6 +209,7 @@ public sealed class TailIndex
             return;
         }
 
+        _tokens -= list[i].Tokens.Length;
         list.RemoveAt(i);
         _count--;
         if (list.Count == 0)

@@ -57,3 +57,25 @@ public interface IStorageTier : IAsyncDisposable
     /// <summary>Current sizes.</summary>
     StorageTierStats GetStats();
 }
+
+/// <summary>A stored chunk that continues a parent: its key and token ids, as a tier with a child index reports them.</summary>
+/// <param name="Key">The child chunk's key.</param>
+/// <param name="Tokens">The tokens the child covers (the tier's word: the engine checks that they hash to the key).</param>
+public readonly record struct StoredChild(ChunkHash Key, int[] Tokens);
+
+/// <summary>
+/// A tier that can list the stored children of a parent chunk (a remote shared by several instances): the tail lookup of
+/// token-exact reuse asks it when the local index has nothing as good. A chunk put with a <see cref="KvChunk.Lineage"/> is
+/// recorded as a child of its parent. Never throws for an unreachable tier: that is an empty answer.
+/// </summary>
+public interface IChildIndexTier
+{
+    /// <summary>Whether the tier keeps a child index (false: <see cref="FindChildrenAsync"/> always answers empty).</summary>
+    bool HasChildIndex { get; }
+
+    /// <summary>
+    /// The stored children of <paramref name="parent"/> sharing the most leading tokens with <paramref name="next"/>, best
+    /// first, at most <paramref name="max"/>, in one round trip.
+    /// </summary>
+    ValueTask<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max, CancellationToken cancellationToken = default);
+}

@@ -96,6 +96,26 @@ public sealed class StorageManager : IAsyncDisposable
         return found;
     }
 
+    /// <summary>Whether a lower tier keeps a child index (<see cref="IChildIndexTier"/>): partial chunks go there too.</summary>
+    public bool HasChildIndex => _tiers.Any(t => t is IChildIndexTier { HasChildIndex: true });
+
+    /// <summary>
+    /// The children of <paramref name="parent"/> that the lower tiers with a child index report for <paramref name="next"/>,
+    /// best first per tier, one round trip per such tier (asked together). Unchecked: the caller verifies the tokens.
+    /// </summary>
+    public async ValueTask<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max,
+        CancellationToken cancellationToken = default)
+    {
+        var asks = _tiers.OfType<IChildIndexTier>().Where(t => t.HasChildIndex).Select(t => t.FindChildrenAsync(parent, next, max, cancellationToken).AsTask()).ToArray();
+        if (asks.Length == 0)
+        {
+            return [];
+        }
+
+        var answers = await Task.WhenAll(asks).ConfigureAwait(false);
+        return answers.Length == 1 ? answers[0] : [.. answers.SelectMany(a => a)];
+    }
+
     /// <summary>The chunk under <paramref name="key"/> from the fastest tier holding it, with one reference for the caller; null on a miss.</summary>
     public async ValueTask<KvChunk?> GetAsync(ChunkHash key, CancellationToken cancellationToken = default)
     {
