@@ -290,6 +290,22 @@ public sealed class OpenAiParametersTests(ParameterServerFixture fixture) : ICla
     }
 
     [Fact]
+    public async Task Json_schema_and_top_k_through_the_in_process_IChatClient()
+    {
+        using var client = new LMCacheChatClient(Server.Service);
+        var schema = JsonDocument.Parse(PersonSchema).RootElement;
+        var response = await client.GetResponseAsync([new(Microsoft.Extensions.AI.ChatRole.User, "Describe a person.")], new Microsoft.Extensions.AI.ChatOptions
+        {
+            Temperature = 1.2f,
+            TopK = 5,
+            MaxOutputTokens = 400,
+            ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.ForJsonSchema(schema, "person"),
+        });
+        Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.Stop, response.FinishReason);
+        AssertPerson(response.Text);
+    }
+
+    [Fact]
     public async Task Json_schema_holds_with_the_trained_stories260K_model()
     {
         var model = LMCacheSharp.Tests.Shared.SharedModels.Stories260K(out var reason);
