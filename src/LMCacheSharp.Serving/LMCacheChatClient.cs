@@ -85,6 +85,12 @@ public sealed class LMCacheChatClient(InferenceService service) : IChatClient
             Stream = stream,
             CacheSalt = props is not null && props.TryGetValue("cache_salt", out var salt) ? salt?.ToString() : null,
             SkipSave = props is not null && props.TryGetValue("skip_save", out var skip) && skip is true,
+            TopK = options?.TopK is > 0 and var k ? k : 0,
+            FrequencyPenalty = options?.FrequencyPenalty ?? 0,
+            PresencePenalty = options?.PresencePenalty ?? 0,
+            Grammar = options?.ResponseFormat is ChatResponseFormatJson json
+                ? json.Schema is { } schema ? OpenAi.JsonSchemaGrammar.Convert(schema, "response_format") : OpenAi.JsonSchemaGrammar.AnyObject
+                : null,
         };
         return (_service.TokenizeChat(inputs), parameters);
     }

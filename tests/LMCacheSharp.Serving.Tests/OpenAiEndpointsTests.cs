@@ -81,7 +81,7 @@ public sealed class OpenAiEndpointsTests : IAsyncLifetime
     [InlineData("/v1/completions", """{"prompt":"x","max_tokens":100000}""", "context", "max_tokens")]
     [InlineData("/v1/completions", """{"max_tokens":3}""", "'prompt' is required", "prompt")]
     [InlineData("/v1/completions", """{"prompt":"x","stop":[1,2]}""", "'stop'", "stop")]
-    [InlineData("/v1/completions", """{"prompt":"x","n":3}""", "'n'", "n")]
+    [InlineData("/v1/completions", """{"prompt":"x","n":9}""", "'n'", "n")]
     [InlineData("/v1/chat/completions", """{"messages":[]}""", "must not be empty", "messages")]
     [InlineData("/v1/chat/completions", """{"messages":[{"role":"wizard","content":"x"}]}""", "role", "messages[0].role")]
     [InlineData("/v1/chat/completions", """[1,2,3]""", "JSON object", null)]

@@ -185,11 +185,11 @@ public sealed class ServingLimitsTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Unknown_parameters_are_ignored_and_n_above_one_is_rejected()
+    public async Task Unknown_parameters_are_ignored_and_n_above_the_sequences_is_rejected()
     {
         var ok = await _server.PostAsync("/v1/completions", new { prompt = "hi", max_tokens = 2, frobnicate = true, logit_scale = 3 });
         Assert.NotNull(ok["choices"]);
-        var n = await _server.PostAsync("/v1/chat/completions", new { messages = new[] { new { role = "user", content = "hi" } }, n = 2 }, 400);
+        var n = await _server.PostAsync("/v1/chat/completions", new { messages = new[] { new { role = "user", content = "hi" } }, n = 5 }, 400);
         Assert.Equal("n", n["error"]!["param"]!.GetValue<string>());
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Serving.OpenAi;
@@ -47,14 +48,40 @@ public readonly record struct GenerationEvent(string Text, FinishReason? Finish 
 {
     /// <summary>Set on the last event of a request that ran.</summary>
     public GenerationTimings? Timings { get; init; }
+
+    /// <summary>The choice (0..n-1) this event belongs to.</summary>
+    public int Index { get; init; }
+
+    /// <summary>When logprobs were asked for: those of the tokens whose text this event releases (null when none).</summary>
+    public IReadOnlyList<TokenLogprob>? Logprobs { get; init; }
 }
 
-/// <summary>A request as the scheduler sees it. Created by <see cref="InferenceService.SubmitAsync"/>.</summary>
+/// <summary>
+/// One choice of a request as the scheduler sees it. Created by <see cref="InferenceService.SubmitAsync"/>, which returns
+/// choice 0; a request with n choices has n jobs (<see cref="Choices"/>) that share one event stream (<see cref="Events"/>,
+/// each event tagged with its <see cref="GenerationEvent.Index"/>), completed after the last choice's final event.
+/// </summary>
 public sealed class GenerationJob
 {
-    private readonly Channel<GenerationEvent> _events = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+    private readonly Channel<GenerationEvent> _events;
+    private readonly StrongBox<int> _running;
 
     internal GenerationJob(int[] promptTokens, GenerationParameters parameters, int maxTokens, CacheNamespace ns, CancellationToken cancellation)
+        : this(promptTokens, parameters, maxTokens, ns, 0, null, null, cancellation)
+    {
+        var choices = new GenerationJob[parameters.N];
+        choices[0] = this;
+        for (var i = 1; i < choices.Length; i++)
+        {
+            choices[i] = new GenerationJob(promptTokens, parameters, maxTokens, ns, i, _events, _running, cancellation);
+        }
+
+        Choices = choices;
+        _running.Value = choices.Length;
+    }
+
+    private GenerationJob(int[] promptTokens, GenerationParameters parameters, int maxTokens, CacheNamespace ns, int index,
+        Channel<GenerationEvent>? events, StrongBox<int>? running, CancellationToken cancellation)
     {
         PromptTokens = promptTokens;
         Parameters = parameters;
@@ -62,7 +89,23 @@ public sealed class GenerationJob
         Namespace = ns;
         Cancellation = cancellation;
         StartTimestamp = Stopwatch.GetTimestamp();
+        Index = index;
+        _events = events ?? Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        _running = running ?? new StrongBox<int>();
+        Choices = [this];
+
+        // Distinct, reproducible streams per choice: choice i samples with seed + i (choice 0 exactly as with n = 1).
+        Seed = parameters.Seed is { } seed ? unchecked(seed + (uint)index) : null;
     }
+
+    /// <summary>The choice index (0..n-1).</summary>
+    public int Index { get; }
+
+    /// <summary>All choices of the request, choice 0 first (only choice 0 knows them all; another choice lists itself).</summary>
+    public IReadOnlyList<GenerationJob> Choices { get; }
+
+    /// <summary>This choice's sampling seed, or null for a random one.</summary>
+    public uint? Seed { get; }
 
     /// <summary>The prompt's tokens.</summary>
     public int[] PromptTokens { get; }
@@ -97,16 +140,33 @@ public sealed class GenerationJob
     /// <summary>Time from arrival to the first token, once known.</summary>
     public TimeSpan? TimeToFirstToken { get; internal set; }
 
-    internal void Emit(GenerationEvent e) => _events.Writer.TryWrite(e);
+    internal void Emit(GenerationEvent e) => _events.Writer.TryWrite(e with { Index = Index });
 
     /// <summary>The final event's usage and finish reason, once the request ended.</summary>
     public GenerationEvent? Final { get; private set; }
 
     internal void Complete(GenerationEvent last)
     {
-        Final = last;
+        if (Final is not null)
+        {
+            return; // completed once: a second completion must not end the other choices' stream
+        }
+
+        Final = last with { Index = Index };
         ReleasePrefix();
-        _events.Writer.TryWrite(last);
-        _events.Writer.TryComplete();
+        _events.Writer.TryWrite(Final.Value);
+        if (Interlocked.Decrement(ref _running.Value) == 0)
+        {
+            _events.Writer.TryComplete();
+        }
+    }
+
+    /// <summary>Completes every choice that has not ended with <paramref name="last"/> (a request that never ran).</summary>
+    internal void CompleteAll(GenerationEvent last)
+    {
+        foreach (var choice in Choices)
+        {
+            choice.Complete(last);
+        }
     }
 }

@@ -104,10 +104,10 @@ internal sealed class InferenceScheduler : IDisposable
             slot.Job?.Fail("server shutting down");
         }
 
-        _waitingForRoom?.Complete(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
+        _waitingForRoom?.CompleteAll(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
         while (_queue.Reader.TryRead(out var job))
         {
-            job.Complete(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
+            job.CompleteAll(new GenerationEvent("", FinishReason.Error, null, "server shutting down"));
         }
 
         _stop.Dispose();
@@ -265,6 +265,7 @@ internal sealed class InferenceScheduler : IDisposable
             if (logitIndex >= 0)
             {
                 job.State = JobState.Decoding;
+                ForkChoices(slot, job, logitIndex); // before the leader samples: its first token may finish it
                 SampleAndEmit(slot, logitIndex); // may finish the request (max_tokens 1, end of generation): Finish stores then
                 if (slot.Job == job)
                 {
@@ -327,9 +328,35 @@ internal sealed class InferenceScheduler : IDisposable
         ClearSlot(slot); // a request waiting on this slot as its donor is planned again by WakeWaiters
     }
 
+    /// <summary>
+    /// The other choices of a request (n &gt; 1) whose leader has just decoded the last prompt token: each gets the prompt's
+    /// cells by <c>llama_memory_seq_cp</c> (shared cells, no copy, no second prefill) and samples its first token from the
+    /// same logits with its own sampler.
+    /// </summary>
+    private void ForkChoices(Slot leader, RunningJob job, int logitIndex)
+    {
+        foreach (var slot in _slots)
+        {
+            if (slot.Job is not { State: JobState.WaitingForLeader } choice || choice.LeaderJob != job)
+            {
+                continue;
+            }
+
+            _context.NativeHandle.MemorySequenceCopy(leader.Sequence, slot.Sequence, 0, job.Prompt.Length);
+            slot.Materialized.AddRange(job.Prompt);
+            choice.Leader = null;
+            choice.LeaderJob = null;
+            choice.PrefillStart = job.PrefillStart;
+            choice.State = JobState.Decoding;
+            SampleAndEmit(slot, logitIndex);
+        }
+    }
+
     private void SampleAndEmit(Slot slot, int logitIndex)
     {
         var job = slot.Job!;
+        var logits = job.Logprobs is null ? default : _context.NativeHandle.GetLogitsIth(logitIndex);
+        job.Logprobs?.Prepare(logits); // the raw distribution: read before the chain samples
         var token = job.Sampler.Sample(_context.NativeHandle, logitIndex);
         if (job.Generated == 0)
         {
@@ -345,11 +372,16 @@ internal sealed class InferenceScheduler : IDisposable
             return;
         }
 
+        var offset = job.DecodedChars;
         job.Decoder.Add(token);
-        var text = job.Stops.Push(job.Decoder.Read());
+        var decoded = job.Decoder.Read();
+        job.DecodedChars += decoded.Length;
+        job.Logprobs?.Record((int)token, logits, offset);
+        var text = job.Stops.Push(decoded);
+        job.EmittedChars += text.Length;
         if (text.Length > 0)
         {
-            job.Request.Emit(new GenerationEvent(text));
+            job.Request.Emit(new GenerationEvent(text) { Logprobs = job.Logprobs?.Take(job.EmittedChars) });
         }
 
         if (job.Stops.Stopped)
@@ -370,6 +402,10 @@ internal sealed class InferenceScheduler : IDisposable
     {
         var job = slot.Job!;
         var tail = job.Stops.Flush();
+        job.EmittedChars += tail.Length;
+
+        // After a stop string, the tokens that made it are not reported; otherwise every token is (its text is all out).
+        var logprobs = job.Logprobs?.Take(job.Stops.Stopped ? job.EmittedChars : null);
         var usage = new GenerationUsage(job.Prompt.Length, job.Generated, job.CacheRestored + job.Shared, job.CacheRestored, job.Shared);
         var now = Stopwatch.GetTimestamp();
         var timings = new GenerationTimings(
@@ -380,7 +416,7 @@ internal sealed class InferenceScheduler : IDisposable
             PromptMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.PrefillStart, job.FirstTokenAt).TotalMilliseconds,
             PredictedN: job.Generated,
             PredictedMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt, now).TotalMilliseconds);
-        job.Request.Complete(new GenerationEvent(tail, reason, usage) { Timings = timings });
+        job.Request.Complete(new GenerationEvent(tail, reason, usage) { Timings = timings, Logprobs = logprobs });
         _metrics.Timings(timings);
 
         // The completion's KV too (LMCache's save_decode_cache): the next chat turn restores the whole exchange.
@@ -406,8 +442,8 @@ internal sealed class InferenceScheduler : IDisposable
         if (_waitingForRoom is { Cancellation.IsCancellationRequested: true } waiting)
         {
             _waitingForRoom = null;
-            waiting.Complete(new GenerationEvent("", FinishReason.Cancelled));
-            _metrics.Finished("cancelled", waiting.PromptTokens.Length, 0, 0, 0);
+            waiting.CompleteAll(new GenerationEvent("", FinishReason.Cancelled));
+            FinishedUnrun("cancelled", waiting);
         }
 
         foreach (var slot in _slots)
@@ -424,6 +460,15 @@ internal sealed class InferenceScheduler : IDisposable
                     ClearSlot(slot); // a half-prefilled sequence is of little use; free its cells
                 }
             }
+        }
+    }
+
+    /// <summary>Counts a request that never ran: each of its choices was counted as started.</summary>
+    private void FinishedUnrun(string reason, GenerationJob request)
+    {
+        foreach (var _ in request.Choices)
+        {
+            _metrics.Finished(reason, request.PromptTokens.Length, 0, 0, 0);
         }
     }
 
@@ -452,22 +497,41 @@ internal sealed class InferenceScheduler : IDisposable
             _waitingForRoom = null;
             if (request.Cancellation.IsCancellationRequested)
             {
-                request.Complete(new GenerationEvent("", FinishReason.Cancelled));
-                _metrics.Finished("cancelled", request.PromptTokens.Length, 0, 0, 0);
+                request.CompleteAll(new GenerationEvent("", FinishReason.Cancelled));
+                FinishedUnrun("cancelled", request);
                 continue;
             }
 
-            // Every running request may grow to prompt + max_tokens cells: admit only what fits beside them, so a
-            // request never fails because of the others (it waits, first in line, until one finishes).
-            if (ReservedCells() + request.PromptTokens.Length + request.MaxTokens > _context.ContextSize && _slots.Any(s => s.Job is not null))
+            // Every running request may grow to prompt + max_tokens cells (n choices share the prompt's): admit only what
+            // fits beside them, so a request never fails because of the others (it waits, first in line, until one
+            // finishes). A request with n choices waits for n free sequences (SubmitAsync caps n at their number).
+            var choices = request.Choices;
+            var free = _slots.Where(s => s.Job is null && !IsDonor(s)).OrderBy(s => s.Materialized.Count == 0 ? 0 : 1).ThenBy(s => s.LastUsed)
+                .Take(choices.Count).ToList();
+            var anyRunning = _slots.Any(s => s.Job is not null);
+            if (free.Count < choices.Count ||
+                (ReservedCells() + request.PromptTokens.Length + (choices.Count * request.MaxTokens) > _context.ContextSize && anyRunning))
             {
                 _waitingForRoom = request;
                 return;
             }
 
+            var admitted = Stopwatch.GetTimestamp();
             ClearSlot(slot);
-            var job = new RunningJob(request, _weights, ++_clock, _endOfGeneration) { AdmittedTimestamp = Stopwatch.GetTimestamp() };
+            var job = new RunningJob(request, _weights, ++_clock, _endOfGeneration) { AdmittedTimestamp = admitted };
             slot.Job = job;
+            foreach (var (choiceSlot, choice) in free.Where(s => s != slot).Zip(choices.Skip(1)))
+            {
+                ClearSlot(choiceSlot);
+                choiceSlot.Job = new RunningJob(choice, _weights, ++_clock, _endOfGeneration)
+                {
+                    AdmittedTimestamp = admitted,
+                    State = JobState.WaitingForLeader,
+                    Leader = slot,
+                    LeaderJob = job,
+                };
+            }
+
             Plan(slot);
             job.PrefillStart = Stopwatch.GetTimestamp();
         }
@@ -485,7 +549,7 @@ internal sealed class InferenceScheduler : IDisposable
             foreach (var other in _slots)
             {
                 // A waiting job is never a donor: waits cannot form a cycle.
-                if (other == slot || !SameNamespace(other, job) || other.Job is { State: JobState.WaitingForDonor })
+                if (other == slot || !SameNamespace(other, job) || other.Job is { State: JobState.WaitingForDonor or JobState.WaitingForLeader })
                 {
                     continue;
                 }
@@ -572,6 +636,15 @@ internal sealed class InferenceScheduler : IDisposable
     {
         foreach (var slot in _slots)
         {
+            if (slot.Job is { State: JobState.WaitingForLeader } choice && choice.Leader!.Job != choice.LeaderJob)
+            {
+                // The leader failed or went away before its first token: this choice computes its own prompt.
+                choice.Leader = null;
+                choice.LeaderJob = null;
+                Plan(slot);
+                choice.PrefillStart = Stopwatch.GetTimestamp();
+            }
+
             if (slot.Job is not { State: JobState.WaitingForDonor } job)
             {
                 continue;
@@ -629,7 +702,8 @@ internal sealed class InferenceScheduler : IDisposable
         return true;
     }
 
-    private int ReservedCells() => _slots.Sum(s => s.Job is { } j ? j.Prompt.Length + j.Request.MaxTokens : 0);
+    // The other choices of a request share the leader's prompt cells: each reserves only its own tokens.
+    private int ReservedCells() => _slots.Sum(s => s.Job is { } j ? (j.Request.Index == 0 ? j.Prompt.Length : 0) + j.Request.MaxTokens : 0);
 
     private bool IsDonor(Slot slot) => _slots.Any(s => s.Job is { State: JobState.WaitingForDonor } j && j.Donor == slot);
 
@@ -648,6 +722,7 @@ internal sealed class InferenceScheduler : IDisposable
     private enum JobState
     {
         WaitingForDonor,
+        WaitingForLeader,
         Prefilling,
         Decoding,
     }
@@ -685,10 +760,25 @@ internal sealed class InferenceScheduler : IDisposable
         {
             Request = request;
             AdmittedAt = admittedAt;
-            Sampler = CreateSampler(request.Parameters, weights.Vocab.Count, endOfGeneration);
+            Sampler = CreateSampler(request, weights, endOfGeneration);
             Decoder = new StreamingTokenDecoder(Encoding.UTF8, weights);
             Stops = new StopStringFilter(request.Parameters.Stop);
+            Logprobs = request.Parameters.Logprobs ? new LogprobRecorder(request.Parameters.TopLogprobs) : null;
         }
+
+        /// <summary>Records the logprobs of generated tokens, or null when the request did not ask for them.</summary>
+        public LogprobRecorder? Logprobs { get; }
+
+        /// <summary>Characters of text decoded so far (before the stop-string filter).</summary>
+        public int DecodedChars { get; set; }
+
+        /// <summary>Characters of text released so far.</summary>
+        public int EmittedChars { get; set; }
+
+        /// <summary>For another choice of an n &gt; 1 request: the sequence prefilling the shared prompt, until it forks.</summary>
+        public Slot? Leader { get; set; }
+
+        public RunningJob? LeaderJob { get; set; }
 
         public GenerationJob Request { get; }
 
@@ -733,13 +823,33 @@ internal sealed class InferenceScheduler : IDisposable
 
         public void Dispose() => Sampler.Dispose();
 
-        private static SafeLLamaSamplerChainHandle CreateSampler(OpenAi.GenerationParameters p, int vocabSize, int[] endOfGeneration)
+        /// <summary>
+        /// The request's llama.cpp sampler chain, in llama.cpp's own order (common_sampler): logit_bias (with ignore_eos as
+        /// -inf on end-of-generation tokens), penalties over the tokens generated so far, the grammar, then top-k, top-p,
+        /// min-p, temperature and the seeded draw; greedy at temperature 0 (after bias, penalties and grammar).
+        /// </summary>
+        private static SafeLLamaSamplerChainHandle CreateSampler(GenerationJob request, LLamaWeights weights, int[] endOfGeneration)
         {
+            var p = request.Parameters;
             var chain = SafeLLamaSamplerChainHandle.Create(LLamaSamplerChainParams.Default());
-            if (p.IgnoreEos && endOfGeneration.Length > 0)
+            var eog = p.IgnoreEos ? endOfGeneration : [];
+            if (eog.Length > 0 || p.LogitBias.Count > 0)
             {
-                var biases = endOfGeneration.Select(t => new LLamaLogitBias { Token = (LLamaToken)t, Bias = float.NegativeInfinity }).ToArray();
-                chain.AddLogitBias(vocabSize, biases);
+                var biases = p.LogitBias.Where(b => !eog.Contains(b.Key)).Select(b => new LLamaLogitBias { Token = (LLamaToken)b.Key, Bias = b.Value })
+                    .Concat(eog.Select(t => new LLamaLogitBias { Token = (LLamaToken)t, Bias = float.NegativeInfinity })).ToArray();
+                chain.AddLogitBias(weights.Vocab.Count, biases);
+            }
+
+            if (p.RepetitionPenalty != 1 || p.FrequencyPenalty != 0 || p.PresencePenalty != 0)
+            {
+                // The window covers every generated token; the prompt is not fed to the chain (vLLM's presence and
+                // frequency penalties count output tokens only; its repetition_penalty counts the prompt too).
+                chain.AddPenalties(request.MaxTokens, p.RepetitionPenalty, p.FrequencyPenalty, p.PresencePenalty);
+            }
+
+            if (p.Grammar is not null)
+            {
+                chain.AddGrammar(weights.NativeHandle, p.Grammar, "root");
             }
 
             if (p.Temperature <= 0)
@@ -748,13 +858,23 @@ internal sealed class InferenceScheduler : IDisposable
                 return chain;
             }
 
+            if (p.TopK > 0)
+            {
+                chain.AddTopK(p.TopK);
+            }
+
             if (p.TopP < 1)
             {
                 chain.AddTopP(p.TopP, 1);
             }
 
+            if (p.MinP > 0)
+            {
+                chain.AddMinP(p.MinP, 1);
+            }
+
             chain.AddTemperature(p.Temperature);
-            chain.AddDistributionSampler(p.Seed ?? (uint)Random.Shared.Next());
+            chain.AddDistributionSampler(request.Seed ?? (uint)Random.Shared.Next());
             return chain;
         }
     }

@@ -39,8 +39,14 @@ public sealed class InferenceService : IAsyncDisposable
         _chat = new ChatPromptFormatter(weights);
         _scheduler = new InferenceScheduler(weights, context, cache, options, metrics, logger);
         VocabularySize = weights.Vocab.Count;
-        MaxTokenBytes = LongestTokenBytes(weights);
+        _pieces = TokenPieces(weights);
+        MaxTokenBytes = Math.Max(1, _pieces.Max(p => p.Length));
     }
+
+    private readonly byte[][] _pieces;
+
+    /// <summary>The UTF-8 bytes of a token's piece, special tokens rendered (OpenAI's logprobs <c>bytes</c>).</summary>
+    public ReadOnlySpan<byte> TokenBytes(int token) => _pieces[token];
 
     /// <summary>Tokens in the model's vocabulary; token-id prompts must lie in 0..VocabularySize-1.</summary>
     public int VocabularySize { get; }
@@ -285,12 +291,28 @@ public sealed class InferenceService : IAsyncDisposable
                 promptParam, "context_length_exceeded");
         }
 
-        var maxTokens = parameters.MaxTokens ?? Math.Min(_options.DefaultMaxTokens, ContextSize - promptTokens.Length);
-        if (promptTokens.Length + maxTokens > ContextSize)
+        // n choices run side by side, one sequence each, sharing the prompt's cells: n sequences, prompt + n x max_tokens cells.
+        var n = parameters.N;
+        if (n > _options.MaxConcurrentRequests)
         {
+            throw new OpenAiRequestException($"'n' is {n}; this server runs at most {_options.MaxConcurrentRequests} sequences at once (--max-concurrent)", "n");
+        }
+
+        var maxTokens = parameters.MaxTokens ?? Math.Max(1, Math.Min(_options.DefaultMaxTokens, (ContextSize - promptTokens.Length) / n));
+        if (promptTokens.Length + ((long)n * maxTokens) > ContextSize)
+        {
+            var asked = n == 1 ? $"max_tokens asks for {maxTokens}" : $"{n} choices of max_tokens {maxTokens} ask for {(long)n * maxTokens}";
             throw new OpenAiRequestException(
-                $"This model's context holds {ContextSize} tokens; the prompt has {promptTokens.Length} and max_tokens asks for {maxTokens}. Shorten the prompt or lower max_tokens.",
+                $"This model's context holds {ContextSize} tokens; the prompt has {promptTokens.Length} and {asked}. Shorten the prompt or lower max_tokens.",
                 parameters.MaxTokensParam, "context_length_exceeded");
+        }
+
+        foreach (var token in parameters.LogitBias.Keys)
+        {
+            if (token >= VocabularySize)
+            {
+                throw new OpenAiRequestException($"'logit_bias' names token id {token}, outside this model's vocabulary 0..{VocabularySize - 1}", "logit_bias");
+            }
         }
 
         var ns = Cache?.Namespace ?? new CacheNamespace("nocache", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
@@ -310,11 +332,19 @@ public sealed class InferenceService : IAsyncDisposable
             job.Prefix = await Cache.PrefetchAsync(promptTokens, ns, cancellationToken).ConfigureAwait(false);
         }
 
-        _metrics.Started();
+        for (var i = 0; i < n; i++)
+        {
+            _metrics.Started(); // every choice is a sequence in flight
+        }
+
         if (!_scheduler.TryEnqueue(job))
         {
             job.ReleasePrefix();
-            _metrics.Finished("rejected", promptTokens.Length, 0, 0, 0);
+            for (var i = 0; i < n; i++)
+            {
+                _metrics.Finished("rejected", promptTokens.Length, 0, 0, 0);
+            }
+
             throw new OpenAiRequestException($"the server is busy: {_options.MaxConcurrentRequests} requests running and {_options.MaxQueuedRequests} waiting; retry later",
                 null, "rate_limit_exceeded", 429);
         }
@@ -371,12 +401,7 @@ public sealed class InferenceService : IAsyncDisposable
     }
 
     /// <summary>The text piece of one token (llama-server's <c>with_pieces</c>).</summary>
-    public string TokenPiece(int token)
-    {
-        Span<byte> piece = stackalloc byte[256];
-        var n = (int)_weights.NativeHandle.TokenToSpan((LLama.Native.LLamaToken)token, piece, 0, true);
-        return n <= piece.Length ? Encoding.UTF8.GetString(piece[..n]) : Detokenize([token]);
-    }
+    public string TokenPiece(int token) => Encoding.UTF8.GetString(_pieces[token]);
 
     private int[] TokenizeText(string text, bool special, bool? addBos = null)
     {
@@ -434,17 +459,24 @@ public sealed class InferenceService : IAsyncDisposable
         });
     }
 
-    private static int LongestTokenBytes(LLamaWeights weights)
+    /// <summary>Every token's piece (special tokens rendered), read once at start: logprobs and the prompt limit use them.</summary>
+    private static byte[][] TokenPieces(LLamaWeights weights)
     {
-        Span<byte> piece = stackalloc byte[256];
-        var longest = 1;
-        for (var t = 0; t < weights.Vocab.Count; t++)
+        var pieces = new byte[weights.Vocab.Count][];
+        var buffer = new byte[256];
+        for (var t = 0; t < pieces.Length; t++)
         {
-            var n = (int)weights.NativeHandle.TokenToSpan((LLama.Native.LLamaToken)t, piece, 0, true);
-            longest = Math.Max(longest, n); // a piece longer than the buffer reports its full length
+            var n = (int)weights.NativeHandle.TokenToSpan((LLama.Native.LLamaToken)t, buffer, 0, true);
+            if (n > buffer.Length)
+            {
+                buffer = new byte[n]; // a piece longer than the buffer reports its full length and writes nothing
+                n = (int)weights.NativeHandle.TokenToSpan((LLama.Native.LLamaToken)t, buffer, 0, true);
+            }
+
+            pieces[t] = buffer.AsSpan(0, n).ToArray();
         }
 
-        return longest;
+        return pieces;
     }
 
     private static int? TrainedContext(LLamaWeights weights)

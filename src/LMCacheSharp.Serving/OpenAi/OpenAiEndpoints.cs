@@ -10,7 +10,7 @@ using Microsoft.Extensions.Logging;
 
 namespace LMCacheSharp.Serving.OpenAi;
 
-/// <summary>The OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions, /health.</summary>
+/// <summary>The OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions (/v1/embeddings refused), /health.</summary>
 public static class OpenAiEndpoints
 {
     /// <summary>
@@ -50,6 +50,11 @@ public static class OpenAiEndpoints
         app.MapPost("/detokenize", (HttpContext http) => DetokenizeAsync(http, service));
         app.MapPost("/v1/completions", (HttpContext http) => HandleAsync(http, service, chat: false));
         app.MapPost("/v1/chat/completions", (HttpContext http) => HandleAsync(http, service, chat: true));
+
+        // The models served are generative (no pooling head): embeddings are refused in OpenAI's shape, not faked.
+        app.MapPost("/v1/embeddings", (HttpContext http) => WriteErrorAsync(http, 400,
+            $"The model '{service.ModelName}' is a generative model; this server does not serve embeddings (POST /v1/embeddings).",
+            "invalid_request_error", "model", "model_not_supported"));
         return app;
     }
 
@@ -215,11 +220,11 @@ public static class OpenAiEndpoints
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             if (parameters.Stream)
             {
-                await StreamAsync(http, job, id, model, created, chat, parameters.StreamIncludeUsage, echo).ConfigureAwait(false);
+                await StreamAsync(http, service, job, id, model, created, chat, parameters.StreamIncludeUsage, echo).ConfigureAwait(false);
             }
             else
             {
-                await RespondAsync(http, job, id, model, created, chat, echo).ConfigureAwait(false);
+                await RespondAsync(http, service, job, id, model, created, chat, echo).ConfigureAwait(false);
             }
         }
         catch (OpenAiRequestException e)
@@ -268,63 +273,84 @@ public static class OpenAiEndpoints
         }
     }
 
-    private static async Task RespondAsync(HttpContext http, GenerationJob job, string id, string model, long created, bool chat, string? echo)
+    private static async Task RespondAsync(HttpContext http, InferenceService service, GenerationJob job, string id, string model, long created, bool chat,
+        string? echo)
     {
-        var text = new System.Text.StringBuilder(echo);
-        GenerationEvent last = default;
+        var n = job.Choices.Count;
+        var texts = Enumerable.Range(0, n).Select(_ => new System.Text.StringBuilder(echo)).ToArray();
+        var logprobs = job.Parameters.Logprobs ? Enumerable.Range(0, n).Select(_ => new List<TokenLogprob>()).ToArray() : null;
+        var finals = new GenerationEvent[n];
         await foreach (var e in job.Events.ReadAllAsync(http.RequestAborted).ConfigureAwait(false))
         {
-            text.Append(e.Text);
-            last = e;
+            texts[e.Index].Append(e.Text);
+            if (e.Logprobs is { } lp)
+            {
+                logprobs?[e.Index].AddRange(lp);
+            }
+
+            if (e.Finish is not null)
+            {
+                finals[e.Index] = e;
+            }
         }
 
-        if (last.Error is not null)
+        if (finals.FirstOrDefault(f => f.Error is not null) is { Error: { } error })
         {
-            await WriteErrorAsync(http, 500, last.Error, "server_error").ConfigureAwait(false);
+            await WriteErrorAsync(http, 500, error, "server_error").ConfigureAwait(false);
             return;
         }
 
-        var choice = chat
-            ? new JsonObject
-            {
-                ["index"] = 0,
-                ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text.ToString() },
-                ["finish_reason"] = FinishText(last.Finish),
-            }
-            : new JsonObject { ["index"] = 0, ["text"] = text.ToString(), ["logprobs"] = null, ["finish_reason"] = FinishText(last.Finish) };
+        var choices = new JsonArray();
+        for (var i = 0; i < n; i++)
+        {
+            var lp = logprobs is null ? null : chat ? ChatLogprobs(service, logprobs[i]) : CompletionLogprobs(service, logprobs[i]);
+            choices.Add(chat
+                ? new JsonObject
+                {
+                    ["index"] = i,
+                    ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = texts[i].ToString() },
+                    ["logprobs"] = lp,
+                    ["finish_reason"] = FinishText(finals[i].Finish),
+                }
+                : new JsonObject { ["index"] = i, ["text"] = texts[i].ToString(), ["logprobs"] = lp, ["finish_reason"] = FinishText(finals[i].Finish) });
+        }
+
         await http.Response.WriteAsJsonAsync(new JsonObject
         {
             ["id"] = id,
             ["object"] = chat ? "chat.completion" : "text_completion",
             ["created"] = created,
             ["model"] = model,
-            ["choices"] = new JsonArray(choice),
-            ["usage"] = Usage(last.Usage ?? default),
-            ["timings"] = Timings(last.Timings),
+            ["choices"] = choices,
+            ["usage"] = Usage(finals),
+            ["timings"] = Timings(finals),
         }, http.RequestAborted).ConfigureAwait(false);
     }
 
-    private static async Task StreamAsync(HttpContext http, GenerationJob job, string id, string model, long created, bool chat, bool includeUsage,
-        string? echo)
+    private static async Task StreamAsync(HttpContext http, InferenceService service, GenerationJob job, string id, string model, long created, bool chat,
+        bool includeUsage, string? echo)
     {
         http.Response.ContentType = "text/event-stream";
         http.Response.Headers.CacheControl = "no-cache";
         http.Response.Headers["X-Accel-Buffering"] = "no";
         var stream = http.Response.Body;
-        var first = true;
+        var n = job.Choices.Count;
+        var started = new bool[n];
+        var finals = new GenerationEvent[n];
         async Task SendAsync(JsonObject o)
         {
             await stream.WriteAsync(System.Text.Encoding.UTF8.GetBytes("data: " + o.ToJsonString() + "\n\n"), http.RequestAborted).ConfigureAwait(false);
             await stream.FlushAsync(http.RequestAborted).ConfigureAwait(false);
         }
 
-        JsonObject Chunk(string text, string? finish)
+        JsonObject Chunk(int index, string text, string? finish, IReadOnlyList<TokenLogprob>? tokens)
         {
+            var lp = tokens is null || !job.Parameters.Logprobs ? null : chat ? ChatLogprobs(service, tokens) : CompletionLogprobs(service, tokens);
             JsonObject choice;
             if (chat)
             {
                 var delta = new JsonObject();
-                if (first)
+                if (!started[index])
                 {
                     delta["role"] = "assistant";
                 }
@@ -334,14 +360,14 @@ public static class OpenAiEndpoints
                     delta["content"] = text;
                 }
 
-                choice = new JsonObject { ["index"] = 0, ["delta"] = delta, ["finish_reason"] = finish };
+                choice = new JsonObject { ["index"] = index, ["delta"] = delta, ["logprobs"] = lp, ["finish_reason"] = finish };
             }
             else
             {
-                choice = new JsonObject { ["index"] = 0, ["text"] = text, ["logprobs"] = null, ["finish_reason"] = finish };
+                choice = new JsonObject { ["index"] = index, ["text"] = text, ["logprobs"] = lp, ["finish_reason"] = finish };
             }
 
-            first = false;
+            started[index] = true;
             return new JsonObject
             {
                 ["id"] = id,
@@ -354,47 +380,109 @@ public static class OpenAiEndpoints
 
         if (echo is not null)
         {
-            await SendAsync(Chunk(echo, null)).ConfigureAwait(false);
+            for (var i = 0; i < n; i++)
+            {
+                await SendAsync(Chunk(i, echo, null, null)).ConfigureAwait(false);
+            }
         }
 
+        var failed = false;
         await foreach (var e in job.Events.ReadAllAsync(http.RequestAborted).ConfigureAwait(false))
         {
             if (e.Error is not null)
             {
                 await SendAsync(new JsonObject { ["error"] = new JsonObject { ["message"] = e.Error, ["type"] = "server_error" } }).ConfigureAwait(false);
+                failed = true;
                 break;
             }
 
             if (e.Finish is null)
             {
-                await SendAsync(Chunk(e.Text, null)).ConfigureAwait(false);
+                await SendAsync(Chunk(e.Index, e.Text, null, e.Logprobs)).ConfigureAwait(false);
                 continue;
             }
 
-            if (e.Text.Length > 0)
+            if (e.Text.Length > 0 || e.Logprobs is not null)
             {
-                await SendAsync(Chunk(e.Text, null)).ConfigureAwait(false);
+                await SendAsync(Chunk(e.Index, e.Text, null, e.Logprobs)).ConfigureAwait(false);
             }
 
-            var final = Chunk("", FinishText(e.Finish));
-            final["timings"] = Timings(e.Timings); // as llama-server: on the last chunk
+            finals[e.Index] = e;
+            var final = Chunk(e.Index, "", FinishText(e.Finish), null);
+            final["timings"] = Timings([e]); // as llama-server: on the last chunk (of each choice)
             await SendAsync(final).ConfigureAwait(false);
-            if (includeUsage)
+        }
+
+        if (includeUsage && !failed)
+        {
+            await SendAsync(new JsonObject
             {
-                await SendAsync(new JsonObject
-                {
-                    ["id"] = id,
-                    ["object"] = chat ? "chat.completion.chunk" : "text_completion",
-                    ["created"] = created,
-                    ["model"] = model,
-                    ["choices"] = new JsonArray(),
-                    ["usage"] = Usage(e.Usage ?? default),
-                }).ConfigureAwait(false);
-            }
+                ["id"] = id,
+                ["object"] = chat ? "chat.completion.chunk" : "text_completion",
+                ["created"] = created,
+                ["model"] = model,
+                ["choices"] = new JsonArray(),
+                ["usage"] = Usage(finals),
+            }).ConfigureAwait(false);
         }
 
         await stream.WriteAsync("data: [DONE]\n\n"u8.ToArray(), http.RequestAborted).ConfigureAwait(false);
         await stream.FlushAsync(http.RequestAborted).ConfigureAwait(false);
+    }
+
+    /// <summary>Chat's <c>logprobs</c>: <c>{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}], "refusal": null}</c>.</summary>
+    private static JsonObject ChatLogprobs(InferenceService service, IReadOnlyList<TokenLogprob> tokens)
+    {
+        JsonObject Entry(int token, float logprob)
+        {
+            var bytes = service.TokenBytes(token);
+            var list = new JsonArray();
+            foreach (var b in bytes)
+            {
+                list.Add(JsonValue.Create((int)b));
+            }
+
+            return new JsonObject { ["token"] = System.Text.Encoding.UTF8.GetString(bytes), ["logprob"] = logprob, ["bytes"] = list };
+        }
+
+        var content = new JsonArray();
+        foreach (var t in tokens)
+        {
+            var entry = Entry(t.Token, t.Logprob);
+            entry["top_logprobs"] = new JsonArray([.. t.Top.Select(a => (JsonNode)Entry(a.Token, a.Logprob))]);
+            content.Add(entry);
+        }
+
+        return new JsonObject { ["content"] = content, ["refusal"] = null };
+    }
+
+    /// <summary>
+    /// Completions' <c>logprobs</c> (OpenAI's legacy shape): <c>{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
+    /// "text_offset"}</c>; each top_logprobs object holds the asked-for alternatives and always the sampled token.
+    /// </summary>
+    private static JsonObject CompletionLogprobs(InferenceService service, IReadOnlyList<TokenLogprob> tokens)
+    {
+        var text = new JsonArray();
+        var logprobs = new JsonArray();
+        var top = new JsonArray();
+        var offsets = new JsonArray();
+        foreach (var t in tokens)
+        {
+            var piece = service.TokenPiece(t.Token);
+            text.Add(piece);
+            logprobs.Add(t.Logprob);
+            offsets.Add(t.TextOffset);
+            var alternatives = new JsonObject();
+            foreach (var a in t.Top)
+            {
+                alternatives[service.TokenPiece(a.Token)] = a.Logprob;
+            }
+
+            alternatives[piece] = t.Logprob;
+            top.Add(alternatives);
+        }
+
+        return new JsonObject { ["tokens"] = text, ["token_logprobs"] = logprobs, ["top_logprobs"] = top, ["text_offset"] = offsets };
     }
 
     private static string? FinishText(FinishReason? reason) => reason switch
@@ -405,13 +493,24 @@ public static class OpenAiEndpoints
         _ => "stop",
     };
 
-    /// <summary>llama-server's <c>timings</c> (cache_n, prompt_n, prompt_ms, predicted_n, predicted_ms, ...) plus restore_ms and queue_ms.</summary>
-    private static JsonObject? Timings(GenerationTimings? timings)
+    /// <summary>
+    /// llama-server's <c>timings</c> (cache_n, prompt_n, prompt_ms, predicted_n, predicted_ms, ...) plus restore_ms and
+    /// queue_ms. With n choices the token counts are summed over them (the other choices prefill nothing, so prompt_n
+    /// counts the one shared prefill) and the times are choice 0's.
+    /// </summary>
+    private static JsonObject? Timings(GenerationEvent[] finals)
     {
-        if (timings is not { } t)
+        if (finals.Length == 0 || finals[0].Timings is not { } first)
         {
             return null;
         }
+
+        var t = first with
+        {
+            CacheN = finals.Sum(f => f.Timings?.CacheN ?? 0),
+            PromptN = finals.Sum(f => f.Timings?.PromptN ?? 0),
+            PredictedN = finals.Sum(f => f.Timings?.PredictedN ?? 0),
+        };
 
         return new JsonObject
         {
@@ -429,12 +528,18 @@ public static class OpenAiEndpoints
         };
     }
 
-    private static JsonObject Usage(GenerationUsage usage) => new()
+    /// <summary>OpenAI's usage: the prompt counted once (choice 0's, as its cached tokens), completion tokens summed over the choices.</summary>
+    private static JsonObject Usage(GenerationEvent[] finals)
     {
-        ["prompt_tokens"] = usage.PromptTokens,
-        ["completion_tokens"] = usage.CompletionTokens,
-        ["total_tokens"] = usage.PromptTokens + usage.CompletionTokens,
-        ["prompt_tokens_details"] = new JsonObject { ["cached_tokens"] = usage.CachedTokens },
-    };
+        var first = finals.Length > 0 ? finals[0].Usage ?? default : default;
+        var completion = finals.Sum(f => f.Usage?.CompletionTokens ?? 0);
+        return new JsonObject
+        {
+            ["prompt_tokens"] = first.PromptTokens,
+            ["completion_tokens"] = completion,
+            ["total_tokens"] = first.PromptTokens + completion,
+            ["prompt_tokens_details"] = new JsonObject { ["cached_tokens"] = first.CachedTokens },
+        };
+    }
 
 }

@@ -48,6 +48,36 @@ public sealed record GenerationParameters
 
     /// <summary>kv_transfer_params: lmcache.tag.* (tag name without the prefix).</summary>
     public IReadOnlyDictionary<string, string> Tags { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>top_k: sample among the k most likely tokens; 0 (or -1, vLLM's spelling) disables it. Default 0.</summary>
+    public int TopK { get; init; }
+
+    /// <summary>min_p: drop tokens less likely than min_p times the most likely one; 0..1, default 0 (off).</summary>
+    public float MinP { get; init; }
+
+    /// <summary>presence_penalty: subtracted once from the logit of every token generated so far; -2..2, default 0.</summary>
+    public float PresencePenalty { get; init; }
+
+    /// <summary>frequency_penalty: subtracted from a token's logit once per time it was generated so far; -2..2, default 0.</summary>
+    public float FrequencyPenalty { get; init; }
+
+    /// <summary>repetition_penalty (vLLM, llama.cpp): divides positive logits (multiplies negative ones) of tokens generated so far; above 0, default 1 (off).</summary>
+    public float RepetitionPenalty { get; init; } = 1f;
+
+    /// <summary>logit_bias: token id -> bias added to its logit before sampling (-100..100).</summary>
+    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = new Dictionary<int, float>();
+
+    /// <summary>Whether to report the log probability of every generated token (chat <c>logprobs: true</c>, completions <c>logprobs: N</c>).</summary>
+    public bool Logprobs { get; init; }
+
+    /// <summary>How many most likely alternatives to report per generated token (chat <c>top_logprobs</c> 0..20, completions <c>logprobs</c> 0..20).</summary>
+    public int TopLogprobs { get; init; }
+
+    /// <summary>Choices to generate for the prompt (n); the prompt is prefilled once and shared. Default 1.</summary>
+    public int N { get; init; } = 1;
+
+    /// <summary>A GBNF grammar (root rule <c>root</c>) every completion must match: from response_format, or null.</summary>
+    public string? Grammar { get; init; }
 }
 
 /// <summary>POST /v1/completions. The prompt is text or, when <see cref="PromptTokens"/> is set, token ids (then <see cref="Prompt"/> is empty).</summary>
@@ -117,24 +147,37 @@ public static class OpenAiRequestParser
             throw new OpenAiRequestException("'prompt' must be a string or a list of token ids", "prompt");
         }
 
-        RejectUnsupported(body);
-        var parameters = ParseParameters(body, CompletionFields);
-        return new CompletionRequest(model, text, parameters, OptionalBool(body, "echo") ?? false) { PromptTokens = tokens };
+        RejectUnsupported(body, chat: false);
+        var parameters = ParseParameters(body, CompletionFields, chat: false);
+        var echo = OptionalBool(body, "echo") ?? false;
+        if (echo && parameters.Logprobs)
+        {
+            throw new OpenAiRequestException("'echo' together with 'logprobs' is not supported (the prompt's log probabilities are not computed)", "echo");
+        }
+
+        return new CompletionRequest(model, text, parameters, echo) { PromptTokens = tokens };
     }
 
     /// <summary>Fields of /v1/completions this server reads (others are ignored and listed at debug level).</summary>
     private static readonly HashSet<string> CompletionFields = new(StringComparer.Ordinal)
     {
         "model", "prompt", "echo", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "cache_salt",
-        "kv_transfer_params", "n", "best_of", "user", "ignore_eos",
+        "kv_transfer_params", "n", "best_of", "user", "ignore_eos", "logprobs", "logit_bias", "presence_penalty", "frequency_penalty",
+        "repetition_penalty", "top_k", "min_p", "suffix", "response_format",
     };
 
     /// <summary>Fields of /v1/chat/completions this server reads.</summary>
     private static readonly HashSet<string> ChatFields = new(StringComparer.Ordinal)
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options",
-        "cache_salt", "kv_transfer_params", "n", "best_of", "user", "ignore_eos",
+        "cache_salt", "kv_transfer_params", "n", "best_of", "user", "ignore_eos", "logprobs", "top_logprobs", "logit_bias",
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "top_k", "min_p", "response_format", "tools", "tool_choice",
+        "functions", "function_call", "parallel_tool_calls", "audio", "modalities", "prediction", "web_search_options",
+        "reasoning_effort", "verbosity", "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key",
     };
+
+    /// <summary>Most alternatives per token for top_logprobs (chat) and logprobs (completions); OpenAI allows 20 and 5.</summary>
+    public const int MaxTopLogprobs = 20;
 
     private static int[] ReadTokenIds(JsonElement array)
     {
@@ -244,8 +287,8 @@ public static class OpenAiRequestParser
             list.Add(new ChatMessageInput(role == "developer" ? "system" : role, ReadContent(m, where, role)));
         }
 
-        RejectUnsupported(body);
-        return new ChatCompletionRequest(model, list, ParseParameters(body, ChatFields));
+        RejectUnsupported(body, chat: true);
+        return new ChatCompletionRequest(model, list, ParseParameters(body, ChatFields, chat: true));
     }
 
     private static string ReadContent(JsonElement message, string where, string role)
@@ -280,7 +323,7 @@ public static class OpenAiRequestParser
         return text.ToString();
     }
 
-    private static GenerationParameters ParseParameters(JsonElement body, HashSet<string> known)
+    private static GenerationParameters ParseParameters(JsonElement body, HashSet<string> known, bool chat)
     {
         var maxTokensParam = body.TryGetProperty("max_completion_tokens", out var mct) && mct.ValueKind != JsonValueKind.Null ? "max_completion_tokens" : "max_tokens";
         var maxTokens = OptionalInt(body, maxTokensParam);
@@ -339,8 +382,38 @@ public static class OpenAiRequestParser
         var includeUsage = body.TryGetProperty("stream_options", out var so) && so.ValueKind == JsonValueKind.Object && (OptionalBool(so, "include_usage") ?? false);
         var (skipSave, tags) = ParseKvTransferParams(body);
         var salt = OptionalString(body, "cache_salt");
+        var (logprobs, topLogprobs) = ParseLogprobs(body, chat);
+        var n = OptionalInt(body, "n") ?? 1;
+        if (n < 1)
+        {
+            throw new OpenAiRequestException($"'n' must be at least 1, got {n}", "n");
+        }
+
+        if (OptionalInt(body, "best_of") is { } bestOf && bestOf != 1 && bestOf != n)
+        {
+            throw new OpenAiRequestException($"'best_of' other than 1 or n is not supported (got {bestOf}, n = {n})", "best_of");
+        }
+
+        var ignoreEos = OptionalBool(body, "ignore_eos") ?? false;
+        var grammar = ResponseFormatGrammar.FromRequest(body);
+        if (grammar is not null && ignoreEos)
+        {
+            // The grammar ends the output with an end-of-generation token; ignore_eos would forbid the only allowed token.
+            throw new OpenAiRequestException("'ignore_eos' cannot be combined with a JSON 'response_format'", "ignore_eos");
+        }
+
         return new GenerationParameters
         {
+            TopK = ParseTopK(body),
+            MinP = RangeFloat(body, "min_p", 0, 1, 0),
+            PresencePenalty = RangeFloat(body, "presence_penalty", -2, 2, 0),
+            FrequencyPenalty = RangeFloat(body, "frequency_penalty", -2, 2, 0),
+            RepetitionPenalty = ParseRepetitionPenalty(body),
+            LogitBias = ParseLogitBias(body),
+            Logprobs = logprobs,
+            TopLogprobs = topLogprobs,
+            N = n,
+            Grammar = grammar,
             MaxTokens = maxTokens,
             MaxTokensParam = maxTokensParam,
             IgnoredFields = ignored,
@@ -353,8 +426,92 @@ public static class OpenAiRequestParser
             CacheSalt = string.IsNullOrEmpty(salt) ? null : salt,
             SkipSave = skipSave,
             Tags = tags,
-            IgnoreEos = OptionalBool(body, "ignore_eos") ?? false,
+            IgnoreEos = ignoreEos,
         };
+    }
+
+    private static (bool Logprobs, int Top) ParseLogprobs(JsonElement body, bool chat)
+    {
+        if (!chat)
+        {
+            // Completions: logprobs is the number of alternatives (OpenAI's legacy shape); null or absent: off.
+            var top = OptionalInt(body, "logprobs");
+            if (top is < 0 or > MaxTopLogprobs)
+            {
+                throw new OpenAiRequestException($"'logprobs' must be between 0 and {MaxTopLogprobs}, got {top}", "logprobs");
+            }
+
+            return (top is not null, top ?? 0);
+        }
+
+        var on = OptionalBool(body, "logprobs") ?? false;
+        var topLogprobs = OptionalInt(body, "top_logprobs");
+        if (topLogprobs is < 0 or > MaxTopLogprobs)
+        {
+            throw new OpenAiRequestException($"'top_logprobs' must be between 0 and {MaxTopLogprobs}, got {topLogprobs}", "top_logprobs");
+        }
+
+        if (topLogprobs is > 0 && !on)
+        {
+            throw new OpenAiRequestException("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
+        }
+
+        return (on, topLogprobs ?? 0);
+    }
+
+    private static int ParseTopK(JsonElement body)
+    {
+        var k = OptionalInt(body, "top_k") ?? 0;
+        return k switch
+        {
+            -1 or 0 => 0,
+            > 0 => k,
+            _ => throw new OpenAiRequestException($"'top_k' must be -1 or 0 (off) or a positive number of tokens, got {k}", "top_k"),
+        };
+    }
+
+    private static float ParseRepetitionPenalty(JsonElement body)
+    {
+        var p = OptionalFloat(body, "repetition_penalty") ?? 1f;
+        return p is > 0 and <= 10 ? p : throw new OpenAiRequestException($"'repetition_penalty' must be in (0, 10] (1 is off), got {p}", "repetition_penalty");
+    }
+
+    private static float RangeFloat(JsonElement body, string name, float min, float max, float fallback)
+    {
+        var v = OptionalFloat(body, name) ?? fallback;
+        return v >= min && v <= max ? v : throw new OpenAiRequestException($"'{name}' must be between {min} and {max}, got {v}", name);
+    }
+
+    /// <summary>logit_bias: an object of token ids (as strings, OpenAI's shape) to numbers in -100..100. Ids are checked against the vocabulary later.</summary>
+    private static Dictionary<int, float> ParseLogitBias(JsonElement body)
+    {
+        var biases = new Dictionary<int, float>();
+        if (!body.TryGetProperty("logit_bias", out var lb) || lb.ValueKind == JsonValueKind.Null)
+        {
+            return biases;
+        }
+
+        if (lb.ValueKind != JsonValueKind.Object)
+        {
+            throw new OpenAiRequestException("'logit_bias' must be an object mapping token ids to biases", "logit_bias");
+        }
+
+        foreach (var p in lb.EnumerateObject())
+        {
+            if (!int.TryParse(p.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var token))
+            {
+                throw new OpenAiRequestException($"'logit_bias' keys must be token ids, got '{p.Name}'", "logit_bias");
+            }
+
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetDouble(out var bias) || bias is < -100 or > 100)
+            {
+                throw new OpenAiRequestException($"'logit_bias[{p.Name}]' must be a number between -100 and 100", "logit_bias");
+            }
+
+            biases[token] = (float)bias;
+        }
+
+        return biases;
     }
 
     private static (bool SkipSave, Dictionary<string, string> Tags) ParseKvTransferParams(JsonElement body)
@@ -394,16 +551,51 @@ public static class OpenAiRequestParser
         return (skip, tags);
     }
 
-    private static void RejectUnsupported(JsonElement body)
+    /// <summary>
+    /// Parameters that would change the output and are not implemented: a clear 400 naming the parameter, never silently
+    /// ignored. A value that asks for nothing (null, an empty list, <c>"none"</c>, text-only modalities) is accepted.
+    /// </summary>
+    private static void RejectUnsupported(JsonElement body, bool chat)
     {
-        if (OptionalInt(body, "n") is > 1)
+        if (!chat)
         {
-            throw new OpenAiRequestException("'n' > 1 is not supported", "n");
+            if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null &&
+                !(suffix.ValueKind == JsonValueKind.String && suffix.GetString() is { Length: 0 }))
+            {
+                throw new OpenAiRequestException("'suffix' (insertion) is not supported", "suffix");
+            }
+
+            return;
         }
 
-        if (OptionalInt(body, "best_of") is > 1)
+        foreach (var name in (ReadOnlySpan<string>)["tools", "functions"])
         {
-            throw new OpenAiRequestException("'best_of' > 1 is not supported", "best_of");
+            if (body.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null && !(v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0))
+            {
+                throw new OpenAiRequestException($"'{name}' (function calling) is not supported by this server", name);
+            }
+        }
+
+        foreach (var name in (ReadOnlySpan<string>)["tool_choice", "function_call"])
+        {
+            if (body.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null && !(v.ValueKind == JsonValueKind.String && v.GetString() == "none"))
+            {
+                throw new OpenAiRequestException($"'{name}' (function calling) is not supported by this server; only \"none\"", name);
+            }
+        }
+
+        foreach (var name in (ReadOnlySpan<string>)["audio", "prediction", "web_search_options", "reasoning_effort", "verbosity"])
+        {
+            if (body.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null)
+            {
+                throw new OpenAiRequestException($"'{name}' is not supported by this server", name);
+            }
+        }
+
+        if (body.TryGetProperty("modalities", out var modalities) && modalities.ValueKind != JsonValueKind.Null &&
+            !(modalities.ValueKind == JsonValueKind.Array && modalities.EnumerateArray().All(m => m.ValueKind == JsonValueKind.String && m.GetString() == "text")))
+        {
+            throw new OpenAiRequestException("'modalities' other than [\"text\"] are not supported", "modalities");
         }
     }
 
