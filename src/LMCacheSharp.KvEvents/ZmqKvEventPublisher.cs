@@ -41,7 +41,7 @@ public sealed partial class ZmqKvEventPublisher : IKvEventSink, IDisposable
     /// <param name="metrics">Where dropped events are counted, or null.</param>
     /// <param name="logger">Where failures are logged, or null.</param>
     /// <param name="timeProvider">The clock of the batches' timestamps (default: the system's).</param>
-    /// <exception cref="NetMQException">An endpoint cannot be bound (port in use, address not local).</exception>
+    /// <exception cref="KvEventBindException">An endpoint cannot be bound (port in use, address not local).</exception>
     public ZmqKvEventPublisher(KvEventPublisherOptions options, CacheMetrics? metrics = null, ILogger? logger = null, TimeProvider? timeProvider = null)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -161,14 +161,21 @@ public sealed partial class ZmqKvEventPublisher : IKvEventSink, IDisposable
             throw new ArgumentException(problem, nameof(endpoint)); // the options were validated: not reached
         }
 
-        if (parsed.Port != 0)
+        try
         {
-            socket.Bind(parsed.ToString());
-            return parsed.ToString();
-        }
+            if (parsed.Port != 0)
+            {
+                socket.Bind(parsed.ToString());
+                return parsed.ToString();
+            }
 
-        var port = socket.BindRandomPort("tcp://" + parsed.Host);
-        return (parsed with { Port = port }).ToString();
+            var port = socket.BindRandomPort("tcp://" + parsed.Host);
+            return (parsed with { Port = port }).ToString();
+        }
+        catch (NetMQException e)
+        {
+            throw new KvEventBindException(endpoint, e);
+        }
     }
 
     // On the poller thread: every flush marker queued so far is completed after the events before it are sent.
@@ -308,4 +315,31 @@ public sealed partial class ZmqKvEventPublisher : IKvEventSink, IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "kv events: a replay answer was cut short: the subscriber is not reading")]
     private static partial void LogReplayCut(ILogger logger);
+}
+
+/// <summary>A KV event socket could not be bound; <see cref="Endpoint"/> says which.</summary>
+public sealed class KvEventBindException : IOException
+{
+    /// <summary>Creates the exception.</summary>
+    public KvEventBindException(string endpoint, Exception innerException)
+        : base($"cannot bind {endpoint}: {innerException?.Message}", innerException)
+    {
+        Endpoint = endpoint;
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public KvEventBindException()
+        : this("", new IOException("cannot bind"))
+    {
+    }
+
+    /// <summary>Creates the exception.</summary>
+    public KvEventBindException(string message)
+        : base(message)
+    {
+        Endpoint = "";
+    }
+
+    /// <summary>The endpoint as configured.</summary>
+    public string Endpoint { get; }
 }

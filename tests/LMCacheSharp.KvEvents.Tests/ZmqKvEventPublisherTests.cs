@@ -269,6 +269,7 @@ public class ZmqKvEventPublisherTests
     public void A_port_in_use_fails_at_bind()
     {
         using var first = new ZmqKvEventPublisher(Options(replay: false));
-        Assert.ThrowsAny<NetMQException>(() => new ZmqKvEventPublisher(new KvEventPublisherOptions { Endpoint = first.Endpoint, BlockSize = Chunk }));
+        var e = Assert.Throws<KvEventBindException>(() => new ZmqKvEventPublisher(new KvEventPublisherOptions { Endpoint = first.Endpoint, BlockSize = Chunk }));
+        Assert.Equal(first.Endpoint, e.Endpoint);
     }
 }
