@@ -24,6 +24,12 @@ public sealed class LlamaKvCacheOptions
 
     /// <summary>Where cache problems are logged (they never fail a request). Default: nowhere.</summary>
     public ILogger? Logger { get; set; }
+
+    /// <summary>
+    /// Where the engine created by <see cref="LlamaKvCache.CreateWithEngine"/> reports KV events (stores, evictions, clears
+    /// of every tier), e.g. a <see cref="LMCacheSharp.Core.Events.KvEventQueue"/> read by a publisher. Default: none.
+    /// </summary>
+    public LMCacheSharp.Core.Events.IKvEventSink? KvEvents { get; set; }
 }
 
 /// <summary>
@@ -141,7 +147,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         var ns = TryProbeShape(context, scratch, out var shape, out _)
             ? CreateNamespace(modelFingerprint, shape, options.Layout)
             : new CacheNamespace(modelFingerprint + "|disabled", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
-        var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers);
+        var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers, options.KvEvents);
         return new LlamaKvCache(context, engine, modelFingerprint, options, ownsEngine: true);
     }
 

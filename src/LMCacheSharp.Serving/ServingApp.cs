@@ -2,6 +2,7 @@ using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
 using LMCacheSharp.Core.Storage;
+using LMCacheSharp.KvEvents;
 using LMCacheSharp.Serving.Inference;
 using LMCacheSharp.Serving.OpenAi;
 using Microsoft.AspNetCore.Builder;
@@ -50,6 +51,16 @@ public static class ServingApp
             configureLogging(builder.Logging);
         }
 
+        var cacheMetrics = new CacheMetrics();
+        builder.Services.AddSingleton(cacheMetrics);
+        // Bound now, before the model is made or loaded, so that a busy port is reported at once. Returned by a factory so that the
+        // container disposes it, after the inference service (resolved later), whose last removals it then still sends.
+        var publisher = options.EnableCache ? CreatePublisher(cacheOptions, cacheMetrics) : null;
+        if (publisher is not null)
+        {
+            builder.Services.AddSingleton(_ => publisher);
+        }
+
         var modelPath = options.ModelPath ?? DefaultModel.Ensure(Console.Out);
         if (options.ModelPath is null)
         {
@@ -57,15 +68,26 @@ public static class ServingApp
         }
 
         builder.Services.AddSingleton(new ServingMetrics());
-        builder.Services.AddSingleton(new CacheMetrics());
         builder.Services.AddSingleton(sp => InferenceService.Create(modelPath, options, cacheOptions, sp.GetRequiredService<ServingMetrics>(),
-            sp.GetRequiredService<CacheMetrics>(), lowerTiers, sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving")));
+            sp.GetRequiredService<CacheMetrics>(), lowerTiers, sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving"),
+            publisher is null ? null : sp.GetRequiredService<ZmqKvEventPublisher>()));
         // Start exporting the meters now: prometheus-net's adapter otherwise starts at the first scrape and misses what came before.
         Metrics.ConfigureMeterAdapter(o => o.InstrumentFilterPredicate = i => i.Meter.Name.StartsWith("LMCacheSharp", StringComparison.Ordinal));
         // ...and it only subscribes to measurements at its first collection (prometheus-net issue 487): collect once now.
         Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult();
-        var app = builder.Build();
-        var service = app.Services.GetRequiredService<InferenceService>();
+        WebApplication app;
+        InferenceService service;
+        try
+        {
+            app = builder.Build();
+            service = app.Services.GetRequiredService<InferenceService>();
+        }
+        catch
+        {
+            publisher?.Dispose();
+            throw;
+        }
+
         service.Metrics.ObserveLoopProgressAge(() => service.GetLoopHealth().ProgressAgeSeconds);
         var requestLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving.Requests");
         app.Use(async (http, next) =>
@@ -108,6 +130,28 @@ public static class ServingApp
         app.MapOpenAi(service);
         app.MapMetrics("/metrics");
         return app;
+    }
+
+    /// <summary>
+    /// The KV event publisher <paramref name="cacheOptions"/> asks for (<c>kv_events_endpoint</c>), bound, or null. A socket
+    /// that cannot be bound is a configuration error naming the key.
+    /// </summary>
+    private static ZmqKvEventPublisher? CreatePublisher(LMCacheOptions cacheOptions, CacheMetrics metrics)
+    {
+        if (KvEventPublisherOptions.FromCacheOptions(cacheOptions) is not { } options)
+        {
+            return null;
+        }
+
+        try
+        {
+            return new ZmqKvEventPublisher(options, metrics);
+        }
+        catch (KvEventBindException e)
+        {
+            var key = e.Endpoint == options.Endpoint ? "kv_events_endpoint" : "kv_events_replay_endpoint";
+            throw new LMCacheConfigurationException($"{key}: {e.Message}");
+        }
     }
 
     private static void LogRequest(ILogger log, HttpContext http, long start)

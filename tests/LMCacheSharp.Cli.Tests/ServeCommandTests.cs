@@ -32,6 +32,32 @@ public sealed class ServeCommandTests
         Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal); // no stack trace
     }
 
+    [Theory]
+    [InlineData("--kv-events", "127.0.0.1:5557", "kv_events_endpoint (command line): must be tcp://HOST:PORT")]
+    [InlineData("--kv-events", "tcp://example.com:5557", "is not *, an IP address or localhost")]
+    [InlineData("--kv-events-replay", "tcp://127.0.0.1:5558", "kv_events_replay_endpoint (command line): is set but kv_events_endpoint is not")]
+    public async Task A_bad_kv_events_endpoint_is_one_message_and_exit_code_2(string option, string value, string expected)
+    {
+        var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "serve", "--port", "0", option, value);
+        Assert.Equal(2, code);
+        Assert.Contains(expected, stderr, StringComparison.Ordinal);
+        Assert.Equal(2, stderr.Trim().Split('\n').Length); // the heading and the one problem
+        Assert.DoesNotContain("Generating", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_kv_events_port_in_use_is_one_line_and_exit_code_2_before_any_model_work()
+    {
+        using var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var endpoint = $"tcp://127.0.0.1:{((IPEndPoint)taken.LocalEndpoint).Port}";
+        var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "serve", "--port", "0", "--kv-events", endpoint);
+        Assert.Equal(2, code);
+        Assert.StartsWith($"lmcache serve: kv_events_endpoint: cannot bind {endpoint}", stderr.Trim(), StringComparison.Ordinal);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.DoesNotContain("Generating", stdout, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task A_file_that_is_not_a_model_is_a_clear_error()
     {

@@ -74,11 +74,28 @@ public class LMCacheConfigLoaderTests
     [InlineData("chunk_size: [1, 2]", "chunk_size", "single value")]
     [InlineData("chunk_size: 1\n  bad: [", "yaml", "not valid YAML")]
     [InlineData("- a\n- b", "yaml", "mapping")]
+    [InlineData("kv_events_endpoint: 127.0.0.1:5557", "kv_events_endpoint", "tcp://HOST:PORT")]
+    [InlineData("kv_events_replay_endpoint: tcp://*:5558", "kv_events_replay_endpoint", "kv_events_endpoint is not")]
+    [InlineData("kv_events_endpoint: tcp://*:5557\nkv_events_replay_endpoint: tcp://*:5557", "kv_events_replay_endpoint", "another port")]
+    [InlineData("kv_events_buffer_steps: 0", "kv_events_buffer_steps", "1..1000000")]
+    [InlineData("kv_events_max_queue_size: 0", "kv_events_max_queue_size", "1..10000000")]
     public void Bad_values_fail_with_a_message_naming_the_key_and_range(string yaml, string key, string expected)
     {
         var e = Assert.Throws<LMCacheConfigurationException>(() => LMCacheConfigLoader.LoadYaml(yaml));
         Assert.Contains(key, e.Message, StringComparison.Ordinal);
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void KV_event_keys_come_from_the_file_the_environment_and_the_command_line()
+    {
+        var env = new Dictionary<string, string?> { ["LMCACHE_KV_EVENTS_ENDPOINT"] = "tcp://*:5557", ["LMCACHE_KV_EVENTS_TOPIC"] = "kv@a" };
+        var options = LMCacheConfigLoader.Load(null, env, [new("kv_events_replay_endpoint", "tcp://127.0.0.1:5558")]);
+        Assert.Equal("tcp://*:5557", options.KvEventsEndpoint);
+        Assert.Equal("tcp://127.0.0.1:5558", options.KvEventsReplayEndpoint);
+        Assert.Equal("kv@a", options.KvEventsTopic);
+        Assert.Equal(10_000, options.KvEventsBufferSteps);
+        Assert.Null(new LMCacheOptions().KvEventsEndpoint); // off unless asked for
     }
 
     [Theory]

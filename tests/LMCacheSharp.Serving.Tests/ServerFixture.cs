@@ -48,6 +48,8 @@ public sealed class TestServer : IAsyncDisposable
 
     public InferenceService Service => _app.Services.GetRequiredService<InferenceService>();
 
+    public IServiceProvider Services => _app.Services;
+
     public static async Task<TestServer> StartAsync(Action<ServingOptions>? configure = null, int chunkSize = 16,
         Action<LMCacheOptions>? configureCache = null,
         Func<LMCacheSharp.Core.Kv.KvBufferPool, LMCacheSharp.Core.Metrics.CacheMetrics, IEnumerable<LMCacheSharp.Core.Storage.IStorageTier>>? lowerTiers = null)

@@ -27,10 +27,14 @@ internal static class ServeCommand
         var maxTokens = new Option<int>("--default-max-tokens") { Description = "max_tokens when a request gives none.", DefaultValueFactory = _ => 256 };
         var noCache = new Option<bool>("--no-cache") { Description = "Serve without the KV cache (the baseline)." };
         var logLevel = new Option<string>("--log-level") { Description = "trace, debug, information, warning, error or none (information: one line per request).", DefaultValueFactory = _ => "information" };
+        var kvEvents = new Option<string?>("--kv-events") { Description = "Publish KV events in vLLM's format on a ZeroMQ PUB socket bound at tcp://HOST:PORT (kv_events_endpoint)." };
+        var kvEventsReplay = new Option<string?>("--kv-events-replay") { Description = "Answer replay requests on a ZeroMQ ROUTER socket bound at tcp://HOST:PORT (kv_events_replay_endpoint)." };
+        var kvEventsTopic = new Option<string?>("--kv-events-topic") { Description = "Topic frame of the KV event messages (kv_events_topic). Default: kv-events." };
         var stall = new Option<double>("--stall-timeout") { Description = "Seconds without progress of the inference loop (with requests pending) after which /health answers 503.", DefaultValueFactory = _ => 60 };
         var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
         {
             model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache, logLevel, stall,
+            kvEvents, kvEventsReplay, kvEventsTopic,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -47,6 +51,15 @@ internal static class ServeCommand
                 }
 
                 overrides.Add(new(setting[..eq].Trim(), setting[(eq + 1)..].Trim()));
+            }
+
+            // The KV event flags are LMCache keys like any other: one loader validates them, after the file and LMCACHE_*.
+            foreach (var (flag, key) in new[] { (kvEvents, "kv_events_endpoint"), (kvEventsReplay, "kv_events_replay_endpoint"), (kvEventsTopic, "kv_events_topic") })
+            {
+                if (r.GetValue(flag) is { } value)
+                {
+                    overrides.Add(new(key, value));
+                }
             }
 
             var warnings = new List<string>();
@@ -110,10 +123,25 @@ internal static class ServeCommand
                 var service = app.Services.GetRequiredService<LMCacheSharp.Serving.Inference.InferenceService>();
                 var ctxSource = options.ContextSize is null ? (service.ContextSize < ServingOptions.DefaultContextSize ? ", the model's trained context" : ", the default") : "";
                 Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{service.ModelName}', context {service.ContextSize} tokens{ctxSource}, cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
+                if (app.Services.GetService<LMCacheSharp.KvEvents.ZmqKvEventPublisher>() is { } events)
+                {
+                    Console.WriteLine($"lmcache serve: KV events on {events.Endpoint} (topic '{events.Topic}'{(events.ReplayEndpoint is { } replay ? $", replay on {replay}" : "")})");
+                }
+                else if (cacheOptions.KvEventsEndpoint is not null)
+                {
+                    await Console.Error.WriteLineAsync("warning: --no-cache: no KV events are published");
+                }
+
                 await app.WaitForShutdownAsync(ct);
                 return 0;
             }
-            catch (Exception e) when (e is InvalidDataException or FileNotFoundException or ArgumentException or IOException or LMCacheConfigurationException)
+            catch (LMCacheConfigurationException e)
+            {
+                // Found while starting (a KV event port in use): a configuration problem like those above.
+                await Console.Error.WriteLineAsync("lmcache serve: " + string.Join("; ", e.Errors));
+                return 2;
+            }
+            catch (Exception e) when (e is InvalidDataException or FileNotFoundException or ArgumentException or IOException)
             {
                 await Console.Error.WriteLineAsync("lmcache serve: " + e.Message);
                 return 1;

@@ -36,6 +36,11 @@ public static class LMCacheConfigLoader
         ["cache_policy"] = (o, v) => o.CachePolicy = v,
         ["token_exact_reuse"] = (o, v) => o.TokenExactReuse = ParseBool(v),
         ["save_decode_cache"] = (o, v) => o.SaveDecodeCache = ParseBool(v),
+        ["kv_events_endpoint"] = (o, v) => o.KvEventsEndpoint = NullIfEmpty(v),
+        ["kv_events_replay_endpoint"] = (o, v) => o.KvEventsReplayEndpoint = NullIfEmpty(v),
+        ["kv_events_topic"] = (o, v) => o.KvEventsTopic = v,
+        ["kv_events_buffer_steps"] = (o, v) => o.KvEventsBufferSteps = ParseInt(v),
+        ["kv_events_max_queue_size"] = (o, v) => o.KvEventsMaxQueueSize = ParseInt(v),
     };
 
     // LMCache keys for features of its vLLM integration that have no meaning here: accepted, ignored, reported.

@@ -68,6 +68,31 @@ public sealed class LMCacheOptions
     /// </summary>
     public bool SaveDecodeCache { get; set; } = true;
 
+    /// <summary>
+    /// <c>kv_events_endpoint</c>: publish KV events (stores, evictions, clears of every tier) in vLLM's format on a ZeroMQ
+    /// PUB socket bound here, <c>tcp://HOST:PORT</c> (HOST <c>*</c>, an IP address or localhost; PORT 0 picks a free one);
+    /// null: no events. Default null. See docs/fleet.md.
+    /// </summary>
+    public string? KvEventsEndpoint { get; set; }
+
+    /// <summary>
+    /// <c>kv_events_replay_endpoint</c>: a ZeroMQ ROUTER socket bound here answers replay requests (resends the buffered
+    /// batches from a sequence number), same form as <see cref="KvEventsEndpoint"/>; null: no replay. Default null.
+    /// </summary>
+    public string? KvEventsReplayEndpoint { get; set; }
+
+    /// <summary><c>kv_events_topic</c>: the topic frame of every event message. Default "kv-events"; at most 256 bytes of UTF-8.</summary>
+    public string KvEventsTopic { get; set; } = "kv-events";
+
+    /// <summary><c>kv_events_buffer_steps</c>: event batches kept for replay. Default 10000 (vLLM's <c>buffer_steps</c>); range 1..1000000.</summary>
+    public int KvEventsBufferSteps { get; set; } = 10_000;
+
+    /// <summary>
+    /// <c>kv_events_max_queue_size</c>: events waiting for the publisher thread before new ones are dropped (and counted in
+    /// <c>lmcache_num_dropped_kv_events</c>; the cache never waits). Default 100000 (vLLM's <c>max_queue_size</c>); range 1..10000000.
+    /// </summary>
+    public int KvEventsMaxQueueSize { get; set; } = Events.KvEventQueue.DefaultCapacity;
+
     /// <summary>Where each key was last set (file:line, environment variable or command line), for error messages.</summary>
     internal Dictionary<string, string> Sources { get; } = new(StringComparer.Ordinal);
 
@@ -142,6 +167,50 @@ public sealed class LMCacheOptions
         if (CachePolicy is null || !Enum.TryParse<Storage.EvictionPolicy>(CachePolicy, ignoreCase: true, out _) || int.TryParse(CachePolicy, out _))
         {
             errors.Add($"cache_policy: must be LRU, LFU, FIFO or MRU, got '{CachePolicy}'");
+        }
+
+        Events.KvEventEndpoint? events = null;
+        if (KvEventsEndpoint is not null)
+        {
+            if (Events.KvEventEndpoint.TryParse(KvEventsEndpoint, out var parsed, out var problem))
+            {
+                events = parsed;
+            }
+            else
+            {
+                errors.Add($"kv_events_endpoint: {problem}");
+            }
+        }
+
+        if (KvEventsReplayEndpoint is not null)
+        {
+            if (!Events.KvEventEndpoint.TryParse(KvEventsReplayEndpoint, out var replay, out var problem))
+            {
+                errors.Add($"kv_events_replay_endpoint: {problem}");
+            }
+            else if (KvEventsEndpoint is null)
+            {
+                errors.Add("kv_events_replay_endpoint: is set but kv_events_endpoint is not: replay serves the published events");
+            }
+            else if (events is { } e && e.Port != 0 && e.Port == replay.Port)
+            {
+                errors.Add($"kv_events_replay_endpoint: must use another port than kv_events_endpoint, got '{KvEventsReplayEndpoint}'");
+            }
+        }
+
+        if (KvEventsTopic is null || System.Text.Encoding.UTF8.GetByteCount(KvEventsTopic) > 256)
+        {
+            errors.Add("kv_events_topic: must be at most 256 bytes of UTF-8");
+        }
+
+        if (KvEventsBufferSteps is < 1 or > 1_000_000)
+        {
+            errors.Add($"kv_events_buffer_steps: must be an integer in 1..1000000 batches, got {KvEventsBufferSteps}");
+        }
+
+        if (KvEventsMaxQueueSize is < 1 or > 10_000_000)
+        {
+            errors.Add($"kv_events_max_queue_size: must be an integer in 1..10000000 events, got {KvEventsMaxQueueSize}");
         }
 
         if (!LocalCpu && string.IsNullOrEmpty(LocalDisk) && string.IsNullOrEmpty(RemoteUrl))

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Diagnostics;
 using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Configuration;
+using LMCacheSharp.Core.Events;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
@@ -53,10 +54,12 @@ public sealed class CacheEngine : IAsyncDisposable
 
     /// <summary>
     /// Creates an engine with the tiers <paramref name="options"/> asks for that the core provides (memory), followed by
-    /// <paramref name="lowerTiers"/> (disk, remote: built by their own packages).
+    /// <paramref name="lowerTiers"/> (disk, remote: built by their own packages). With <paramref name="events"/>, every
+    /// change to what the tiers hold is reported there (see <see cref="StorageManager"/>), each store with its parent and
+    /// token ids.
     /// </summary>
     public static CacheEngine Create(LMCacheOptions options, CacheNamespace defaultNamespace, CacheMetrics? metrics = null,
-        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null)
+        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null, IKvEventSink? events = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
@@ -91,7 +94,7 @@ public sealed class CacheEngine : IAsyncDisposable
             throw new ArgumentException("No storage tier is enabled: set local_cpu: true or configure a disk or remote tier.");
         }
 
-        var storage = new StorageManager(tiers, metrics, options.WriteQueueChunks);
+        var storage = new StorageManager(tiers, metrics, options.WriteQueueChunks, events: events);
         var engine = new CacheEngine(options, defaultNamespace, storage, pool, metrics, ownsDependencies: true);
         if (engine.TokenExact)
         {
@@ -179,6 +182,7 @@ public sealed class CacheEngine : IAsyncDisposable
     {
         var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
+        Storage.Events?.AddRoot(ns.Seed);
         var keys = RentKeys(tokens.Span, ns, out var count);
         var ready = 0;
         try
@@ -220,6 +224,7 @@ public sealed class CacheEngine : IAsyncDisposable
     {
         var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
+        Storage.Events?.AddRoot(ns.Seed);
         var keys = ComputeKeys(tokens.Span, ns);
         var count = keys.Length;
         var chunks = count == 0 ? [] : new KvChunk[count];
@@ -484,6 +489,7 @@ public sealed class CacheEngine : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(sink);
         var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
+        Storage.Events?.AddRoot(ns.Seed);
         var keys = RentKeys(tokens.Span, ns, out var count);
         var restored = 0;
         try
@@ -543,6 +549,7 @@ public sealed class CacheEngine : IAsyncDisposable
         cancellationToken.ThrowIfCancellationRequested();
         var start = Stopwatch.GetTimestamp();
         ns ??= Namespace;
+        Storage.Events?.AddRoot(ns.Seed); // a first chunk's parent is the seed: published as null
         // Token-exact reuse also keeps the partial last chunk (in the local tiers, and in a remote with a child index).
         var keys = RentKeys(tokens.Span, ns, out var count, includePartial: SaveUnfullChunk || TokenExact);
         var stored = 0;
@@ -583,8 +590,9 @@ public sealed class CacheEngine : IAsyncDisposable
                     chunk.Key = keys[i];
                     chunk.TokenCount = chunkTokens;
                     chunk.Format = ns.Format;
-                    if (TokenExact)
+                    if (TokenExact || Storage.Events is not null)
                     {
+                        // The tail index and KV events both need the chunk's place in its prompt.
                         chunk.Lineage = new ChunkLineage(parent, tokens.Span.Slice(chunkStart, chunkTokens).ToArray());
                     }
 

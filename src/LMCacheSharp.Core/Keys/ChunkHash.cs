@@ -46,6 +46,12 @@ public readonly struct ChunkHash : IEquatable<ChunkHash>
         BinaryPrimitives.WriteUInt64BigEndian(destination[24..], _d);
     }
 
+    /// <summary>
+    /// The first 8 bytes of the hash as a big-endian signed integer: the block hash of KV events (vLLM's format carries
+    /// 64-bit integers). Its hex form (two's complement) is the first 16 characters of <see cref="ToString"/>.
+    /// </summary>
+    public long ToInt64() => unchecked((long)_a);
+
     /// <summary>True for the all-zero value, which no real chunk has.</summary>
     public bool IsEmpty => (_a | _b | _c | _d) == 0;
 

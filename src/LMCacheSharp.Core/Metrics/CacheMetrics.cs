@@ -26,12 +26,13 @@ public sealed class CacheMetrics : IDisposable
     private readonly Counter<long> _droppedStores;
     private readonly Counter<long> _corruptChunks;
     private readonly Counter<long> _tierErrors;
+    private readonly Counter<long> _droppedKvEvents;
     private readonly Histogram<double> _lookupTime;
     private readonly Histogram<double> _storeTime;
     private readonly Histogram<double> _retrieveTime;
     private readonly List<Func<long>> _usageSources = [];
     private long _totLookupRequests, _totLookupTokens, _totLookupHits, _totStoreRequests, _totStored, _totRetrieveRequests,
-        _totRequested, _totRetrieved, _totEvictions, _totDropped, _totCorrupt, _totTierErrors;
+        _totRequested, _totRetrieved, _totEvictions, _totDropped, _totCorrupt, _totTierErrors, _totDroppedKvEvents;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>, or on a private meter.</summary>
     public CacheMetrics(IMeterFactory? meterFactory = null)
@@ -50,6 +51,7 @@ public sealed class CacheMetrics : IDisposable
         _droppedStores = _meter.CreateCounter<long>("lmcache.num_dropped_stores", "{chunk}", "Chunks not written to a tier (full queue or tier refused).");
         _corruptChunks = _meter.CreateCounter<long>("lmcache.num_corrupt_chunks", "{chunk}", "Chunks that failed a checksum or header check (each a miss).");
         _tierErrors = _meter.CreateCounter<long>("lmcache.num_tier_errors", "{error}", "Tier operations that failed or timed out (each a miss).");
+        _droppedKvEvents = _meter.CreateCounter<long>("lmcache.num_dropped_kv_events", "{event}", "KV events not published because the publisher fell behind.");
         _lookupTime = _meter.CreateHistogram<double>("lmcache.time_to_lookup", "s", "Time of a lookup.");
         _storeTime = _meter.CreateHistogram<double>("lmcache.time_to_store", "s", "Time of a store call (memory tier; lower tiers write in the background).");
         _retrieveTime = _meter.CreateHistogram<double>("lmcache.time_to_retrieve", "s", "Time of a retrieve call.");
@@ -156,12 +158,21 @@ public sealed class CacheMetrics : IDisposable
         Faults?.Count("failed operation", tier, "each was a miss");
     }
 
+    /// <summary>Counts a KV event dropped because its queue was full (the publisher fell behind).</summary>
+    public void DroppedKvEvent()
+    {
+        _droppedKvEvents.Add(1);
+        Interlocked.Increment(ref _totDroppedKvEvents);
+        Faults?.Count("dropped KV event", "kv-events", "the publisher fell behind; subscribers miss those changes");
+    }
+
     /// <summary>Totals since this instance was created.</summary>
     public CacheMetricsSnapshot Snapshot() => new(
         Interlocked.Read(ref _totLookupRequests), Interlocked.Read(ref _totLookupTokens), Interlocked.Read(ref _totLookupHits),
         Interlocked.Read(ref _totStoreRequests), Interlocked.Read(ref _totStored), Interlocked.Read(ref _totRetrieveRequests),
         Interlocked.Read(ref _totRequested), Interlocked.Read(ref _totRetrieved), Interlocked.Read(ref _totEvictions),
-        Interlocked.Read(ref _totDropped), Interlocked.Read(ref _totCorrupt), Interlocked.Read(ref _totTierErrors), LocalCacheUsageBytes);
+        Interlocked.Read(ref _totDropped), Interlocked.Read(ref _totCorrupt), Interlocked.Read(ref _totTierErrors), LocalCacheUsageBytes,
+        Interlocked.Read(ref _totDroppedKvEvents));
 
     /// <inheritdoc />
     public void Dispose()
@@ -178,7 +189,7 @@ public readonly record struct CacheMetricsSnapshot(
     long LookupRequests, long LookupTokens, long LookupHitTokens,
     long StoreRequests, long StoredTokens,
     long RetrieveRequests, long RequestedTokens, long RetrievedTokens,
-    long Evictions, long DroppedStores, long CorruptChunks, long TierErrors, long LocalCacheUsageBytes)
+    long Evictions, long DroppedStores, long CorruptChunks, long TierErrors, long LocalCacheUsageBytes, long DroppedKvEvents = 0)
 {
     /// <summary>Hit tokens / looked-up tokens (0 when nothing was looked up).</summary>
     public double LookupHitRate => LookupTokens == 0 ? 0 : (double)LookupHitTokens / LookupTokens;

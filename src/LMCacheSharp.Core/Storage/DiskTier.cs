@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.IO.Hashing;
 using System.Runtime.CompilerServices;
 using LMCacheSharp.Core.Codecs;
+using LMCacheSharp.Core.Events;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
@@ -216,6 +217,11 @@ public sealed class DiskTier : IStorageTier
         if (status == ChunkReadStatus.Ok)
         {
             Touch(path);
+            if (entry.Lineage is { } lineage && !chunk!.IsSealed)
+            {
+                chunk.Lineage = lineage; // its place in its prompt travels on: a promotion into memory reports it
+            }
+
             return chunk;
         }
 
@@ -622,6 +628,12 @@ public sealed class DiskTier : IStorageTier
         Rename,
     }
 
+    /// <summary>
+    /// Where stores and removals are reported (set by the <see cref="StorageManager"/> that owns the tier), or null. Raised
+    /// under the tier's lock when the index changes. Chunks recovered by the startup scan are not reported.
+    /// </summary>
+    internal KvEventRelay? Events { get; set; }
+
     /// <summary>Tests: called just before a chunk file is deleted or a temp file renamed into place (never under the lock).</summary>
     internal Action<FileSystemChange, ChunkHash>? FileSystemHook { get; set; }
 
@@ -829,6 +841,7 @@ public sealed class DiskTier : IStorageTier
             _usedBytes += entry.BlockBytes - reserved;
             _entries[key] = entry;
             _lru.LinkAtHead(entry);
+            Events?.Stored(KvMedium.Disk, key, entry.Lineage);
         }
 
         if (_fsync)
@@ -879,6 +892,7 @@ public sealed class DiskTier : IStorageTier
         _entries.Remove(entry.Key);
         _lru.Unlink(entry);
         _usedBytes -= entry.BlockBytes;
+        Events?.Removed(KvMedium.Disk, entry.Key);
     }
 
     // Under the lock: forgets the entry and marks its key as being deleted until Unlink has removed the file, so that a

@@ -1,3 +1,4 @@
+using LMCacheSharp.Core.Events;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
@@ -49,6 +50,12 @@ public sealed class MemoryTier : IStorageTier
 
     /// <summary>Bytes held.</summary>
     public long UsedBytes => Interlocked.Read(ref _usedBytes);
+
+    /// <summary>
+    /// Where stores and removals are reported (set by the <see cref="StorageManager"/> that owns the tier), or null. Raised
+    /// under the tier's lock, so the events come in the order the tier changed.
+    /// </summary>
+    internal KvEventRelay? Events { get; set; }
 
     /// <summary>Chunks held.</summary>
     public int Count
@@ -143,6 +150,7 @@ public sealed class MemoryTier : IStorageTier
                 victim.Chunk = null;
                 _freeEntries.Push(victim);
                 evicted++;
+                Events?.Removed(KvMedium.Cpu, victim.Key);
             }
 
             var entry = _freeEntries.TryPop(out var e) ? e : new Entry();
@@ -152,6 +160,7 @@ public sealed class MemoryTier : IStorageTier
             _entries.Add(chunk.Key, entry);
             _lru.LinkAtHead(entry);
             _usedBytes += size;
+            Events?.Stored(KvMedium.Cpu, chunk.Key, chunk.Lineage);
         }
 
         if (evicted > 0)
@@ -211,6 +220,7 @@ public sealed class MemoryTier : IStorageTier
             entry.Chunk = null;
             _usedBytes -= chunk!.Capacity;
             _freeEntries.Push(entry);
+            Events?.Removed(KvMedium.Cpu, key);
         }
 
         chunk.Release();
@@ -229,6 +239,7 @@ public sealed class MemoryTier : IStorageTier
                 chunks.Add(entry.Chunk!);
                 entry.Chunk = null;
                 _freeEntries.Push(entry);
+                Events?.Removed(KvMedium.Cpu, entry.Key);
             }
 
             _entries.Clear();

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using LMCacheSharp.Core.Events;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
@@ -10,6 +11,8 @@ namespace LMCacheSharp.Core.Storage;
 /// are written in the background through a bounded queue (when it is full the write is dropped and counted: a store never
 /// waits for a slow tier). Reads go tier by tier; a hit in a lower tier is promoted into the first memory tier. A tier
 /// that fails or throws is a miss for that call, counted in <c>lmcache.num_tier_errors</c>, never an error to the caller.
+/// With a <see cref="IKvEventSink"/>, every store and removal of the memory and disk tiers, every store (and delete) this
+/// instance makes to a remote tier and every <see cref="ClearAsync"/> is reported to it.
 /// </summary>
 public sealed class StorageManager : IAsyncDisposable
 {
@@ -29,7 +32,9 @@ public sealed class StorageManager : IAsyncDisposable
     /// <param name="metrics">Where drops and tier errors are counted, or null.</param>
     /// <param name="writeQueueChunks">Chunks the background writer may hold (default 256, range 1..1,000,000).</param>
     /// <param name="timeProvider">The clock of <see cref="DisposeAsync"/>'s wait for the writer (default: the system's).</param>
-    public StorageManager(IEnumerable<IStorageTier> tiers, CacheMetrics? metrics = null, int writeQueueChunks = 256, TimeProvider? timeProvider = null)
+    /// <param name="events">Where KV events go (see <see cref="IKvEventSink"/>'s rules), or null for none.</param>
+    public StorageManager(IEnumerable<IStorageTier> tiers, CacheMetrics? metrics = null, int writeQueueChunks = 256, TimeProvider? timeProvider = null,
+        IKvEventSink? events = null)
     {
         ArgumentNullException.ThrowIfNull(tiers);
         ArgumentOutOfRangeException.ThrowIfLessThan(writeQueueChunks, 1);
@@ -42,6 +47,23 @@ public sealed class StorageManager : IAsyncDisposable
 
         _metrics = metrics;
         _time = timeProvider ?? TimeProvider.System;
+        if (events is not null)
+        {
+            Events = new KvEventRelay(events, metrics);
+            foreach (var tier in _tiers)
+            {
+                switch (tier)
+                {
+                    case MemoryTier m:
+                        m.Events = Events;
+                        break;
+                    case DiskTier d:
+                        d.Events = Events;
+                        break;
+                }
+            }
+        }
+
         _memory = _tiers.OfType<MemoryTier>().FirstOrDefault();
         _writeBehind = [.. _tiers.Where(t => t.Kind != StorageTierKind.Memory)];
         if (_writeBehind.Length > 0)
@@ -57,6 +79,9 @@ public sealed class StorageManager : IAsyncDisposable
 
     /// <summary>The tiers, fastest first.</summary>
     public IReadOnlyList<IStorageTier> Tiers => _tiers;
+
+    /// <summary>Where KV events go, or null.</summary>
+    internal KvEventRelay? Events { get; }
 
     /// <summary>The first memory tier, or null.</summary>
     public MemoryTier? Memory => _memory;
@@ -257,7 +282,17 @@ public sealed class StorageManager : IAsyncDisposable
     {
         foreach (var tier in _tiers)
         {
-            await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), key, false, cancellationToken).ConfigureAwait(false);
+            var removed = await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), key, false, cancellationToken).ConfigureAwait(false);
+            ReportRemoteRemoval(tier, key, removed);
+        }
+    }
+
+    // The memory and disk tiers report their own changes; a remote store cannot tell us of others' changes, only ours.
+    private void ReportRemoteRemoval(IStorageTier tier, ChunkHash key, bool removed)
+    {
+        if (removed && tier.Kind == StorageTierKind.Remote)
+        {
+            Events?.Removed(KvMedium.Remote, key);
         }
     }
 
@@ -269,6 +304,9 @@ public sealed class StorageManager : IAsyncDisposable
             await GuardAsync(tier, static async (t, _, ct) => { await t.ClearAsync(ct).ConfigureAwait(false); return true; }, 0, false, cancellationToken)
                 .ConfigureAwait(false);
         }
+
+        // After the tiers' own removals: a consumer that knows AllBlocksCleared resets, one that does not has seen each removal.
+        Events?.AllCleared();
     }
 
     /// <summary>
@@ -348,7 +386,8 @@ public sealed class StorageManager : IAsyncDisposable
 
                         if (op.Chunk is null)
                         {
-                            await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), op.Key, false, stop).ConfigureAwait(false);
+                            var removed = await GuardAsync(tier, static (t, k, ct) => t.RemoveAsync(k, ct), op.Key, false, stop).ConfigureAwait(false);
+                            ReportRemoteRemoval(tier, op.Key, removed);
                             continue;
                         }
 
@@ -356,6 +395,10 @@ public sealed class StorageManager : IAsyncDisposable
                         if (!ok)
                         {
                             _metrics?.DroppedStore(tier.Name);
+                        }
+                        else if (tier.Kind == StorageTierKind.Remote)
+                        {
+                            Events?.Stored(KvMedium.Remote, op.Chunk.Key, op.Chunk.Lineage);
                         }
                     }
                 }

@@ -125,8 +125,10 @@ public sealed class InferenceService : IAsyncDisposable
     /// <param name="lowerTiers">Extra tiers to add under the memory, disk and remote tiers that <paramref name="cacheOptions"/>
     /// configures, or null.</param>
     /// <param name="logger">Where problems are logged.</param>
+    /// <param name="kvEvents">Where the cache reports its KV events (a publisher), or null.</param>
     public static InferenceService Create(string modelPath, ServingOptions options, LMCacheOptions cacheOptions, ServingMetrics metrics,
-        CacheMetrics cacheMetrics, Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers, ILogger logger)
+        CacheMetrics cacheMetrics, Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers, ILogger logger,
+        LMCacheSharp.Core.Events.IKvEventSink? kvEvents = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(cacheOptions);
@@ -166,7 +168,7 @@ public sealed class InferenceService : IAsyncDisposable
             if (options.EnableCache)
             {
                 var fingerprint = GgufFingerprint.Get(modelPath);
-                cache = LlamaKvCache.CreateWithEngine(context.NativeHandle, fingerprint, cacheOptions, new LlamaKvCacheOptions { Logger = logger },
+                cache = LlamaKvCache.CreateWithEngine(context.NativeHandle, fingerprint, cacheOptions, new LlamaKvCacheOptions { Logger = logger, KvEvents = kvEvents },
                     cacheMetrics, WithRemote(cacheOptions, lowerTiers));
             }
 
