@@ -50,7 +50,7 @@ public static class ServingApp
             configureLogging(builder.Logging);
         }
 
-        var modelPath = options.ModelPath ?? DefaultModel.Ensure(Console.Out);
+        var modelPath = options.ModelPath ?? DefaultModel.Ensure(Console.Out, options.Progress);
         if (options.ModelPath is null)
         {
             options.ModelName ??= DefaultModel.Name;
