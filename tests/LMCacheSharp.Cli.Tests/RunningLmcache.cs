@@ -37,7 +37,12 @@ internal sealed partial class RunningLmcache : IAsyncDisposable
     /// Starts <paramref name="fileName"/> with <paramref name="args"/> and waits (up to <paramref name="timeout"/>) for its
     /// "lmcache serve: URL" or "lmcache server: URL" line. A process that exits first fails with what it printed.
     /// </summary>
-    public static async Task<RunningLmcache> StartAsync(TimeSpan timeout, string fileName, params string[] args)
+    public static Task<RunningLmcache> StartAsync(TimeSpan timeout, string fileName, params string[] args) =>
+        StartAsync(timeout, new Dictionary<string, string>(), fileName, args);
+
+    /// <summary>As <see cref="StartAsync(TimeSpan, string, string[])"/>, with <paramref name="environment"/> added to the process's.</summary>
+    public static async Task<RunningLmcache> StartAsync(TimeSpan timeout, IReadOnlyDictionary<string, string> environment, string fileName,
+        params string[] args)
     {
         var info = new ProcessStartInfo(fileName) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args)
@@ -46,6 +51,11 @@ internal sealed partial class RunningLmcache : IAsyncDisposable
         }
 
         info.Environment["LMCACHE_HOME"] = LmcacheProcess.Home;
+        foreach (var (name, value) in environment)
+        {
+            info.Environment[name] = value;
+        }
+
         var running = new RunningLmcache(new Process { StartInfo = info });
         running._process.OutputDataReceived += (_, e) => running.OnLine(e.Data);
         running._process.ErrorDataReceived += (_, e) => running.OnLine(e.Data);
