@@ -16,10 +16,16 @@ public static class LlamaContextSettings
     /// <param name="sequences">Sequences the caller decodes (0..sequences-1); one more is added for scratch.</param>
     /// <param name="threads">Compute threads, default all cores.</param>
     /// <param name="batchSize">Tokens per decode call (n_batch) and per micro-batch (n_ubatch). Default 512.</param>
-    public static ModelParams Create(string modelPath, uint contextSize, bool flashAttention, int sequences = 1, int? threads = null, uint batchSize = 512)
+    /// <param name="gpuLayers">Layers offloaded to the GPU (llama.cpp's n_gpu_layers; more than the model has offloads all).
+    /// Default 0; range 0..<see cref="MaxGpuLayers"/>. Needs a GPU build of llama.cpp (<see cref="LlamaNativeLibrary"/>);
+    /// the CPU build ignores it.</param>
+    public static ModelParams Create(string modelPath, uint contextSize, bool flashAttention, int sequences = 1, int? threads = null, uint batchSize = 512,
+        int gpuLayers = 0)
     {
         ArgumentException.ThrowIfNullOrEmpty(modelPath);
         ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(gpuLayers);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(gpuLayers, MaxGpuLayers);
         var t = threads ?? Environment.ProcessorCount;
         return new ModelParams(modelPath)
         {
@@ -31,7 +37,10 @@ public static class LlamaContextSettings
             BatchThreads = t,
             BatchSize = batchSize,
             UBatchSize = batchSize,
-            GpuLayerCount = 0,
+            GpuLayerCount = gpuLayers,
         };
     }
+
+    /// <summary>The largest layer count accepted for offloading; any number above a model's layers offloads them all.</summary>
+    public const int MaxGpuLayers = 10_000;
 }

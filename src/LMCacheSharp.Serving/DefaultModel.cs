@@ -27,8 +27,10 @@ public static class DefaultModel
         }
     }
 
-    /// <summary>Returns the default model's path, generating it first if absent (a few seconds, progress on the console).</summary>
-    public static string Ensure(TextWriter? log = null)
+    /// <summary>Returns the default model's path, generating it first if absent (a few seconds).</summary>
+    /// <param name="log">Where the line saying that the model is generated goes, or null.</param>
+    /// <param name="progress">Where the generation reports its progress, or null.</param>
+    public static string Ensure(TextWriter? log = null, IProgress<StartupProgress>? progress = null)
     {
         var path = PathOnDisk;
         if (File.Exists(path))
@@ -42,7 +44,8 @@ public static class DefaultModel
         var temp = path + "." + Environment.ProcessId + ".tmp";
         try
         {
-            GgufModelWriter.Write(spec, temp);
+            GgufModelWriter.Write(spec, temp, progress is null ? null
+                : (done, total) => progress.Report(new StartupProgress("generating the default model", (double)done / Math.Max(total, 1))));
             File.Move(temp, path, overwrite: true);
         }
         finally

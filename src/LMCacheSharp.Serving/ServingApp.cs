@@ -61,7 +61,7 @@ public static class ServingApp
             builder.Services.AddSingleton(_ => publisher);
         }
 
-        var modelPath = options.ModelPath ?? DefaultModel.Ensure(Console.Out);
+        var modelPath = options.ModelPath ?? DefaultModel.Ensure(Console.Out, options.Progress);
         if (options.ModelPath is null)
         {
             options.ModelName ??= DefaultModel.Name;

@@ -48,6 +48,15 @@ public sealed class ServingOptions
     /// </summary>
     public TimeSpan StallTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// Model layers offloaded to the GPU (llama.cpp's n_gpu_layers; a number above the model's layers offloads all).
+    /// Default 0; range 0..10000. Needs a GPU build of llama.cpp (<c>--llama-native</c>); the CPU build ignores it.
+    /// </summary>
+    public int GpuLayers { get; set; }
+
+    /// <summary>Where start-up work (generating the default model, loading the model) reports progress, or null. Default null.</summary>
+    public IProgress<StartupProgress>? Progress { get; set; }
+
     /// <summary>Minimum level logged. Default Information: one line per request; Debug adds ASP.NET Core's and llama.cpp's lines.</summary>
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; set; } = Microsoft.Extensions.Logging.LogLevel.Information;
 
@@ -88,6 +97,11 @@ public sealed class ServingOptions
         if (DefaultMaxTokens is < 1 or > 1_048_576)
         {
             errors.Add($"--default-max-tokens: must be 1..1048576, got {DefaultMaxTokens}");
+        }
+
+        if (GpuLayers is < 0 or > LlamaCpp.LlamaContextSettings.MaxGpuLayers)
+        {
+            errors.Add($"--gpu-layers: must be 0..{LlamaCpp.LlamaContextSettings.MaxGpuLayers}, got {GpuLayers}");
         }
 
         if (StallTimeout < TimeSpan.FromSeconds(1) || StallTimeout > TimeSpan.FromHours(1))

@@ -58,6 +58,8 @@ internal static class BenchServingCommand
             urls, model, configs, workload, data, documents, questions, requests, maxChars, maxTokens, ctx, output, docWords, rounds, conversations, turns,
             clients, repeats, concurrent, threads, chunk, clientWords,
         };
+        var llama = new LlamaNativeOptions();
+        llama.AddTo(command);
         command.SetAction(async (r, ct) =>
         {
             var dataDir = r.GetValue(data) ?? FindDataFolder();
@@ -66,6 +68,12 @@ internal static class BenchServingCommand
             if (names.Count == 0 || names.Any(w => w is not ("leval" or "sharegpt" or "doc-qa" or "chat" or "clients")))
             {
                 await Console.Error.WriteLineAsync($"--workload takes a comma list of leval, sharegpt, doc-qa, chat, clients, all, peer; got '{r.GetValue(workload)}'");
+                return 2;
+            }
+
+            if (llama.LibraryErrors(r).Concat(llama.GpuLayersErrors(r)).ToList() is { Count: > 0 } problems)
+            {
+                await Console.Error.WriteLineAsync(string.Join(Environment.NewLine, problems));
                 return 2;
             }
 
@@ -98,6 +106,7 @@ internal static class BenchServingCommand
                 }
                 else
                 {
+                    llama.Apply(r);
                     // All configurations run side by side and each request goes to every one of them in turn (rotating
                     // the order), so that noise on a shared machine spreads over all configurations alike.
                     foreach (var config in r.GetValue(configs)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
@@ -114,6 +123,7 @@ internal static class BenchServingCommand
                             ContextSize = r.GetValue(ctx),
                             MaxConcurrentRequests = r.GetValue(concurrent),
                             Threads = r.GetValue(threads),
+                            GpuLayers = r.GetValue(llama.GpuLayers),
                             EnableCache = config is "tiers" or "on",
                             EnableInContextSharing = config is "context" or "on",
                             LogLevel = LogLevel.Warning,
@@ -230,8 +240,10 @@ internal static class BenchServingCommand
             }
 
             var results = new List<RequestResult>();
+            var progress = ProgressLine.ForStderr();
             for (var i = 0; i < items.Count; i++)
             {
+                progress.Report("requests", (double)i / items.Count, $"{i}/{items.Count}");
                 for (var k = 0; k < clients.Count; k++)
                 {
                     var (name, http) = clients[(i + k) % clients.Count];
@@ -240,6 +252,7 @@ internal static class BenchServingCommand
 
                 if ((i + 1) % 10 == 0 || i + 1 == items.Count)
                 {
+                    progress.Clear();
                     Console.WriteLine($"  {i + 1}/{items.Count} requests x {clients.Count} configurations");
                 }
             }

@@ -40,6 +40,8 @@ internal static class BenchTtftCommand
         {
             model, tokens, rounds, coldRounds, chunk, layout, fa, threads, output,
         };
+        var llama = new LlamaNativeOptions();
+        llama.AddTo(command);
         command.SetAction(async (result, ct) =>
         {
             int[] lengths;
@@ -70,8 +72,15 @@ internal static class BenchTtftCommand
                 return 2;
             }
 
+            if (llama.LibraryErrors(result).Concat(llama.GpuLayersErrors(result)).ToList() is { Count: > 0 } problems)
+            {
+                await Console.Error.WriteLineAsync(string.Join(Environment.NewLine, problems));
+                return 2;
+            }
+
+            llama.Apply(result);
             var settings = new Settings(lengths, result.GetValue(rounds), result.GetValue(coldRounds), chunkSize, layouts, faMode,
-                result.GetValue(threads), Path.GetFullPath(result.GetValue(output)!));
+                result.GetValue(threads), Path.GetFullPath(result.GetValue(output)!), result.GetValue(llama.GpuLayers));
             return await RunAsync(result.GetValue(model), settings, ct);
         });
         return command;
@@ -137,14 +146,14 @@ internal static class BenchTtftCommand
         var maxTokens = s.Lengths.Max();
         var contextSize = (uint)((maxTokens + 1 + s.ChunkSize + 64 + 255) / 256 * 256);
         bool flashAttention;
-        var probe = LlamaContextSettings.Create(path, 256, false, threads: s.Threads);
+        var probe = LlamaContextSettings.Create(path, 256, false, threads: s.Threads, gpuLayers: s.GpuLayers);
         using (var w = LLamaWeights.LoadFromFile(probe))
         {
             var headSize = w.NativeHandle.EmbeddingSize / Math.Max(1, w.NativeHandle.HeadCount);
             flashAttention = s.FlashAttention switch { "on" => true, "off" => false, _ => headSize >= 32 };
         }
 
-        var parameters = LlamaContextSettings.Create(path, contextSize, flashAttention, sequences: 1, threads: s.Threads);
+        var parameters = LlamaContextSettings.Create(path, contextSize, flashAttention, sequences: 1, threads: s.Threads, gpuLayers: s.GpuLayers);
         using var weights = LLamaWeights.LoadFromFile(parameters);
         using var context = weights.CreateContext(parameters);
         var handle = context.NativeHandle;
@@ -167,9 +176,11 @@ internal static class BenchTtftCommand
             var random = new Random(1234);
             var vocab = weights.NativeHandle.Vocab.Count;
             var firstPiece = vocab > 300 ? 259 : 3;
+            var progress = ProgressLine.ForStderr();
             foreach (var n in s.Lengths)
             {
                 ct.ThrowIfCancellationRequested();
+                progress.Report(name, (double)Array.IndexOf(s.Lengths, n) / s.Lengths.Length, $"{n} tokens");
                 var prompt = new int[n + 1];
                 prompt[0] = weights.NativeHandle.Vocab.BOS is { } bos ? (int)bos : firstPiece;
                 for (var i = 1; i < prompt.Length; i++)
@@ -202,6 +213,7 @@ internal static class BenchTtftCommand
                 // Raw llama.cpp: set_data of the first n tokens from a prepared blob, then one decode step.
                 handle.MemorySequenceRemove(seq, n, -1);
                 var raw = MeasureRaw(handle, seq, prompt, n, s.Rounds);
+                progress.Clear();
                 Console.WriteLine($"  {n,6} tokens: cold {Median(cold),9:F1} ms | raw set_data {raw.Restore,7:F2} ms + decode {raw.Decode,7:F2} ms");
 
                 for (var c = 0; c < caches.Count; c++)
@@ -404,7 +416,7 @@ internal static class BenchTtftCommand
     }
 
     private sealed record Settings(int[] Lengths, int Rounds, int ColdRounds, int ChunkSize, LlamaChunkLayout[] Layouts, string FlashAttention,
-        int Threads, string Output);
+        int Threads, string Output, int GpuLayers);
 
     /// <summary>One measurement (medians). Public for JSON.</summary>
     internal sealed record Row(string Model, string Layout, bool FlashAttention, int Tokens, long KvBytesPerToken, double ColdTtftMs, double StoreMs,

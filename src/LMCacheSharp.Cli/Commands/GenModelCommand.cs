@@ -64,35 +64,18 @@ internal static class GenModelCommand
         return command;
     }
 
-    /// <summary>Writes <paramref name="spec"/> to <paramref name="path"/> with a progress line on the console.</summary>
+    /// <summary>Writes <paramref name="spec"/> to <paramref name="path"/> with a progress line on stderr (when it is a terminal).</summary>
     public static long Write(LlamaModelSpec spec, string path, CancellationToken ct)
     {
-        var interactive = !Console.IsOutputRedirected;
-        var lastPercent = -1;
-        var length = GgufModelWriter.Write(spec, path, (done, total) =>
+        var progress = ProgressLine.ForStderr();
+        try
         {
-            var percent = (int)(done * 100 / Math.Max(total, 1));
-            if (percent == lastPercent || (!interactive && percent % 10 != 0 && percent != 100))
-            {
-                return;
-            }
-
-            lastPercent = percent;
-            var line = $"  writing {done / 1048576.0,8:F1} / {total / 1048576.0:F1} MiB ({percent,3}%)";
-            if (interactive)
-            {
-                Console.Write("\r" + line);
-            }
-            else
-            {
-                Console.WriteLine(line);
-            }
-        }, ct);
-        if (interactive)
-        {
-            Console.WriteLine();
+            return GgufModelWriter.Write(spec, path, (done, total) =>
+                progress.Report("writing", (double)done / Math.Max(total, 1), $"{done / 1048576.0:F1} / {total / 1048576.0:F1} MiB"), ct);
         }
-
-        return length;
+        finally
+        {
+            progress.Finish();
+        }
     }
 }

@@ -31,11 +31,13 @@ internal static class ServeCommand
         var kvEventsReplay = new Option<string?>("--kv-events-replay") { Description = "Answer replay requests on a ZeroMQ ROUTER socket bound at tcp://HOST:PORT (kv_events_replay_endpoint)." };
         var kvEventsTopic = new Option<string?>("--kv-events-topic") { Description = "Topic frame of the KV event messages (kv_events_topic). Default: kv-events." };
         var stall = new Option<double>("--stall-timeout") { Description = "Seconds without progress of the inference loop (with requests pending) after which /health answers 503.", DefaultValueFactory = _ => 60 };
+        var llama = new LlamaNativeOptions();
         var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
         {
             model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache, logLevel, stall,
             kvEvents, kvEventsReplay, kvEventsTopic,
         };
+        llama.AddTo(command);
         command.SetAction(async (r, ct) =>
         {
             // Every problem of the file, the environment and the flags is reported at once, each naming its source.
@@ -99,8 +101,11 @@ internal static class ServeCommand
                 FlashAttention = flashText == "auto" ? null : flashText == "on",
                 DefaultMaxTokens = r.GetValue(maxTokens),
                 EnableCache = !r.GetValue(noCache),
+                GpuLayers = r.GetValue(llama.GpuLayers),
+                Progress = ProgressLine.ForStderr(),
             };
             problems.AddRange(options.GetErrors());
+            problems.AddRange(llama.LibraryErrors(r));
             if (problems.Count > 0)
             {
                 await Console.Error.WriteLineAsync("lmcache serve: invalid configuration:" + Environment.NewLine +
@@ -118,6 +123,7 @@ internal static class ServeCommand
             var url = $"http://{r.GetValue(host)}:{r.GetValue(port)}";
             try
             {
+                llama.Apply(r);
                 await using var app = ServingApp.Build(options, cacheOptions, [url]);
                 await app.StartAsync(ct);
                 var service = app.Services.GetRequiredService<LMCacheSharp.Serving.Inference.InferenceService>();

@@ -143,11 +143,12 @@ public sealed class InferenceService : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(cacheMetrics);
         cacheMetrics.Faults ??= new FaultLog(logger); // cache faults become log lines (rate-limited), not only counters
         var parameters = LlamaContextSettings.Create(modelPath, (uint)(options.ContextSize ?? ServingOptions.DefaultContextSize), options.FlashAttention ?? false,
-            options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize);
+            options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize, options.GpuLayers);
         LLamaWeights weights;
         try
         {
-            weights = LLamaWeights.LoadFromFile(parameters);
+            weights = options.Progress is not { } progress ? LLamaWeights.LoadFromFile(parameters)
+                : LLamaWeights.LoadFromFileAsync(parameters, CancellationToken.None, new LoadProgress(progress)).GetAwaiter().GetResult();
         }
         catch (Exception e) when (e is LLama.Exceptions.LoadWeightsFailedException or LLama.Exceptions.RuntimeError)
         {
@@ -428,6 +429,12 @@ public sealed class InferenceService : IAsyncDisposable
             (_, null) => remote,
             _ => (pool, metrics) => [.. remote(pool, metrics), .. extra(pool, metrics)],
         };
+    }
+
+    // llama.cpp's load progress (0..1) as a start-up stage.
+    private sealed class LoadProgress(IProgress<StartupProgress> target) : IProgress<float>
+    {
+        public void Report(float value) => target.Report(new StartupProgress("loading the model", value));
     }
 
     // llama.cpp logs every load, state restore and context at info level to stderr: route it to the logger (info as debug).
