@@ -360,7 +360,7 @@ public sealed class DiskTier : IStorageTier
     /// <param name="replace">False (the tier's rule: a key names one chunk): when the key is stored, it is only marked as
     /// used. True (a store's PUT semantics): a different envelope stored under the key (another codec or payload) is
     /// replaced; the same envelope is only marked as used, not rewritten.</param>
-    public bool PutEnvelope(ChunkHash key, ReadOnlySpan<byte> envelope, bool replace = false)
+    internal bool PutEnvelope(ChunkHash key, ReadOnlySpan<byte> envelope, bool replace = false)
     {
         if (ChunkEnvelope.TryReadHeader(envelope, out var header) != ChunkReadStatus.Ok || header.Key != key ||
             envelope.Length != ChunkEnvelope.HeaderSize + (long)header.EncodedLength ||
@@ -419,7 +419,7 @@ public sealed class DiskTier : IStorageTier
     /// null. Header and payload checksum are verified; a bad file is a miss, deleted and counted. For the cache server's
     /// persistence.
     /// </summary>
-    public KvChunk? GetEnvelope(ChunkHash key)
+    internal KvChunk? GetEnvelope(ChunkHash key)
     {
         Entry? entry;
         lock (_lock)

@@ -2,7 +2,7 @@ namespace LMCacheSharp.Core.Storage;
 
 /// <summary>An element of an <see cref="LruList{T}"/>: the links live in the element, so recency updates allocate nothing.</summary>
 /// <typeparam name="TSelf">The element type itself.</typeparam>
-public abstract class LruNode<TSelf>
+internal abstract class LruNode<TSelf>
     where TSelf : LruNode<TSelf>
 {
     /// <summary>The next more recently used element, or null at the head.</summary>
@@ -17,7 +17,7 @@ public abstract class LruNode<TSelf>
 /// the tail. O(1) link, touch and unlink, no allocation. Not thread-safe: the owner (a tier or store) holds its own lock.
 /// </summary>
 /// <typeparam name="T">The element type.</typeparam>
-public sealed class LruList<T>
+internal sealed class LruList<T>
     where T : LruNode<T>
 {
     /// <summary>The most recently used element, or null when empty.</summary>
