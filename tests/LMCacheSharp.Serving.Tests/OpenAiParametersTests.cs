@@ -207,7 +207,7 @@ public sealed class OpenAiParametersTests(ParameterServerFixture fixture) : ICla
         var json = await Server.PostAsync("/v1/completions", new { prompt = "The cache said", max_tokens = 12, temperature = 0, stop = new[] { late, early } });
         Assert.Equal(full[..full.IndexOf(early, StringComparison.Ordinal)], json["choices"]![0]!["text"]!.GetValue<string>());
 
-        var chat = await Server.PostAsync("/v1/chat/completions", new { messages = new[] { new { role = "user", content = "hi" } }, max_completion_tokens = 3 });
+        var chat = await Server.PostAsync("/v1/chat/completions", new { messages = new[] { new { role = "user", content = "hi" } }, max_completion_tokens = 3, temperature = 0, ignore_eos = true });
         Assert.Equal(3, chat["usage"]!["completion_tokens"]!.GetValue<int>());
 
         var echoed = await Server.PostAsync("/v1/completions", new { prompt = "The cache said", max_tokens = 12, temperature = 0, echo = true });
@@ -243,8 +243,11 @@ public sealed class OpenAiParametersTests(ParameterServerFixture fixture) : ICla
 
     private static void AssertPerson(string text)
     {
-        // JSON Schema lengths count code points (a random model emits astral characters too).
-        static int Length(JsonElement s) => s.GetString()!.EnumerateRunes().Count();
+        // JSON Schema lengths count code points (a random model emits astral characters too). llama.cpp's grammar reads a
+        // lead byte and the bytes after it as one code point without checking that they are continuation bytes, so a
+        // random-weight model can emit byte tokens that the grammar counts as one character and UTF-8 decoding turns into
+        // several U+FFFD (docs/serving.md, known limits): those are not counted here.
+        static int Length(JsonElement s) => s.GetString()!.EnumerateRunes().Count(r => r.Value != 0xFFFD);
         using var doc = JsonDocument.Parse(text);
         var o = doc.RootElement;
         Assert.InRange(Length(o.GetProperty("name")), 0, 8);
@@ -298,6 +301,7 @@ public sealed class OpenAiParametersTests(ParameterServerFixture fixture) : ICla
         {
             Temperature = 1.2f,
             TopK = 5,
+            Seed = 11, // reproducible: a random-weight model can emit byte tokens that never form valid UTF-8 (see docs/serving.md)
             MaxOutputTokens = 400,
             ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.ForJsonSchema(schema, "person"),
         });

@@ -47,9 +47,12 @@ public sealed class StalledRemoteTests(ITestOutputHelper output)
 
         var waited = Stopwatch.GetElapsedTime(stallStart, stallEnd);
         var normal = TokensBetween(arrivals, before, stallStart);
-        var duringStall = TokensBetween(arrivals, stallStart, stallEnd);
+        // The window in which the new request's lookup is still held by the stalled tier (it is not admitted yet, so its
+        // prefill does not compete with the running decodes): the loop must go on at its pace.
+        var lookupEnd = stallStart + (long)(timeout.TotalSeconds * 0.9 * Stopwatch.Frequency);
+        var duringStall = TokensBetween(arrivals, stallStart, lookupEnd);
         var normalRate = normal / Stopwatch.GetElapsedTime(before, stallStart).TotalSeconds;
-        var stallRate = duringStall / waited.TotalSeconds;
+        var stallRate = duringStall / (timeout.TotalSeconds * 0.9);
         output.WriteLine($"decode rate of 4 running requests: {normalRate:F0} tok/s before, {stallRate:F0} tok/s while the remote stalled " +
             $"({stallRate / normalRate:P0}); the new request waited {waited.TotalMilliseconds:F0} ms (tier timeout {timeout.TotalMilliseconds} ms)");
 
@@ -59,8 +62,8 @@ public sealed class StalledRemoteTests(ITestOutputHelper output)
         Assert.True(waited >= timeout * 0.9, $"the lookup returned after {waited}: it did not wait for the stalled tier");
         Assert.True(connector.StalledCalls > 0);
         // The assertion is on tokens counted, with a generous bound: a stalled tier must not stop the loop (it did when the
-        // inference thread waited on tier I/O), while a loaded CI machine may slow it somewhat.
-        Assert.True(stallRate > normalRate * 0.5, $"decoding slowed from {normalRate:F0} to {stallRate:F0} tok/s while the remote stalled");
+        // inference thread waited on tier I/O: no token at all in the window), while a loaded CI machine may slow it somewhat.
+        Assert.True(stallRate > normalRate * 0.25, $"decoding slowed from {normalRate:F0} to {stallRate:F0} tok/s while the remote stalled");
         await Task.WhenAll(streams);
     }
 

@@ -165,41 +165,36 @@ internal sealed class InferenceScheduler : IDisposable
         WakeWaiters();
 
         _batch.Clear();
-        var inBatch = new List<(Slot Slot, int Count, int LogitIndex)>();
-        foreach (var slot in _slots)
+        var candidates = new BatchCandidate?[_slots.Length];
+        for (var i = 0; i < _slots.Length; i++)
         {
-            if (slot.Job is { State: JobState.Decoding } job)
+            candidates[i] = _slots[i].Job switch
             {
-                var index = _batch.TokenCount;
-                _batch.Add((LLamaToken)job.PendingToken, slot.Materialized.Count, slot.Sequence, true);
-                inBatch.Add((slot, 1, index));
-            }
+                { State: JobState.Decoding } => new BatchCandidate(true, _slots[i].Materialized.Count, 0, 0),
+                { State: JobState.Prefilling } job => new BatchCandidate(false, _slots[i].Materialized.Count, job.Prompt.Length, job.AdmittedAt),
+                _ => null,
+            };
         }
 
-        foreach (var slot in _slots.Where(s => s.Job is { State: JobState.Prefilling }).OrderBy(s => s.Job!.AdmittedAt))
+        var inBatch = new List<(Slot Slot, int Count, int LogitIndex)>();
+        foreach (var part in SchedulerPlanner.ComposeBatch(candidates, BatchSize))
         {
+            var slot = _slots[part.Sequence];
             var job = slot.Job!;
-            var room = BatchSize - _batch.TokenCount;
-            if (room <= 0)
+            if (job.State == JobState.Decoding)
             {
-                break;
+                inBatch.Add((slot, 1, _batch.TokenCount));
+                _batch.Add((LLamaToken)job.PendingToken, part.Start, slot.Sequence, true);
+                continue;
             }
 
-            var start = slot.Materialized.Count;
-            var count = Math.Min(room, job.Prompt.Length - start);
-            var logitIndex = -1;
-            for (var i = 0; i < count; i++)
+            var logitIndex = part.WantsLogits ? _batch.TokenCount + part.Count - 1 : -1;
+            for (var i = 0; i < part.Count; i++)
             {
-                var last = start + i == job.Prompt.Length - 1;
-                if (last)
-                {
-                    logitIndex = _batch.TokenCount;
-                }
-
-                _batch.Add((LLamaToken)job.Prompt[start + i], start + i, slot.Sequence, last);
+                _batch.Add((LLamaToken)job.Prompt[part.Start + i], part.Start + i, slot.Sequence, part.WantsLogits && i == part.Count - 1);
             }
 
-            inBatch.Add((slot, count, logitIndex));
+            inBatch.Add((slot, part.Count, logitIndex));
         }
 
         MakeRoom(_batch.TokenCount);
@@ -508,9 +503,8 @@ internal sealed class InferenceScheduler : IDisposable
             var choices = request.Choices;
             var free = _slots.Where(s => s.Job is null && !IsDonor(s)).OrderBy(s => s.Materialized.Count == 0 ? 0 : 1).ThenBy(s => s.LastUsed)
                 .Take(choices.Count).ToList();
-            var anyRunning = _slots.Any(s => s.Job is not null);
-            if (free.Count < choices.Count ||
-                (ReservedCells() + request.PromptTokens.Length + (choices.Count * request.MaxTokens) > _context.ContextSize && anyRunning))
+            if (!SchedulerPlanner.Fits(ReservedCells(), request.PromptTokens.Length, choices.Count, request.MaxTokens, (int)_context.ContextSize,
+                    _slots.Any(s => s.Job is not null), free.Count))
             {
                 _waitingForRoom = request;
                 return;
@@ -546,28 +540,19 @@ internal sealed class InferenceScheduler : IDisposable
         var shared = 0;
         if (_inContextSharing)
         {
-            foreach (var other in _slots)
-            {
-                // A waiting job is never a donor: waits cannot form a cycle.
-                if (other == slot || !SameNamespace(other, job) || other.Job is { State: JobState.WaitingForDonor or JobState.WaitingForLeader })
-                {
-                    continue;
-                }
-
+            var views = _slots.Select(other => new SequenceView(
                 // A running donor will have its whole prompt; a finished one has what it materialized.
-                var known = other.Job is { } running ? running.Prompt.AsSpan() : System.Runtime.InteropServices.CollectionsMarshal.AsSpan(other.Materialized);
-                var common = Math.Min(CommonPrefix(known, prompt), prompt.Length - 1);
-                if (common > shared && common >= MinSharedTokens)
-                {
-                    shared = common;
-                    donor = other;
-                }
-            }
+                other.Job is { } running ? running.Prompt : other.Materialized.ToArray(),
+                other.Job?.Request.Namespace.Seed ?? other.Namespace?.Seed,
+                other.Job is { State: JobState.WaitingForDonor or JobState.WaitingForLeader })).ToList();
+            var (index, common) = SchedulerPlanner.ChooseDonor(prompt, job.Request.Namespace.Seed, Array.IndexOf(_slots, slot), views, MinSharedTokens);
+            donor = index < 0 ? null : _slots[index];
+            shared = common;
         }
 
         var cached = 0;
         // (Chunks stored since the prefetch, e.g. by the request just before, are pinned now: memory only, no wait.)
-        if (_cache is not null && job.Request.Prefix is { } prefix && _cache.ExtendInMemory(prefix) > shared)
+        if (_cache is not null && job.Request.Prefix is { } prefix && SchedulerPlanner.ShouldRestore(_cache.ExtendInMemory(prefix), shared))
         {
             // The tiers hold more of the prefix than any sequence here: free the residents first, so that the restored
             // cells and the prefill after them land low in the KV (a narrow attention window).
@@ -585,13 +570,14 @@ internal sealed class InferenceScheduler : IDisposable
             }
         }
 
-        if (cached > 0 && cached <= shared)
+        var source = SchedulerPlanner.Resolve(cached, shared, donor is not null);
+        if (cached > 0 && source != KvSource.Restore)
         {
             // The context holds more of the prefix than the tiers gave: drop the restore and share instead.
             _context.NativeHandle.MemorySequenceRemove(slot.Sequence, -1, -1);
         }
 
-        if (cached > shared)
+        if (source == KvSource.Restore)
         {
             job.Request.ReleasePrefix(); // restored: the pins go now
             job.CacheRestored = cached;
@@ -713,9 +699,6 @@ internal sealed class InferenceScheduler : IDisposable
         slot.Materialized.Clear();
         slot.Namespace = null;
     }
-
-    private static bool SameNamespace(Slot other, RunningJob job) =>
-        (other.Job?.Request.Namespace ?? other.Namespace)?.Seed == job.Request.Namespace.Seed;
 
     private static int CommonPrefix(ReadOnlySpan<int> a, ReadOnlySpan<int> b) => a.CommonPrefixLength(b);
 

@@ -1,0 +1,82 @@
+using LMCacheSharp.Core.Keys;
+using LMCacheSharp.Serving.Inference;
+
+namespace LMCacheSharp.Serving.Tests;
+
+/// <summary>The scheduler's decisions, without llama.cpp.</summary>
+public class SchedulerPlannerTests
+{
+    private static readonly ChunkHash Seed = new(Enumerable.Repeat((byte)1, 32).ToArray());
+    private static readonly ChunkHash OtherSeed = new(Enumerable.Repeat((byte)2, 32).ToArray());
+
+    private static int[] Tokens(int count, int from = 0) => [.. Enumerable.Range(from, count)];
+
+    [Fact]
+    public void The_donor_is_the_longest_common_prefix_in_the_same_namespace_that_is_not_waiting()
+    {
+        var prompt = Tokens(100);
+        var sequences = new List<SequenceView>
+        {
+            new(Tokens(60), Seed, Waiting: false),                          // 60 in common
+            new(Tokens(90), Seed, Waiting: true),                           // more, but waiting: never a donor
+            new(Tokens(95), OtherSeed, Waiting: false),                     // another model or salt
+            new(prompt, Seed, Waiting: false),                              // the request itself
+            new(Tokens(80).Append(999).ToArray(), Seed, Waiting: false),                // 80 in common: the best
+        };
+        Assert.Equal((4, 80), SchedulerPlanner.ChooseDonor(prompt, Seed, self: 3, sequences, minShared: 32));
+    }
+
+    [Fact]
+    public void A_donor_never_covers_the_last_prompt_token_and_short_prefixes_are_not_shared()
+    {
+        var prompt = Tokens(50);
+        Assert.Equal((0, 49), SchedulerPlanner.ChooseDonor(prompt, Seed, self: 1, [new(Tokens(50), Seed, false), new(Array.Empty<int>(), null, false)], 32));
+        Assert.Equal((-1, 0), SchedulerPlanner.ChooseDonor(prompt, Seed, self: 1, [new(Tokens(31), Seed, false), new(Array.Empty<int>(), null, false)], 32));
+    }
+
+    [Theory]
+    [InlineData(0, 0, false, "Prefill")]
+    [InlineData(64, 0, false, "Restore")]
+    [InlineData(64, 80, true, "Share")]      // the context holds more than the tiers gave
+    [InlineData(80, 80, true, "Share")]      // equal: sharing copies nothing
+    [InlineData(96, 80, true, "Restore")]
+    public void The_tiers_win_only_with_more_tokens_than_a_donor(int restored, int shared, bool donor, string expected)
+    {
+        Assert.Equal(restored > shared, SchedulerPlanner.ShouldRestore(restored, shared));
+        Assert.Equal(expected, SchedulerPlanner.Resolve(restored, shared, donor).ToString());
+    }
+
+    [Theory]
+    [InlineData(0, 1000, 1, 100, false, 1, true)]     // nothing runs: always admitted (the context check is the 400's job)
+    [InlineData(3000, 1000, 1, 100, false, 1, true)]
+    [InlineData(3000, 1000, 1, 100, true, 1, false)]  // 3000 + 1000 + 100 > 4096 beside a running request: waits
+    [InlineData(2996, 1000, 1, 100, true, 1, true)]   // exactly 4096
+    [InlineData(0, 100, 4, 999, true, 4, true)]       // n = 4: the prompt once, max_tokens per choice: 100 + 3996
+    [InlineData(0, 100, 4, 1000, true, 4, false)]     // 100 + 4000 > 4096
+    [InlineData(0, 100, 4, 999, true, 3, false)]      // a sequence short
+    public void Admission_reserves_prompt_and_every_choices_growth(int reserved, int prompt, int choices, int maxTokens, bool anyRunning, int free, bool fits) =>
+        Assert.Equal(fits, SchedulerPlanner.Fits(reserved, prompt, choices, maxTokens, 4096, anyRunning, free));
+
+    [Fact]
+    public void A_batch_takes_every_decode_token_then_the_oldest_prefills_up_to_the_batch_size()
+    {
+        BatchCandidate?[] sequences =
+        [
+            new(Decoding: false, Materialized: 0, PromptLength: 300, AdmittedAt: 5), // newer prefill
+            new(Decoding: true, Materialized: 40, PromptLength: 0, AdmittedAt: 1),
+            null,                                                                     // free
+            new(Decoding: false, Materialized: 100, PromptLength: 400, AdmittedAt: 2), // older prefill, 100 restored
+            new(Decoding: true, Materialized: 7, PromptLength: 0, AdmittedAt: 3),
+        ];
+        var parts = SchedulerPlanner.ComposeBatch(sequences, batchSize: 512);
+        Assert.Equal(
+            [new(1, 40, 1, true), new(4, 7, 1, true), new(3, 100, 300, true), new(0, 0, 210, false)],
+            parts);
+        Assert.Equal(512, parts.Sum(p => p.Count));
+
+        // The next step: the older prompt is done; the newer one finishes and gets its logits.
+        sequences[3] = new(Decoding: true, Materialized: 400, PromptLength: 0, AdmittedAt: 2);
+        sequences[0] = new(Decoding: false, Materialized: 210, PromptLength: 300, AdmittedAt: 5);
+        Assert.Equal(new BatchPart(0, 210, 90, true), SchedulerPlanner.ComposeBatch(sequences, 512)[^1]);
+    }
+}
