@@ -46,6 +46,39 @@ internal sealed class RouterProxy
     public async Task HandleAsync(HttpContext http)
     {
         var start = Stopwatch.GetTimestamp();
+        var log = new RequestLog();
+        try
+        {
+            await RouteAsync(http, log).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away (during the lookups, or while its body was read): nothing to answer.
+        }
+        finally
+        {
+            if (_log.IsEnabled(LogLevel.Information))
+            {
+                _log.LogInformation("{Method} {Path} {Status} instance={Instance} policy={Policy} predicted={Predicted} retried={Retried} total_ms={Total:F1}",
+                    http.Request.Method, http.Request.Path.Value, http.RequestAborted.IsCancellationRequested && !http.Response.HasStarted ? 499 : http.Response.StatusCode,
+                    log.Instance ?? "-", _policy.Name, log.Predicted?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-", log.Retried ?? "-",
+                    Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+        }
+    }
+
+    /// <summary>What the request line logs.</summary>
+    private sealed class RequestLog
+    {
+        public string? Instance { get; set; }
+
+        public int? Predicted { get; set; }
+
+        public string? Retried { get; set; }
+    }
+
+    private async Task RouteAsync(HttpContext http, RequestLog log)
+    {
         using var body = await BufferedBody.ReadAsync(http, _options.MaxBodyBytes).ConfigureAwait(false);
         if (body is null)
         {
@@ -77,12 +110,13 @@ internal sealed class RouterProxy
         }
 
         var decision = await _policy.ChooseAsync(request, healthy, http.RequestAborted).ConfigureAwait(false);
-        var first = decision;
+        log.Predicted = decision.PredictedCachedTokens;
         var retried = (RouterInstance?)null;
         string? failure;
         while (true)
         {
             var instance = decision.Instance;
+            log.Instance = instance.Name;
             // Another instance to retry on decides whether a 5xx is held back (retried) or passed to the client.
             var canRetry = retried is null && serving.Any(i => i != instance && i.Healthy);
             _metrics.Decision(_policy.Name, instance);
@@ -105,6 +139,7 @@ internal sealed class RouterProxy
             }
 
             retried = instance;
+            log.Retried = instance.Name;
             decision = await _policy.ChooseAsync(request, rest, http.RequestAborted).ConfigureAwait(false);
         }
 
@@ -115,14 +150,6 @@ internal sealed class RouterProxy
             await OpenAiError.WriteAsync(http, timedOut ? StatusCodes.Status504GatewayTimeout : StatusCodes.Status502BadGateway,
                 $"instance {decision.Instance.Name} failed ({failure}){(retried is null ? "" : $" after {retried.Name} failed too")}", "server_error",
                 null, timedOut ? "upstream_timeout" : "upstream_failed").ConfigureAwait(false);
-        }
-
-        if (_log.IsEnabled(LogLevel.Information))
-        {
-            _log.LogInformation("{Method} {Path} {Status} instance={Instance} policy={Policy} predicted={Predicted} retried={Retried} total_ms={Total:F1}",
-                http.Request.Method, request.Path, http.RequestAborted.IsCancellationRequested && !http.Response.HasStarted ? 499 : http.Response.StatusCode,
-                decision.Instance.Name, _policy.Name, first.PredictedCachedTokens?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-",
-                retried?.Name ?? "-", Stopwatch.GetElapsedTime(start).TotalMilliseconds);
         }
     }
 

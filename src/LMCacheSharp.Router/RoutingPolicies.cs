@@ -155,8 +155,8 @@ public sealed class LeastLoadedPolicy : IRoutingPolicy
 /// <summary>
 /// <c>kv-aware</c>: asks the <see cref="ICacheLocator"/> how much of the prompt each candidate's memory tier holds and picks the
 /// lowest cost = load x load weight - cached tokens, where cached tokens within the tie band of the longest count as the
-/// longest (so near-ties go to the less loaded). Equal costs: the lower load, then the longer prefix, then in turn. An
-/// instance that did not answer counts as holding nothing.
+/// longest (so near-ties go to the less loaded). Equal costs: the lower load, then in turn. An instance that did not
+/// answer counts as holding nothing.
 /// </summary>
 public sealed class KvAwarePolicy : IRoutingPolicy
 {
@@ -203,7 +203,7 @@ public sealed class KvAwarePolicy : IRoutingPolicy
     /// <summary>
     /// The index of the lowest cost among <paramref name="candidates"/> (cost = load x <paramref name="loadWeight"/> - cached, with cached
     /// tokens within <paramref name="tieTokens"/> of the longest counted as the longest); equal costs to the lower load, then the
-    /// longer prefix, then the first at or after <paramref name="rotation"/>.
+    /// first at or after <paramref name="rotation"/>.
     /// </summary>
     internal static int Choose(IReadOnlyList<(int Cached, int Load)> candidates, int tieTokens, int loadWeight, int rotation)
     {
@@ -216,8 +216,9 @@ public sealed class KvAwarePolicy : IRoutingPolicy
             var (cached, load) = candidates[i];
             var effective = cached >= best - tieTokens ? best : cached;
             var cost = (long)load * loadWeight - effective;
-            if (chosen < 0 || cost < chosenCost || (cost == chosenCost && (load < candidates[chosen].Load ||
-                (load == candidates[chosen].Load && cached > candidates[chosen].Cached))))
+            // Within the band the exact prefix does not matter: equal costs are taken in turn, which spreads new documents
+            // (every instance holding next to nothing) instead of piling them onto whichever holds a few tokens more.
+            if (chosen < 0 || cost < chosenCost || (cost == chosenCost && load < candidates[chosen].Load))
             {
                 chosen = i;
                 chosenCost = cost;
