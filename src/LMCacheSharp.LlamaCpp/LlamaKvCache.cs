@@ -247,6 +247,30 @@ public sealed class LlamaKvCache : IAsyncDisposable
     }
 
     /// <summary>
+    /// How many leading tokens of <paramref name="promptTokens"/> each tier holds (never the last token, which is always
+    /// computed), pinning and fetching nothing: <see cref="CacheEngine.CountByTierAsync"/>. Any thread. A cache problem is
+    /// nothing cached, never an exception (cancellation still throws).
+    /// </summary>
+    public async ValueTask<TierTokenCounts> CountByTierAsync(ReadOnlyMemory<int> promptTokens, CacheNamespace? ns = null, LookupTiers tiers = LookupTiers.All,
+        CancellationToken cancellationToken = default)
+    {
+        if (!Usable(ns, promptTokens.Length - 1, out ns))
+        {
+            return TierTokenCounts.None(tiers);
+        }
+
+        try
+        {
+            return await Engine.CountByTierAsync(promptTokens[..^1], ns, tiers, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            _logger.LogWarning(e, "KV cache lookup by tier failed; treated as a miss");
+            return TierTokenCounts.None(tiers);
+        }
+    }
+
+    /// <summary>
     /// Finds the leading cached chunks of <paramref name="promptTokens"/> in any tier (never the last token), brings them
     /// into memory and pins them, so that <see cref="Restore"/> on the inference thread touches no tier and never waits.
     /// Any thread; the caller disposes the result. A cache problem is an empty prefix, never an exception (cancellation

@@ -128,6 +128,7 @@ public static class ServingApp
             await OpenAiEndpoints.WriteErrorAsync(http, 500, "internal server error", "server_error").ConfigureAwait(false);
         }));
         app.MapOpenAi(service);
+        app.MapCacheLookup(service);
         app.MapMetrics("/metrics");
         return app;
     }

@@ -17,7 +17,7 @@ namespace LMCacheSharp.Core.Engine;
 /// (another salt or tags) or use the engine's default. Thread-safe; a memory-tier hit completes synchronously and
 /// allocates nothing.
 /// </summary>
-public sealed class CacheEngine : IAsyncDisposable
+public sealed partial class CacheEngine : IAsyncDisposable
 {
     private readonly bool _ownsStorage;
     private readonly bool _ownsPool;

@@ -93,7 +93,15 @@ public sealed class StorageManager : IAsyncDisposable
     /// How many leading <paramref name="keys"/> are held by some tier. A key may be in any tier: the run continues as long as
     /// one tier holds the next key. Each tier is asked once per stretch, so a remote tier costs one round trip per stretch.
     /// </summary>
-    public async ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default)
+    public ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default) =>
+        CountPrefixAsync(keys, null, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="CountPrefixAsync(ReadOnlyMemory{ChunkHash}, CancellationToken)"/>, over only the tiers whose kind
+    /// <paramref name="kinds"/> accepts (null: every tier); the others are not asked.
+    /// </summary>
+    public async ValueTask<int> CountPrefixAsync(ReadOnlyMemory<ChunkHash> keys, Func<StorageTierKind, bool>? kinds,
+        CancellationToken cancellationToken = default)
     {
         var found = 0;
         while (found < keys.Length)
@@ -101,6 +109,11 @@ public sealed class StorageManager : IAsyncDisposable
             var advanced = false;
             foreach (var tier in _tiers)
             {
+                if (kinds is not null && !kinds(tier.Kind))
+                {
+                    continue;
+                }
+
                 var n = tier is MemoryTier memory
                     ? memory.CountPrefix(keys.Span[found..])
                     : await GuardAsync(tier, static (t, k, ct) => t.CountPrefixAsync(k, ct), keys[found..], 0, cancellationToken).ConfigureAwait(false);

@@ -76,6 +76,12 @@ internal sealed class InferenceScheduler : IDisposable
     /// <summary>Requests running or queued (as of the last step, plus those queued since).</summary>
     public int Pending => Volatile.Read(ref _running) + Volatile.Read(ref _queued);
 
+    /// <summary>Requests holding a sequence (as of the last step).</summary>
+    public int Running => Volatile.Read(ref _running);
+
+    /// <summary>Requests waiting for a sequence (as of the last step, plus those queued since).</summary>
+    public int Queued => Volatile.Read(ref _queued);
+
     /// <summary>True when the inference thread ended while the scheduler was not disposed.</summary>
     public bool LoopDead => _loopDead;
 

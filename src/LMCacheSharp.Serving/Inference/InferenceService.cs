@@ -318,17 +318,7 @@ public sealed class InferenceService : IAsyncDisposable
             }
         }
 
-        var ns = Cache?.Namespace ?? new CacheNamespace("nocache", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
-        if (parameters.CacheSalt is not null)
-        {
-            ns = ns.WithSalt(parameters.CacheSalt);
-        }
-
-        if (parameters.Tags.Count > 0)
-        {
-            ns = ns.WithTags(parameters.Tags);
-        }
-
+        var ns = NamespaceOf(parameters);
         var job = new GenerationJob(promptTokens, parameters, maxTokens, ns, cancellationToken);
         if (Cache is not null)
         {
@@ -354,6 +344,26 @@ public sealed class InferenceService : IAsyncDisposable
 
         return job;
     }
+
+    /// <summary>The cache namespace of a request: the cache's, with the request's <c>cache_salt</c> and <c>lmcache.tag.*</c>.</summary>
+    internal CacheNamespace NamespaceOf(GenerationParameters parameters)
+    {
+        var ns = Cache?.Namespace ?? new CacheNamespace("nocache", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
+        if (parameters.CacheSalt is not null)
+        {
+            ns = ns.WithSalt(parameters.CacheSalt);
+        }
+
+        if (parameters.Tags.Count > 0)
+        {
+            ns = ns.WithTags(parameters.Tags);
+        }
+
+        return ns;
+    }
+
+    /// <summary>Requests holding a sequence and requests waiting for one (as of the scheduler's last step, plus those queued since).</summary>
+    public (int Running, int Queued) Load => (_scheduler.Running, _scheduler.Queued);
 
     /// <summary>Runs a request to the end and returns its text and usage.</summary>
     public async Task<(string Text, FinishReason Finish, GenerationUsage Usage)> GenerateAsync(int[] promptTokens, GenerationParameters parameters,

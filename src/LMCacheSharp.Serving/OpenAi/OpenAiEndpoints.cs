@@ -135,7 +135,7 @@ public static class OpenAiEndpoints
     /// so that clients that send the whole body before reading (most) see the 413, then refused; one announcing more than
     /// <see cref="MaxBodyBytes"/> is refused at once. Bad JSON is a 400.
     /// </summary>
-    private static async Task<JsonDocument> ReadJsonBodyAsync(HttpContext http, InferenceService service)
+    internal static async Task<JsonDocument> ReadJsonBodyAsync(HttpContext http, InferenceService service)
     {
         var aborted = http.RequestAborted;
         var limit = service.MaxRequestBodyBytes;

@@ -1,0 +1,162 @@
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Prometheus;
+using Yarp.ReverseProxy.Forwarder;
+
+namespace LMCacheSharp.Router;
+
+/// <summary>
+/// Builds <c>lmcache router</c>: an OpenAI-compatible reverse proxy over several <c>lmcache serve</c> (or other
+/// OpenAI-compatible) instances. Serves /v1/models (the instances' models, deduplicated), /v1/completions,
+/// /v1/chat/completions (routed by the policy, forwarded through YARP), /health and /metrics.
+/// </summary>
+public static class RouterApp
+{
+    /// <summary>Returns the configured router, not yet started (starting runs the first round of health probes).</summary>
+    /// <param name="options">Router options (validated here).</param>
+    /// <param name="urls">Addresses to listen on, e.g. http://127.0.0.1:8000 (port 0 picks a free port).</param>
+    /// <param name="locator">Where kv-aware learns what each instance caches; null: ask the instances (<see cref="InstanceCacheLocator"/>).</param>
+    /// <param name="configureLogging">Optional logging setup.</param>
+    public static WebApplication Build(RouterOptions options, IEnumerable<string> urls, ICacheLocator? locator = null, Action<ILoggingBuilder>? configureLogging = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls([.. urls]);
+        // Twice the body limit: a body up to that is read to its end and answered 413, so that clients see the answer.
+        builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = 2 * options.MaxBodyBytes);
+        builder.Logging.SetMinimumLevel(options.LogLevel);
+        builder.Logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
+            o.UseUtcTimestamp = true;
+        });
+        builder.Logging.AddFilter("Microsoft", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Warning);
+        builder.Logging.AddFilter("System.Net.Http", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Warning);
+        // YARP logs every failed forward as a warning with its stack; the router logs one line of its own (and retries).
+        builder.Logging.AddFilter("Yarp", options.LogLevel <= LogLevel.Debug ? options.LogLevel : LogLevel.Error);
+        configureLogging?.Invoke(builder.Logging);
+
+        var instances = options.Instances.Select(u => new RouterInstance(u)).ToArray();
+        var metrics = new RouterMetrics(instances);
+        // Forwarding: YARP's recommended handler settings (no proxy, redirects, decompression or cookies). Probes and lookups
+        // go through their own pool, so that a slow stream never delays a health probe.
+        var forwarding = new HttpMessageInvoker(new SocketsHttpHandler
+        {
+            UseProxy = false,
+            AllowAutoRedirect = false,
+            AutomaticDecompression = System.Net.DecompressionMethods.None,
+            UseCookies = false,
+            ConnectTimeout = TimeSpan.FromSeconds(5),
+        });
+        var control = new HttpClient(new SocketsHttpHandler { UseProxy = false, ConnectTimeout = options.HealthTimeout }) { Timeout = Timeout.InfiniteTimeSpan };
+        builder.Services.AddHttpForwarder();
+        builder.Services.AddSingleton(metrics);
+        builder.Services.AddSingleton<IReadOnlyList<RouterInstance>>(instances);
+        builder.Services.AddSingleton(sp => new HealthMonitor(instances, control, options, metrics, sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Router")));
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<HealthMonitor>());
+        IRoutingPolicy policy = options.Policy switch
+        {
+            RoutingPolicyKind.RoundRobin => new RoundRobinPolicy(),
+            RoutingPolicyKind.Session => new SessionPolicy(instances),
+            RoutingPolicyKind.LeastLoaded => new LeastLoadedPolicy(),
+            _ => new KvAwarePolicy(locator ?? new InstanceCacheLocator(control, options.LookupTimeout, metrics), options.KvTieTokens, options.KvLoadWeightTokens),
+        };
+        builder.Services.AddSingleton(policy);
+        builder.Services.AddSingleton(sp => new RouterProxy(instances, policy, sp.GetRequiredService<IHttpForwarder>(), forwarding, options, metrics,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Router.Requests")));
+        Metrics.ConfigureMeterAdapter(o => o.InstrumentFilterPredicate = i => i.Meter.Name.StartsWith("LMCacheSharp", StringComparison.Ordinal));
+        Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult(); // see ServingApp: subscribe now
+        var app = builder.Build();
+        app.Lifetime.ApplicationStopped.Register(() =>
+        {
+            forwarding.Dispose();
+            control.Dispose();
+            metrics.Dispose();
+        });
+
+        app.UseStatusCodePages(async context =>
+        {
+            var http = context.HttpContext;
+            if (http.Response.StatusCode is 404 or 405)
+            {
+                var message = http.Response.StatusCode == 404
+                    ? $"no endpoint {http.Request.Path} (see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics)"
+                    : $"{http.Request.Method} is not allowed on {http.Request.Path}";
+                await OpenAiError.WriteAsync(http, http.Response.StatusCode, message, "invalid_request_error",
+                    code: http.Response.StatusCode == 404 ? "not_found" : "method_not_allowed").ConfigureAwait(false);
+            }
+        });
+        app.UseExceptionHandler(error => error.Run(async http =>
+        {
+            var e = http.Features.Get<IExceptionHandlerFeature>()?.Error;
+            if (e is BadHttpRequestException bad)
+            {
+                await OpenAiError.WriteAsync(http, bad.StatusCode, bad.Message, "invalid_request_error").ConfigureAwait(false);
+                return;
+            }
+
+            http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Router").LogError(e, "unhandled error on {Path}", http.Request.Path.Value);
+            await OpenAiError.WriteAsync(http, 500, "internal server error", "server_error").ConfigureAwait(false);
+        }));
+
+        var proxy = app.Services.GetRequiredService<RouterProxy>();
+        app.MapPost("/v1/completions", proxy.HandleAsync);
+        app.MapPost("/v1/chat/completions", proxy.HandleAsync);
+        app.MapGet("/v1/models", () => Models(instances) is { } cards
+            ? Results.Json(new JsonObject { ["object"] = "list", ["data"] = cards })
+            : Results.Json(OpenAiError.Body("no instance is healthy now; retry later", "server_error", null, "no_healthy_instance"), statusCode: 503));
+        app.MapGet("/v1/models/{id}", (string id) => Models(instances)?.OfType<JsonObject>().FirstOrDefault(m => m["id"]?.GetValue<string>() == id) is { } card
+            ? Results.Json(card)
+            : Results.Json(OpenAiError.Body($"The model '{id}' does not exist (see /v1/models).", "invalid_request_error", "model", "model_not_found"), statusCode: 404));
+        app.MapGet("/health", () =>
+        {
+            var any = instances.Any(i => i.Healthy);
+            return Results.Json(new JsonObject
+            {
+                ["status"] = any ? "ok" : "unhealthy",
+                ["policy"] = policy.Name,
+                ["instances"] = new JsonArray([.. instances.Select(i => (JsonNode)new JsonObject
+                {
+                    ["url"] = i.Name,
+                    ["healthy"] = i.Healthy,
+                    ["reason"] = i.Status.Reason,
+                    ["models"] = new JsonArray([.. i.Status.Models.Select(m => (JsonNode?)JsonValue.Create(m["id"]?.GetValue<string>()))]),
+                    ["in_flight"] = i.InFlight,
+                    ["load"] = i.Status.Load is { } l ? new JsonObject { ["in_flight"] = l.InFlight, ["queued"] = l.Queued } : null,
+                })]),
+            }, statusCode: any ? 200 : 503);
+        });
+        app.MapMetrics("/metrics");
+        return app;
+    }
+
+    /// <summary>The model cards of the healthy instances, first instance's card per id; null when none is healthy.</summary>
+    private static JsonArray? Models(IReadOnlyList<RouterInstance> instances)
+    {
+        var healthy = instances.Where(i => i.Healthy).ToList();
+        if (healthy.Count == 0)
+        {
+            return null;
+        }
+
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var cards = new JsonArray();
+        foreach (var card in healthy.SelectMany(i => i.Status.Models))
+        {
+            if (card["id"]?.GetValue<string>() is { } id && seen.Add(id))
+            {
+                cards.Add(card.DeepClone());
+            }
+        }
+
+        return cards;
+    }
+}

@@ -1,0 +1,81 @@
+using System.Diagnostics.Metrics;
+
+namespace LMCacheSharp.Router;
+
+/// <summary>
+/// The router's metrics, on the meter <see cref="MeterName"/>, exported at /metrics by prometheus-net as serve's are
+/// (<c>lmcache_router_decisions_total{policy,instance}</c>, ...; the list is in docs/fleet.md, section Router).
+/// </summary>
+public sealed class RouterMetrics : IDisposable
+{
+    /// <summary>The meter name.</summary>
+    public const string MeterName = "LMCacheSharp.Router";
+
+    private readonly Meter _meter;
+    private readonly Counter<long> _decisions;
+    private readonly Counter<long> _retries;
+    private readonly Counter<long> _rejected;
+    private readonly Counter<long> _responses;
+    private readonly Counter<long> _predicted;
+    private readonly Counter<long> _reported;
+    private readonly Histogram<double> _predictionError;
+    private readonly Counter<long> _lookups;
+    private readonly Histogram<double> _lookupTime;
+    private readonly Counter<long> _healthChanges;
+
+    /// <summary>Creates the instruments; <paramref name="instances"/> are observed for health and in-flight gauges.</summary>
+    public RouterMetrics(IReadOnlyList<RouterInstance> instances, IMeterFactory? meterFactory = null)
+    {
+        ArgumentNullException.ThrowIfNull(instances);
+        _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
+        _decisions = _meter.CreateCounter<long>("lmcache_router.decisions", "{request}", "Requests sent to an instance, by policy and instance (a retry counts again).");
+        _retries = _meter.CreateCounter<long>("lmcache_router.retries", "{request}", "Requests retried on another instance, by the instance that failed and why.");
+        _rejected = _meter.CreateCounter<long>("lmcache_router.rejected", "{request}", "Requests the router answered itself, by reason (bad_json, too_large, unknown_model, no_healthy_instance, all_failed).");
+        _responses = _meter.CreateCounter<long>("lmcache_router.responses", "{request}", "Forwarded requests by instance and status code class (2xx, 4xx, 5xx, aborted).");
+        _predicted = _meter.CreateCounter<long>("lmcache_router.predicted_cached_tokens", "{token}", "kv-aware: cached prompt tokens the lookup predicted for the chosen instance, for requests whose usage was seen.");
+        _reported = _meter.CreateCounter<long>("lmcache_router.reported_cached_tokens", "{token}", "usage.prompt_tokens_details.cached_tokens the instance reported, by instance.");
+        _predictionError = _meter.CreateHistogram<double>("lmcache_router.prediction_error", "{token}", "kv-aware: reported minus predicted cached tokens per request.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [-1024, -256, -64, -16, -1, 0, 1, 16, 64, 256, 1024] });
+        _lookups = _meter.CreateCounter<long>("lmcache_router.lookups", "{lookup}", "kv-aware /lookup calls by instance and outcome (ok, timeout, error).");
+        _lookupTime = _meter.CreateHistogram<double>("lmcache_router.lookup_time", "s", "Time for all of a request's /lookup answers (bounded by the lookup timeout).",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1] });
+        _healthChanges = _meter.CreateCounter<long>("lmcache_router.health_changes", "{change}", "Instances going down or coming back, by instance and new state.");
+        _meter.CreateObservableGauge("lmcache_router.instance_healthy", () => instances.Select(i =>
+            new Measurement<int>(i.Healthy ? 1 : 0, new KeyValuePair<string, object?>("instance", i.Name))), "1", "1 while an instance takes requests, 0 while it is out.");
+        _meter.CreateObservableGauge("lmcache_router.instance_in_flight", () => instances.Select(i =>
+            new Measurement<int>(i.InFlight, new KeyValuePair<string, object?>("instance", i.Name))), "{request}", "Requests this router has in flight to each instance.");
+    }
+
+    internal void Decision(string policy, RouterInstance instance) =>
+        _decisions.Add(1, new KeyValuePair<string, object?>("policy", policy), new KeyValuePair<string, object?>("instance", instance.Name));
+
+    internal void Retry(RouterInstance failed, string cause) =>
+        _retries.Add(1, new KeyValuePair<string, object?>("instance", failed.Name), new KeyValuePair<string, object?>("cause", cause));
+
+    internal void Rejected(string reason) => _rejected.Add(1, new KeyValuePair<string, object?>("reason", reason));
+
+    internal void Response(RouterInstance instance, string status) =>
+        _responses.Add(1, new KeyValuePair<string, object?>("instance", instance.Name), new KeyValuePair<string, object?>("status", status));
+
+    internal void Usage(RouterInstance instance, int reported, int? predicted)
+    {
+        var tag = new KeyValuePair<string, object?>("instance", instance.Name);
+        _reported.Add(reported, tag);
+        if (predicted is { } p)
+        {
+            _predicted.Add(p, tag);
+            _predictionError.Record(reported - p, tag);
+        }
+    }
+
+    internal void Lookup(RouterInstance instance, string outcome) =>
+        _lookups.Add(1, new KeyValuePair<string, object?>("instance", instance.Name), new KeyValuePair<string, object?>("outcome", outcome));
+
+    internal void LookupTime(TimeSpan time) => _lookupTime.Record(time.TotalSeconds);
+
+    internal void HealthChanged(RouterInstance instance, bool healthy) =>
+        _healthChanges.Add(1, new KeyValuePair<string, object?>("instance", instance.Name), new KeyValuePair<string, object?>("state", healthy ? "up" : "down"));
+
+    /// <inheritdoc />
+    public void Dispose() => _meter.Dispose();
+}
