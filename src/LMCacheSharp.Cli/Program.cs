@@ -11,6 +11,7 @@ bench.Subcommands.Add(BenchServingCommand.Create());
 root.Subcommands.Add(bench);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(ServerCommand.Create());
+root.Subcommands.Add(ControllerCommand.Create());
 root.Subcommands.Add(GenModelCommand.Create());
 
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
