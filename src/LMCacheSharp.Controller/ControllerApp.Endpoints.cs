@@ -345,13 +345,20 @@ public static partial class ControllerApp
         context.Response.Headers["X-Accel-Buffering"] = "no";
         var aborted = context.RequestAborted;
         long sequence = 0;
+        // ?limit=N ends the stream after N snapshots (the dashboard's own ?limit=N, for headless browsers).
+        var limit = int.TryParse(context.Request.Query["limit"], out var n) && n > 0 ? n : int.MaxValue;
         try
         {
-            while (!aborted.IsCancellationRequested)
+            while (!aborted.IsCancellationRequested && sequence < limit)
             {
                 var json = Snapshot(registry, directory, routers, ++sequence).ToJsonString();
                 await context.Response.WriteAsync("event: snapshot\ndata: " + json + "\n\n", aborted).ConfigureAwait(false);
                 await context.Response.Body.FlushAsync(aborted).ConfigureAwait(false);
+                if (sequence >= limit)
+                {
+                    break;
+                }
+
                 await Task.Delay(TimeSpan.FromSeconds(1), aborted).ConfigureAwait(false);
             }
         }

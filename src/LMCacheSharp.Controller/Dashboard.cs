@@ -58,8 +58,15 @@ function render(s) {
   rows("routers", s.routers, r => `<tr><td>${esc(r.router)}</td><td>${esc(r.policy)}</td><td class="n">${r.decisions_per_s.toFixed(1)}</td>` +
     `<td class="n">${r.decisions_total}</td><td class="n">${r.age_s.toFixed(1)} s ago</td></tr>`, 5, "no router reports (POST /router/report)");
 }
-const source = new EventSource("events");
-source.addEventListener("snapshot", e => { document.getElementById("status").textContent = "connected"; render(JSON.parse(e.data)); });
+// ?limit=N: stop after N snapshots (headless tests and screenshots: a page with an open stream never goes idle).
+const limit = Number(new URLSearchParams(location.search).get("limit")) || 0;
+const source = new EventSource("events" + (limit ? "?limit=" + limit : ""));
+let seen = 0;
+source.addEventListener("snapshot", e => {
+  document.getElementById("status").textContent = "connected";
+  render(JSON.parse(e.data));
+  if (limit && ++seen >= limit) source.close();
+});
 source.onerror = () => { document.getElementById("status").textContent = "reconnecting"; };
 </script>
 </body>

@@ -41,7 +41,7 @@ public sealed class RunningController : IAsyncDisposable
     {
         var options = new ControllerOptions { Port = 0, HeartbeatInterval = TimeSpan.FromMilliseconds(200), HeartbeatTimeout = TimeSpan.FromSeconds(30) };
         configure?.Invoke(options);
-        var app = ControllerApp.Build(options, ["http://127.0.0.1:0"]);
+        var app = ControllerApp.Build(options, [$"http://127.0.0.1:{options.Port}"]);
         await app.StartAsync();
         var url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new RunningController(app, url, options.AuthToken);
