@@ -76,7 +76,7 @@ public class ControllerLookupBenchmarks
         return new KvEventBatch(0, events, 0);
     }
 
-    [Benchmark(Description = "lookup 32k tokens (+50 tail), 4 instances, ~100k chunks")]
+    [Benchmark(Description = "lookup 32k tokens (+50 tail), 4 instances, 102k chunks")]
     public int Lookup32k()
     {
         var hits = FleetLookup.Lookup(_directory, _instances, _prompt, null);
