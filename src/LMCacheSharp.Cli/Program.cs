@@ -12,6 +12,7 @@ root.Subcommands.Add(bench);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(ServerCommand.Create());
 root.Subcommands.Add(RouterCommand.Create());
+root.Subcommands.Add(ControllerCommand.Create());
 root.Subcommands.Add(GenModelCommand.Create());
 
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);

@@ -31,11 +31,13 @@ internal static class ServeCommand
         var kvEventsReplay = new Option<string?>("--kv-events-replay") { Description = "Answer replay requests on a ZeroMQ ROUTER socket bound at tcp://HOST:PORT (kv_events_replay_endpoint)." };
         var kvEventsTopic = new Option<string?>("--kv-events-topic") { Description = "Topic frame of the KV event messages (kv_events_topic). Default: kv-events." };
         var stall = new Option<double>("--stall-timeout") { Description = "Seconds without progress of the inference loop (with requests pending) after which /health answers 503.", DefaultValueFactory = _ => 60 };
+        var controller = new Option<string?>("--controller") { Description = "Register with the fleet controller at this URL (lmcache controller), heartbeat, and publish KV events to it (on free 127.0.0.1 ports unless --kv-events is given)." };
+        var controllerToken = new Option<string?>("--controller-token") { Description = "The controller's --auth-token (also LMCACHE_CONTROLLER_TOKEN): sent to it, and required on this server's /lmcache/prefetch and /lmcache/clear." };
         var llama = new LlamaNativeOptions();
         var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
         {
             model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache, logLevel, stall,
-            kvEvents, kvEventsReplay, kvEventsTopic,
+            kvEvents, kvEventsReplay, kvEventsTopic, controller, controllerToken,
         };
         llama.AddTo(command);
         command.SetAction(async (r, ct) =>
@@ -62,6 +64,12 @@ internal static class ServeCommand
                 {
                     overrides.Add(new(key, value));
                 }
+            }
+
+            var controllerUrl = FleetOptions.ParseController(r.GetValue(controller), problems);
+            if (controllerUrl is not null && r.GetValue(kvEvents) is null)
+            {
+                FleetOptions.AddFreeEventPorts(overrides, r.GetValue(kvEventsReplay) is null);
             }
 
             var warnings = new List<string>();
@@ -125,8 +133,11 @@ internal static class ServeCommand
             {
                 llama.Apply(r);
                 await using var app = ServingApp.Build(options, cacheOptions, [url]);
+                var fleetToken = r.GetValue(controllerToken) ?? Environment.GetEnvironmentVariable("LMCACHE_CONTROLLER_TOKEN");
+                FleetOptions.Map(app, fleetToken);
                 await app.StartAsync(ct);
                 var service = app.Services.GetRequiredService<LMCacheSharp.Serving.Inference.InferenceService>();
+                await using var registration = FleetOptions.Register(app, controllerUrl, fleetToken);
                 var ctxSource = options.ContextSize is null ? (service.ContextSize < ServingOptions.DefaultContextSize ? ", the model's trained context" : ", the default") : "";
                 Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{service.ModelName}', context {service.ContextSize} tokens{ctxSource}, cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
                 if (app.Services.GetService<LMCacheSharp.KvEvents.ZmqKvEventPublisher>() is { } events)

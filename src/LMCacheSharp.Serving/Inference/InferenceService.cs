@@ -116,6 +116,12 @@ public sealed class InferenceService : IAsyncDisposable
     /// <summary>Finished sequences whose KV cells are still in the context, kept for in-context prefix sharing.</summary>
     internal int ResidentSequences => _scheduler.ResidentSequences;
 
+    /// <summary>Requests queued or running (the load a fleet controller is told about).</summary>
+    internal int PendingRequests => _scheduler.Pending;
+
+    /// <summary>Requests decoded at once (<see cref="ServingOptions.MaxConcurrentRequests"/>).</summary>
+    internal int MaxConcurrentRequests => _options.MaxConcurrentRequests;
+
     /// <summary>Loads the model and creates the context, the cache and the scheduler.</summary>
     /// <param name="modelPath">The GGUF to serve.</param>
     /// <param name="options">Serving options (validated here).</param>
