@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
+using LMCacheSharp.Http;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Hosting;
@@ -58,29 +59,7 @@ public static partial class ControllerApp
         var app = builder.Build();
         var registry = app.Services.GetRequiredService<InstanceRegistry>();
         Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult();
-        app.UseStatusCodePages(async context =>
-        {
-            var http = context.HttpContext;
-            if (http.Response.StatusCode is 404 or 405)
-            {
-                await ControllerJson.WriteErrorAsync(http, http.Response.StatusCode, http.Response.StatusCode == 404
-                    ? $"no endpoint {http.Request.Path} (see docs/fleet.md, section Controller)"
-                    : $"{http.Request.Method} is not allowed on {http.Request.Path}",
-                    code: http.Response.StatusCode == 404 ? "not_found" : "method_not_allowed").ConfigureAwait(false);
-            }
-        });
-        app.UseExceptionHandler(error => error.Run(async http =>
-        {
-            var e = http.Features.Get<IExceptionHandlerFeature>()?.Error;
-            if (e is BadHttpRequestException bad)
-            {
-                await ControllerJson.WriteErrorAsync(http, bad.StatusCode, bad.Message).ConfigureAwait(false);
-                return;
-            }
-
-            LogUnhandled(http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Controller"), e, http.Request.Path.Value);
-            await ControllerJson.WriteErrorAsync(http, 500, "internal server error").ConfigureAwait(false);
-        }));
+        app.UseOpenAiErrors("docs/fleet.md, section Controller", "LMCacheSharp.Controller");
         MapEndpoints(app, options, registry);
         app.MapMetrics("/metrics");
         return app;
@@ -165,6 +144,4 @@ public static partial class ControllerApp
             ControllerJson.OptionalStrings(body, "tiers"), events, replay, ControllerJson.OptionalString(body, "kv_events_topic") ?? "");
     }
 
-    [LoggerMessage(Level = LogLevel.Error, Message = "unhandled error on {Path}")]
-    private static partial void LogUnhandled(ILogger log, Exception? e, string? path);
 }

@@ -32,22 +32,10 @@ internal sealed class ControllerRequestException(int status, string message, str
 /// <summary>Reading request bodies and writing errors in OpenAI's shape: the controller's one way to report errors.</summary>
 internal static class ControllerJson
 {
-    public static JsonObject Error(string message, string type, string? param, string code) => new()
-    {
-        ["error"] = new JsonObject { ["message"] = message, ["type"] = type, ["param"] = param, ["code"] = code },
-    };
+    public static JsonObject Error(string message, string type, string? param, string code) => Http.OpenAiErrors.Body(message, type, param, code);
 
-    public static Task WriteErrorAsync(HttpContext http, int status, string message, string? param = null, string? code = null)
-    {
-        http.Response.StatusCode = status;
-        var type = status switch
-        {
-            401 => "authentication_error",
-            >= 500 => "server_error",
-            _ => "invalid_request_error",
-        };
-        return http.Response.WriteAsJsonAsync(Error(message, type, param, code ?? type), http.RequestAborted);
-    }
+    public static Task WriteErrorAsync(HttpContext http, int status, string message, string? param = null, string? code = null) =>
+        Http.OpenAiErrors.WriteAsync(http, status, message, null, param, code);
 
     /// <summary>The body as a JSON object; bad JSON, another type, or a body over Kestrel's limit: a 4xx exception.</summary>
     public static async Task<JsonObject> ReadObjectAsync(HttpContext http)

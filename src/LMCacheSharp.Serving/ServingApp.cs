@@ -2,6 +2,7 @@ using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
 using LMCacheSharp.Core.Storage;
+using LMCacheSharp.Http;
 using LMCacheSharp.KvEvents;
 using LMCacheSharp.Serving.Inference;
 using LMCacheSharp.Serving.OpenAi;
@@ -102,31 +103,8 @@ public static class ServingApp
                 LogRequest(requestLog, http, start);
             }
         });
-        app.UseStatusCodePages(async context =>
-        {
-            // Routing's bare 404 and 405 get OpenAI's error shape like every other error.
-            var http = context.HttpContext;
-            if (http.Response.StatusCode is 404 or 405)
-            {
-                var message = http.Response.StatusCode == 404
-                    ? $"no endpoint {http.Request.Path} (see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics)"
-                    : $"{http.Request.Method} is not allowed on {http.Request.Path}";
-                await OpenAiEndpoints.WriteErrorAsync(http, http.Response.StatusCode, message, "invalid_request_error",
-                    code: http.Response.StatusCode == 404 ? "not_found" : "method_not_allowed").ConfigureAwait(false);
-            }
-        });
-        app.UseExceptionHandler(error => error.Run(async http =>
-        {
-            var e = http.Features.Get<IExceptionHandlerFeature>()?.Error;
-            if (e is BadHttpRequestException bad)
-            {
-                await OpenAiEndpoints.WriteErrorAsync(http, bad.StatusCode, bad.Message, "invalid_request_error").ConfigureAwait(false);
-                return;
-            }
-
-            http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving").LogError(e, "unhandled error on {Path}", http.Request.Path.Value);
-            await OpenAiEndpoints.WriteErrorAsync(http, 500, "internal server error", "server_error").ConfigureAwait(false);
-        }));
+        // Routing's bare 404 and 405, Kestrel's bad requests and unhandled errors get OpenAI's error shape like every other error.
+        app.UseOpenAiErrors("/v1/models, /v1/completions, /v1/chat/completions, /health, /metrics", "LMCacheSharp.Serving");
         app.MapOpenAi(service);
         app.MapCacheLookup(service);
         app.MapMetrics("/metrics");

@@ -58,10 +58,7 @@ public static class OpenAiEndpoints
         return app;
     }
 
-    private static JsonObject Error(string message, string type, string? param, string code) => new()
-    {
-        ["error"] = new JsonObject { ["message"] = message, ["type"] = type, ["param"] = param, ["code"] = code },
-    };
+    private static JsonObject Error(string message, string type, string? param, string code) => Http.OpenAiErrors.Body(message, type, param, code);
 
     /// <summary>POST /tokenize, llama-server's shape: {"content", "add_special" (false), "parse_special" (true), "with_pieces" (false)} -> {"tokens"}.</summary>
     private static async Task TokenizeAsync(HttpContext http, InferenceService service)
@@ -166,17 +163,8 @@ public static class OpenAiEndpoints
     }
 
     /// <summary>Writes an error in OpenAI's shape.</summary>
-    public static Task WriteErrorAsync(HttpContext http, int status, string message, string type, string? param = null, string? code = null)
-    {
-        ArgumentNullException.ThrowIfNull(http);
-        http.Response.StatusCode = status;
-        if (status == 429)
-        {
-            http.Response.Headers.RetryAfter = "1";
-        }
-
-        return http.Response.WriteAsJsonAsync(Error(message, type, param, code ?? type));
-    }
+    public static Task WriteErrorAsync(HttpContext http, int status, string message, string type, string? param = null, string? code = null) =>
+        Http.OpenAiErrors.WriteAsync(http, status, message, type, param, code);
 
     private static async Task HandleAsync(HttpContext http, InferenceService service, bool chat)
     {
