@@ -4,10 +4,11 @@ using LMCacheSharp.Cli.Commands;
 var root = new RootCommand("LMCacheSharp: a KV cache for LLM inference in .NET (LMCache for llama.cpp).");
 
 // Each command lives in Commands/<Name>Command.cs and is registered here with one line.
-var bench = new Command("bench", "Benchmarks: the cache engine, time to first token, an OpenAI endpoint.");
+var bench = new Command("bench", "Benchmarks: the cache engine, time to first token, an OpenAI endpoint, a fleet behind the router.");
 bench.Subcommands.Add(EngineBenchCommand.Create());
 bench.Subcommands.Add(BenchTtftCommand.Create());
 bench.Subcommands.Add(BenchServingCommand.Create());
+bench.Subcommands.Add(BenchFleetCommand.Create());
 root.Subcommands.Add(bench);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(ServerCommand.Create());

@@ -390,6 +390,34 @@ public class CacheEnginePrefetchTests
     }
 
     [Fact]
+    public async Task A_pinned_prefix_counts_the_tokens_it_fetched_from_a_lower_tier()
+    {
+        var pool = new KvBufferPool();
+        var remote = new EnvelopeTier(pool);
+        await using (var engine = TestData.EngineOver(remote, pool, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.01 }))
+        {
+            var tokens = TestData.Tokens(64, 25);
+            await engine.StoreAsync(tokens, new FakeSequence(TestData.SmallFormat, tokens));
+            await engine.FlushAsync();
+            using (var inMemory = await engine.PinAsync(tokens))
+            {
+                Assert.Equal((64, 0), (inMemory.Tokens, inMemory.LowerTierTokens));
+            }
+
+            await engine.Storage.Memory!.ClearAsync();
+            using (var half = await engine.PinAsync(tokens.AsMemory(0, 32)))
+            {
+                Assert.Equal((32, 32), (half.Tokens, half.LowerTierTokens)); // both chunks from the remote, now promoted
+            }
+
+            using var mixed = await engine.PinAsync(tokens);
+            Assert.Equal((64, 32), (mixed.Tokens, mixed.LowerTierTokens)); // two chunks in memory, two from the remote
+        }
+
+        Assert.Equal(0, pool.RentedCount);
+    }
+
+    [Fact]
     public async Task Pinning_fetches_every_lower_tier_chunk_of_a_prompt_at_once()
     {
         var pool = new KvBufferPool();

@@ -31,6 +31,31 @@ public sealed class SharedCacheServerTests
     }
 
     [Fact]
+    public async Task Timings_split_the_restored_tokens_into_fetched_from_the_cache_server_and_found_in_memory()
+    {
+        await using var cacheServer = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
+        await cacheServer.StartAsync(TestContext.Current.CancellationToken);
+        await using var one = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: c => c.RemoteUrl = cacheServer.Url);
+        await using var two = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: c => c.RemoteUrl = cacheServer.Url);
+        var prompt = Prompts.Long("split by tier") + " Where from?";
+        var body = new { prompt, max_tokens = 2, temperature = 0 };
+
+        var cold = (await one.PostAsync("/v1/completions", body))["timings"]!;
+        Assert.Equal((0, 0), (cold["cache_n"]!.GetValue<int>(), cold["cache_lower_tier_n"]!.GetValue<int>()));
+        await one.Service.Cache!.Engine.FlushAsync(TestContext.Current.CancellationToken);
+
+        // Instance two fetches the chunks from the cache server (the token-exact tail after them is not counted).
+        var remote = (await two.PostAsync("/v1/completions", body))["timings"]!;
+        var restored = remote["cache_n"]!.GetValue<int>();
+        var fetched = remote["cache_lower_tier_n"]!.GetValue<int>();
+        Assert.True(fetched >= restored - 16 && fetched > 0 && fetched <= restored, $"cache_n {restored}, cache_lower_tier_n {fetched}");
+
+        // Asked again, it finds them in its own memory tier.
+        var local = (await two.PostAsync("/v1/completions", body))["timings"]!;
+        Assert.Equal((restored, 0), (local["cache_n"]!.GetValue<int>(), local["cache_lower_tier_n"]!.GetValue<int>()));
+    }
+
+    [Fact]
     public async Task Two_instances_share_through_redis_when_a_redis_server_runs()
     {
         var url = TestServices.Url("LMCACHE_TEST_REDIS_URL");

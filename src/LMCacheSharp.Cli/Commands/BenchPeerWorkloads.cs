@@ -16,7 +16,14 @@ internal static class BenchPeerWorkloads
 {
     /// <summary>One measured request.</summary>
     internal sealed record Result(string Config, string Workload, bool Cold, double TtftMs, double TotalMs, int PromptTokens, int CachedTokens,
-        int CompletionTokens, double RestoreMs, double PromptMs, int Round);
+        int CompletionTokens, double RestoreMs, double PromptMs, int Round)
+    {
+        /// <summary>Of <see cref="CachedTokens"/>, those fetched from a tier below memory (serve's <c>timings.cache_lower_tier_n</c>).</summary>
+        public int LowerTierTokens { get; init; }
+
+        /// <summary>The instance a router sent the request to (its <c>X-LMCache-Instance</c> header), or null without a router.</summary>
+        public string? Instance { get; init; }
+    }
 
     /// <summary>Throughput of one configuration on the concurrent-clients workload.</summary>
     internal sealed record Throughput(string Config, int Clients, int Requests, double Seconds, int SecondQuestionHits, double SecondCachedShare);
@@ -43,7 +50,8 @@ internal static class BenchPeerWorkloads
         return text.ToString();
     }
 
-    private static string Question(int document, int round) => round switch
+    /// <summary>Question <paramref name="round"/> (0-based) about document <paramref name="document"/>.</summary>
+    public static string Question(int document, int round) => round switch
     {
         0 => $"Question: what is document {document} mostly about?",
         1 => "Question: which places does it name?",
@@ -152,7 +160,11 @@ internal static class BenchPeerWorkloads
     private static IEnumerable<(string Name, HttpClient Http)> Rotate(List<(string Name, HttpClient Http)> targets, int turn) =>
         Enumerable.Range(0, targets.Count).Select(k => targets[(turn + k) % targets.Count]);
 
-    private static async Task<(Result Result, string Text)> SendAsync(HttpClient http, string config, string workload, bool cold, string path,
+    /// <summary>
+    /// Sends one greedy streamed request (<paramref name="body"/> plus max_tokens, temperature 0, stream with usage) and
+    /// measures it: time to the first data event, total time, usage and serve's timings. Returns it and the text generated.
+    /// </summary>
+    public static async Task<(Result Result, string Text)> SendAsync(HttpClient http, string config, string workload, bool cold, string path,
         JsonObject body, int maxTokens, int round, CancellationToken ct)
     {
         body["max_tokens"] = maxTokens;
@@ -167,6 +179,8 @@ internal static class BenchPeerWorkloads
         double? ttft = null;
         int prompt = 0, cached = 0, completion = 0;
         double restoreMs = 0, promptMs = 0;
+        var lowerTier = 0;
+        var instance = response.Headers.TryGetValues("X-LMCache-Instance", out var values) ? values.FirstOrDefault() : null;
         var text = new StringBuilder();
         while (await reader.ReadLineAsync(ct) is { } line)
         {
@@ -186,6 +200,7 @@ internal static class BenchPeerWorkloads
             {
                 restoreMs = timings["restore_ms"]?.GetValue<double>() ?? 0;
                 promptMs = timings["prompt_ms"]?.GetValue<double>() ?? 0;
+                lowerTier = timings["cache_lower_tier_n"]?.GetValue<int>() ?? 0;
             }
 
             if (chunk?["usage"] is JsonObject usage)
@@ -197,7 +212,11 @@ internal static class BenchPeerWorkloads
         }
 
         var total = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-        return (new Result(config, workload, cold, ttft ?? total, total, prompt, cached, completion, restoreMs, promptMs, round), text.ToString());
+        return (new Result(config, workload, cold, ttft ?? total, total, prompt, cached, completion, restoreMs, promptMs, round)
+        {
+            LowerTierTokens = lowerTier,
+            Instance = instance,
+        }, text.ToString());
     }
 
     /// <summary>The peer table: per workload and configuration, cold and warm TTFT p50, their ratio and the cached tokens of warm requests.</summary>

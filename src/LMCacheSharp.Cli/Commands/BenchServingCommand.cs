@@ -364,7 +364,8 @@ internal static class BenchServingCommand
         Console.WriteLine($"results: {outputDir}/serving.json, serving.csv, serving-summary.md, serving-ttft.png");
     }
 
-    private static double Percentile(IEnumerable<double> values, double p)
+    /// <summary>The <paramref name="p"/> quantile (0..1) of <paramref name="values"/>, interpolated between ranks; 0 when empty.</summary>
+    internal static double Percentile(IEnumerable<double> values, double p)
     {
         var sorted = values.OrderBy(v => v).ToArray();
         if (sorted.Length == 0)

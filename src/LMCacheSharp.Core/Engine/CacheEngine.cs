@@ -240,8 +240,8 @@ public sealed partial class CacheEngine : IAsyncDisposable
         var fromLowerTier = present == 0 ? [] : new bool[present];
         for (var i = 0; i < present; i++)
         {
+            fromLowerTier[i] = !Storage.ContainsInMemory(keys[i]); // asked first: a lower tier may answer synchronously too
             var get = Storage.GetAsync(keys[i], cancellationToken);
-            fromLowerTier[i] = !get.IsCompletedSuccessfully; // only the memory tier answers synchronously
             fetches[i] = get.IsCompletedSuccessfully ? Task.FromResult(get.Result) : get.AsTask();
         }
 
@@ -278,6 +278,14 @@ public sealed partial class CacheEngine : IAsyncDisposable
 
         var hitTokens = Math.Min(pinned * ChunkSize, tokens.Length);
         var prefix = new CachedPrefix(ns, tokens, keys, chunks, pinned, hitTokens);
+        for (var i = 0; i < pinned; i++)
+        {
+            if (fromLowerTier[i])
+            {
+                prefix.LowerTierTokens += Math.Min(ChunkSize, tokens.Length - (i * ChunkSize));
+            }
+        }
+
         if (TokenExact)
         {
             for (var i = 0; i < pinned; i++)

@@ -56,6 +56,13 @@ public sealed class CachedPrefix : IDisposable
     /// <summary>Leading tokens whose KV the pinned chunks hold (0 once disposed).</summary>
     public int Tokens { get; private set; }
 
+    /// <summary>
+    /// Of the leading tokens of the whole-chunk run, those whose chunks <see cref="CacheEngine.PinAsync"/> fetched from a tier
+    /// below memory (disk or remote) rather than found in memory: what a request gained from the lower tiers. The token-exact
+    /// tail and chunks pinned later from memory (<see cref="CacheEngine.ExtendInMemory"/>) are not counted.
+    /// </summary>
+    public int LowerTierTokens { get; internal set; }
+
     /// <summary>Chunks pinned.</summary>
     public int ChunkCount => _count;
 

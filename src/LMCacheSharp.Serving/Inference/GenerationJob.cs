@@ -37,7 +37,14 @@ public readonly record struct GenerationUsage(int PromptTokens, int CompletionTo
 /// <param name="PromptMs">From the end of the restore to the first token: the prefill of <paramref name="PromptN"/> tokens (in batches shared with other requests).</param>
 /// <param name="PredictedN">Tokens generated.</param>
 /// <param name="PredictedMs">From the first token to the end.</param>
-public readonly record struct GenerationTimings(int CacheN, int PromptN, double QueueMs, double RestoreMs, double PromptMs, int PredictedN, double PredictedMs);
+public readonly record struct GenerationTimings(int CacheN, int PromptN, double QueueMs, double RestoreMs, double PromptMs, int PredictedN, double PredictedMs)
+{
+    /// <summary>
+    /// Of <see cref="CacheN"/>, tokens restored from chunks this request fetched from a tier below memory (disk or remote);
+    /// the rest came from this instance's memory tier or a sequence of its context. 0 when nothing was restored.
+    /// </summary>
+    public int CacheLowerTierN { get; init; }
+}
 
 /// <summary>One event of a generation stream: a piece of text, or the end.</summary>
 /// <param name="Text">Text produced since the previous event (may be empty).</param>

@@ -416,7 +416,10 @@ internal sealed class InferenceScheduler : IDisposable
             RestoreMs: job.RestoreMs,
             PromptMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.PrefillStart, job.FirstTokenAt).TotalMilliseconds,
             PredictedN: job.Generated,
-            PredictedMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt, now).TotalMilliseconds);
+            PredictedMs: job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt, now).TotalMilliseconds)
+        {
+            CacheLowerTierN = job.CacheFromLowerTiers,
+        };
         job.Request.Complete(new GenerationEvent(tail, reason, usage) { Timings = timings, Logprobs = logprobs });
         _metrics.Timings(timings);
 
@@ -557,6 +560,7 @@ internal sealed class InferenceScheduler : IDisposable
         }
 
         var cached = 0;
+        var fromLowerTiers = 0;
         // (Chunks stored since the prefetch, e.g. by the request just before, are pinned now: memory only, no wait.)
         if (_cache is not null && job.Request.Prefix is { } prefix && SchedulerPlanner.ShouldRestore(_cache.ExtendInMemory(prefix), shared))
         {
@@ -566,6 +570,7 @@ internal sealed class InferenceScheduler : IDisposable
             MakeRoom(prefix.Tokens);
             // The chunks were pinned in memory before the request was queued: this touches no tier and never waits on I/O.
             var restoreStart = Stopwatch.GetTimestamp();
+            fromLowerTiers = prefix.LowerTierTokens; // read before the restore releases the pins
             cached = _cache.Restore(slot.Sequence, prefix);
             job.RestoreMs = Stopwatch.GetElapsedTime(restoreStart).TotalMilliseconds;
 
@@ -587,6 +592,7 @@ internal sealed class InferenceScheduler : IDisposable
         {
             job.Request.ReleasePrefix(); // restored: the pins go now
             job.CacheRestored = cached;
+            job.CacheFromLowerTiers = Math.Min(fromLowerTiers, cached);
             slot.Materialized.AddRange(prompt.AsSpan(0, cached));
             job.State = JobState.Prefilling;
             return;
@@ -790,6 +796,9 @@ internal sealed class InferenceScheduler : IDisposable
         public int Prefilled { get; set; }
 
         public int CacheRestored { get; set; }
+
+        /// <summary>Of <see cref="CacheRestored"/>, tokens whose chunks the prefetch brought from a tier below memory.</summary>
+        public int CacheFromLowerTiers { get; set; }
 
         public int Shared { get; set; }
 

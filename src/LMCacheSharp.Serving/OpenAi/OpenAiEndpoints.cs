@@ -482,8 +482,8 @@ public static class OpenAiEndpoints
     };
 
     /// <summary>
-    /// llama-server's <c>timings</c> (cache_n, prompt_n, prompt_ms, predicted_n, predicted_ms, ...) plus restore_ms and
-    /// queue_ms. With n choices the token counts are summed over them (the other choices prefill nothing, so prompt_n
+    /// llama-server's <c>timings</c> (cache_n, prompt_n, prompt_ms, predicted_n, predicted_ms, ...) plus restore_ms,
+    /// queue_ms and cache_lower_tier_n (of cache_n, the tokens fetched from disk or remote rather than found in memory). With n choices the token counts are summed over them (the other choices prefill nothing, so prompt_n
     /// counts the one shared prefill) and the times are choice 0's.
     /// </summary>
     private static JsonObject? Timings(GenerationEvent[] finals)
@@ -498,11 +498,13 @@ public static class OpenAiEndpoints
             CacheN = finals.Sum(f => f.Timings?.CacheN ?? 0),
             PromptN = finals.Sum(f => f.Timings?.PromptN ?? 0),
             PredictedN = finals.Sum(f => f.Timings?.PredictedN ?? 0),
+            CacheLowerTierN = finals.Sum(f => f.Timings?.CacheLowerTierN ?? 0),
         };
 
         return new JsonObject
         {
             ["cache_n"] = t.CacheN,
+            ["cache_lower_tier_n"] = t.CacheLowerTierN, // ours: of cache_n, fetched from disk or remote for this request
             ["prompt_n"] = t.PromptN,
             ["queue_ms"] = Math.Round(t.QueueMs, 3),
             ["restore_ms"] = Math.Round(t.RestoreMs, 3),
