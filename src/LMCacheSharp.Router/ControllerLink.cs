@@ -27,7 +27,7 @@ public sealed partial class ControllerLink : IHostedService, IDisposable
     private readonly RouterOptions _options;
     private readonly RouterMetrics _metrics;
     private readonly Func<HealthMonitor> _monitor;
-    private readonly Func<string> _self;
+    private readonly Func<string?> _self;
     private readonly string _policy;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
@@ -42,11 +42,11 @@ public sealed partial class ControllerLink : IHostedService, IDisposable
     /// <param name="http">The client for the controller calls.</param>
     /// <param name="metrics">The router's metrics (refreshes, and the decisions it reports).</param>
     /// <param name="monitor">The health monitor that probes instances as they join.</param>
-    /// <param name="self">The router's name in reports (its URL), asked at each report (known once it listens).</param>
+    /// <param name="self">The router's name in reports (its URL), asked at each report; null until it listens (no report is sent then).</param>
     /// <param name="policy">The policy's contract name.</param>
     /// <param name="log">Where membership changes and failures go.</param>
     public ControllerLink(RouterOptions options, InstanceSet instances, HttpMessageInvoker http, RouterMetrics metrics, Func<HealthMonitor> monitor,
-        Func<string> self, string policy, ILogger log)
+        Func<string?> self, string policy, ILogger log)
     {
         _options = options ?? throw new ArgumentNullException(nameof(options));
         _controller = options.Controller ?? throw new ArgumentException("no controller is configured", nameof(options));
@@ -177,15 +177,23 @@ public sealed partial class ControllerLink : IHostedService, IDisposable
         return true;
     }
 
-    /// <summary>Posts the running total of decisions to <c>POST /router/report</c>; false when the controller did not take it.</summary>
+    /// <summary>
+    /// Posts the running total of decisions to <c>POST /router/report</c>; false when the controller did not take it, or the
+    /// router does not listen yet (it has no name to report under).
+    /// </summary>
     public async Task<bool> ReportAsync(CancellationToken cancellationToken = default)
     {
+        if (_self() is not { } self)
+        {
+            return false;
+        }
+
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             timeout.CancelAfter(_options.HealthTimeout);
             using var request = Request(HttpMethod.Post, "/router/report");
-            request.Content = JsonContent.Create(new JsonObject { ["router"] = _self(), ["policy"] = _policy, ["decisions_total"] = _metrics.DecisionsTotal });
+            request.Content = JsonContent.Create(new JsonObject { ["router"] = self, ["policy"] = _policy, ["decisions_total"] = _metrics.DecisionsTotal });
             using var response = await _http.SendAsync(request, timeout.Token).ConfigureAwait(false);
             return response.IsSuccessStatusCode || Failed($"POST /router/report answered {(int)response.StatusCode}");
         }

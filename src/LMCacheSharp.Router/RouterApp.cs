@@ -174,10 +174,17 @@ public static class RouterApp
             : direct;
     }
 
-    /// <summary>The router's name in its reports to the controller: its first listening address (0.0.0.0 as the machine's name).</summary>
-    private static string SelfName(IServer server)
+    /// <summary>
+    /// The router's name in its reports to the controller: its first listening address (0.0.0.0 as the machine's name); null
+    /// before it listens (hosted services start before the server binds).
+    /// </summary>
+    private static string? SelfName(IServer server)
     {
-        var address = server.Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault() ?? "router";
+        if (server.Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault() is not { } address || address.EndsWith(":0", StringComparison.Ordinal))
+        {
+            return null;
+        }
+
         return address.Replace("://0.0.0.0:", "://" + Environment.MachineName + ":", StringComparison.Ordinal)
             .Replace("://[::]:", "://" + Environment.MachineName + ":", StringComparison.Ordinal);
     }

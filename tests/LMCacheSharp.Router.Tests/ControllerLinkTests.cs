@@ -125,6 +125,7 @@ public sealed class ControllerLinkTests
         // The wrong token still reads the instance list (GET needs no token) but its reports are refused.
         Assert.Single(wrong.Members);
         await EventuallyAsync(() => Task.FromResult(wrong.Link.LastError?.Contains("401", StringComparison.Ordinal) == true), "the refused report");
-        Assert.DoesNotContain(routers, r => r!["router"]!.GetValue<string>() == wrong.BaseUrl);
+        // Only the router with the token, and only under its address (no report before it listened).
+        Assert.Equal([router.BaseUrl], routers.Select(r => r!["router"]!.GetValue<string>()));
     }
 }
