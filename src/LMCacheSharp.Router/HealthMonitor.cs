@@ -14,7 +14,7 @@ namespace LMCacheSharp.Router;
 /// </summary>
 public sealed class HealthMonitor : IHostedService, IDisposable
 {
-    private readonly IReadOnlyList<RouterInstance> _instances;
+    private readonly InstanceSet _instances;
     private readonly HttpMessageInvoker _http;
     private readonly RouterOptions _options;
     private readonly RouterMetrics _metrics;
@@ -23,7 +23,7 @@ public sealed class HealthMonitor : IHostedService, IDisposable
     private Task? _loop;
 
     /// <summary>Creates the monitor; <see cref="StartAsync"/> starts it.</summary>
-    public HealthMonitor(IReadOnlyList<RouterInstance> instances, HttpMessageInvoker http, RouterOptions options, RouterMetrics metrics, ILogger logger)
+    public HealthMonitor(InstanceSet instances, HttpMessageInvoker http, RouterOptions options, RouterMetrics metrics, ILogger logger)
     {
         _instances = instances ?? throw new ArgumentNullException(nameof(instances));
         _http = http ?? throw new ArgumentNullException(nameof(http));
@@ -33,7 +33,11 @@ public sealed class HealthMonitor : IHostedService, IDisposable
     }
 
     /// <summary>Probes every instance once now (all at once).</summary>
-    public Task ProbeAllAsync(CancellationToken cancellationToken = default) => Task.WhenAll(_instances.Select(i => ProbeAsync(i, cancellationToken)));
+    public Task ProbeAllAsync(CancellationToken cancellationToken = default) => ProbeAsync(_instances.Current, cancellationToken);
+
+    /// <summary>Probes <paramref name="instances"/> once now (all at once): instances that just joined.</summary>
+    public Task ProbeAsync(IEnumerable<RouterInstance> instances, CancellationToken cancellationToken = default) =>
+        Task.WhenAll(instances.Select(i => ProbeAsync(i, cancellationToken)));
 
     /// <inheritdoc />
     public async Task StartAsync(CancellationToken cancellationToken)

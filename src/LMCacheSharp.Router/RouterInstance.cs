@@ -31,6 +31,8 @@ public sealed class RouterInstance
 {
     private InstanceStatus _status = InstanceStatus.Unknown;
     private int _inFlight;
+    private volatile string? _controllerReason;
+    private volatile string? _controllerId;
 
     /// <summary>Creates the instance at <paramref name="url"/> (a base URL: scheme, host, port).</summary>
     public RouterInstance(Uri url)
@@ -49,8 +51,17 @@ public sealed class RouterInstance
     /// <summary>What the last probe found (or a forwarding failure since).</summary>
     public InstanceStatus Status => Volatile.Read(ref _status);
 
-    /// <summary>Whether requests may go there now.</summary>
-    public bool Healthy => Status.Healthy;
+    /// <summary>Whether requests may go there now: the router's own probe found it healthy, and the controller (with <c>--controller</c>) does not report it unhealthy.</summary>
+    public bool Healthy => Status.Healthy && _controllerReason is null;
+
+    /// <summary>With <c>--controller</c>: why the controller reports the instance unhealthy, or null (also without a controller).</summary>
+    public string? ControllerReason => _controllerReason;
+
+    /// <summary>With <c>--controller</c>: the id the controller gave the instance ("i1", ...), or null.</summary>
+    public string? ControllerId => _controllerId;
+
+    /// <summary>Why it is not routable now (the controller's reason first), or null when it is.</summary>
+    public string? Reason => _controllerReason ?? Status.Reason;
 
     /// <summary>Requests this router has forwarded there that have not finished.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
@@ -67,6 +78,13 @@ public sealed class RouterInstance
     {
         Interlocked.Increment(ref _inFlight);
         return new InFlightScope(this);
+    }
+
+    /// <summary>Records what the controller's <c>GET /instances</c> said of the instance (<see cref="ControllerLink"/>).</summary>
+    internal void SetController(string? id, string? unhealthyReason)
+    {
+        _controllerId = id;
+        _controllerReason = unhealthyReason;
     }
 
     /// <summary>Replaces the status (the health monitor).</summary>

@@ -22,9 +22,12 @@ public sealed class RouterMetrics : IDisposable
     private readonly Counter<long> _lookups;
     private readonly Histogram<double> _lookupTime;
     private readonly Counter<long> _healthChanges;
+    private readonly Counter<long> _controllerLookups;
+    private readonly Counter<long> _controllerRefreshes;
+    private long _decisionsTotal;
 
-    /// <summary>Creates the instruments; <paramref name="instances"/> are observed for health and in-flight gauges.</summary>
-    public RouterMetrics(IReadOnlyList<RouterInstance> instances, IMeterFactory? meterFactory = null)
+    /// <summary>Creates the instruments; the <paramref name="instances"/> of the moment are observed for health and in-flight gauges.</summary>
+    public RouterMetrics(InstanceSet instances, IMeterFactory? meterFactory = null)
     {
         ArgumentNullException.ThrowIfNull(instances);
         _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
@@ -40,14 +43,27 @@ public sealed class RouterMetrics : IDisposable
         _lookupTime = _meter.CreateHistogram<double>("lmcache_router.lookup_time", "s", "Time for all of a request's /lookup answers (bounded by the lookup timeout).",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1] });
         _healthChanges = _meter.CreateCounter<long>("lmcache_router.health_changes", "{change}", "Instances going down or coming back, by instance and new state.");
-        _meter.CreateObservableGauge("lmcache_router.instance_healthy", () => instances.Select(i =>
+        _controllerLookups = _meter.CreateCounter<long>("lmcache_router.controller_lookups", "{lookup}",
+            "kv-aware with --controller: lookups by outcome (ok; timeout, error: the controller failed; refused: a 4xx for the request; unreadable: a prompt the controller does not take; skipped: within the fallback window). All but ok were asked of the instances instead.");
+        _controllerRefreshes = _meter.CreateCounter<long>("lmcache_router.controller_refreshes", "{refresh}", "With --controller: GET /instances refreshes by outcome (ok, error).");
+        _meter.CreateObservableGauge("lmcache_router.instance_healthy", () => instances.Current.Select(i =>
             new Measurement<int>(i.Healthy ? 1 : 0, new KeyValuePair<string, object?>("instance", i.Name))), "1", "1 while an instance takes requests, 0 while it is out.");
-        _meter.CreateObservableGauge("lmcache_router.instance_in_flight", () => instances.Select(i =>
+        _meter.CreateObservableGauge("lmcache_router.instance_in_flight", () => instances.Current.Select(i =>
             new Measurement<int>(i.InFlight, new KeyValuePair<string, object?>("instance", i.Name))), "{request}", "Requests this router has in flight to each instance.");
     }
 
-    internal void Decision(string policy, RouterInstance instance) =>
+    /// <summary>Requests sent to an instance since the router started (a retry counts again): what it reports to the controller.</summary>
+    public long DecisionsTotal => Interlocked.Read(ref _decisionsTotal);
+
+    internal void Decision(string policy, RouterInstance instance)
+    {
+        Interlocked.Increment(ref _decisionsTotal);
         _decisions.Add(1, new KeyValuePair<string, object?>("policy", policy), new KeyValuePair<string, object?>("instance", instance.Name));
+    }
+
+    internal void ControllerLookup(string outcome) => _controllerLookups.Add(1, new KeyValuePair<string, object?>("outcome", outcome));
+
+    internal void ControllerRefresh(bool ok) => _controllerRefreshes.Add(1, new KeyValuePair<string, object?>("outcome", ok ? "ok" : "error"));
 
     internal void Retry(RouterInstance failed, string cause) =>
         _retries.Add(1, new KeyValuePair<string, object?>("instance", failed.Name), new KeyValuePair<string, object?>("cause", cause));

@@ -24,8 +24,32 @@ public sealed class RouterOptions
     /// <summary>Largest request body the router buffers to route on (bytes). Default 32 MiB, as <c>lmcache serve</c>; 1 KiB..1 GiB.</summary>
     public long MaxBodyBytes { get; set; } = 32L << 20;
 
-    /// <summary>The instances' base URLs (<c>--instances URL,URL,...</c>): http or https, no path, query or fragment. At least one, at most 1024.</summary>
+    /// <summary>
+    /// The instances' base URLs (<c>--instances URL,URL,...</c>): http or https, no path, query or fragment; 1..1024. Give either
+    /// this or <see cref="Controller"/>, not both.
+    /// </summary>
     public IReadOnlyList<Uri> Instances { get; set; } = [];
+
+    /// <summary>
+    /// The fleet controller (<c>--controller URL</c>, an <c>lmcache controller</c>): the instances are those registered there
+    /// (<c>GET /instances</c>, every <see cref="ControllerInterval"/>), kv-aware asks its <c>POST /lookup</c> once per request,
+    /// and the router reports its decisions to <c>POST /router/report</c>. An http(s) URL without query or fragment. Default
+    /// null. Give either this or <see cref="Instances"/>, not both.
+    /// </summary>
+    public Uri? Controller { get; set; }
+
+    /// <summary>
+    /// The controller's <c>--auth-token</c> (<c>--controller-token</c>, also <c>LMCACHE_CONTROLLER_TOKEN</c>), sent as the bearer
+    /// token on every call to the controller. Default null (none); only with <see cref="Controller"/>.
+    /// </summary>
+    public string? ControllerToken { get; set; }
+
+    /// <summary>
+    /// With <see cref="Controller"/>: time between refreshes of the instance list (<c>GET /instances</c>) and decision reports
+    /// (<c>POST /router/report</c>) (<c>--controller-interval</c>); after a failed controller lookup, kv-aware asks the instances
+    /// directly for this long before trying the controller again. Default 2 s (the controller's heartbeat interval); 0.05..3600 s.
+    /// </summary>
+    public TimeSpan ControllerInterval { get; set; } = TimeSpan.FromSeconds(2);
 
     /// <summary>The routing policy (<c>--policy</c>). Default <see cref="RoutingPolicyKind.KvAware"/>.</summary>
     public RoutingPolicyKind Policy { get; set; } = RoutingPolicyKind.KvAware;
@@ -38,7 +62,8 @@ public sealed class RouterOptions
 
     /// <summary>
     /// How long kv-aware waits for the instances' /lookup answers (<c>--lookup-timeout</c>); an instance that has not answered
-    /// by then counts as holding nothing. Default 50 ms; 1 ms..10 s.
+    /// by then counts as holding nothing. With <see cref="Controller"/>, also how long it waits for the controller's one answer
+    /// before asking the instances instead (so at worst twice this). Default 50 ms; 1 ms..10 s.
     /// </summary>
     public TimeSpan LookupTimeout { get; set; } = TimeSpan.FromMilliseconds(50);
 
@@ -72,9 +97,27 @@ public sealed class RouterOptions
             errors.Add($"--max-body-size: must be 1KB..1GB, got {MaxBodyBytes} bytes");
         }
 
-        if (Instances.Count is 0 or > 1024)
+        if (Controller is null && Instances.Count == 0)
+        {
+            errors.Add("--instances or --controller: give one: the instances' URLs (--instances http://127.0.0.1:8001,http://127.0.0.1:8002) or the controller's (--controller http://127.0.0.1:9300)");
+        }
+        else if (Controller is not null && Instances.Count > 0)
+        {
+            errors.Add("--instances and --controller: give one, not both (with --controller the instances are those registered with the controller)");
+        }
+        else if (Instances.Count > 1024)
         {
             errors.Add($"--instances: give 1..1024 instance URLs (comma-separated), got {Instances.Count}");
+        }
+
+        if (Controller is not null && CheckController(Controller) is { } controllerProblem)
+        {
+            errors.Add("--controller: " + controllerProblem);
+        }
+
+        if (Controller is null && ControllerToken is not null)
+        {
+            errors.Add("--controller-token: only with --controller");
         }
 
         foreach (var url in Instances)
@@ -95,6 +138,7 @@ public sealed class RouterOptions
         Range(errors, "--health-timeout", HealthTimeout, 0.05, 60);
         Range(errors, "--lookup-timeout", LookupTimeout, 0.001, 10);
         Range(errors, "--request-timeout", RequestTimeout, 1, 86400);
+        Range(errors, "--controller-interval", ControllerInterval, 0.05, 3600);
         if (KvTieTokens is < 0 or > 1 << 20)
         {
             errors.Add($"--kv-tie-tokens: must be 0..1048576 tokens, got {KvTieTokens}");
@@ -172,6 +216,46 @@ public sealed class RouterOptions
     {
         ArgumentNullException.ThrowIfNull(url);
         return url.GetLeftPart(UriPartial.Authority);
+    }
+
+    /// <summary>
+    /// Parses <c>--controller</c>: an absolute http(s) URL (a bare host:port gets http://); a bad one is added to
+    /// <paramref name="problems"/> and the result is null.
+    /// </summary>
+    public static Uri? ParseController(string? text, ICollection<string> problems)
+    {
+        ArgumentNullException.ThrowIfNull(problems);
+        if (string.IsNullOrWhiteSpace(text))
+        {
+            problems.Add("--controller: give the controller's URL, e.g. http://127.0.0.1:9300");
+            return null;
+        }
+
+        var trimmed = text.Trim();
+        var withScheme = trimmed.Contains("://", StringComparison.Ordinal) ? trimmed : "http://" + trimmed;
+        if (!Uri.TryCreate(withScheme, UriKind.Absolute, out var url))
+        {
+            problems.Add($"--controller: '{trimmed}' is not a URL (http://host:9300)");
+            return null;
+        }
+
+        if (CheckController(url) is { } problem)
+        {
+            problems.Add("--controller: " + problem);
+            return null;
+        }
+
+        return url;
+    }
+
+    private static string? CheckController(Uri url)
+    {
+        if (!url.IsAbsoluteUri || url.Scheme is not ("http" or "https"))
+        {
+            return $"'{url}' must be an http:// or https:// URL such as http://127.0.0.1:9300";
+        }
+
+        return url.Query.Length > 0 || url.Fragment.Length > 0 ? $"'{url}' must have no query or fragment (the router adds /instances, /lookup, ...)" : null;
     }
 
     private static string? CheckInstance(Uri url)

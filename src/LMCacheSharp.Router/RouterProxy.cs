@@ -16,7 +16,7 @@ namespace LMCacheSharp.Router;
 /// </summary>
 internal sealed class RouterProxy
 {
-    private readonly IReadOnlyList<RouterInstance> _instances;
+    private readonly InstanceSet _instances;
     private readonly IRoutingPolicy _policy;
     private readonly IHttpForwarder _forwarder;
     private readonly HttpMessageInvoker _client;
@@ -25,7 +25,7 @@ internal sealed class RouterProxy
     private readonly RouterMetrics _metrics;
     private readonly ILogger _log;
 
-    public RouterProxy(IReadOnlyList<RouterInstance> instances, IRoutingPolicy policy, IHttpForwarder forwarder, HttpMessageInvoker client,
+    public RouterProxy(InstanceSet instances, IRoutingPolicy policy, IHttpForwarder forwarder, HttpMessageInvoker client,
         RouterOptions options, RouterMetrics metrics, ILogger log)
     {
         _instances = instances;
@@ -101,11 +101,12 @@ internal sealed class RouterProxy
             return;
         }
 
-        var serving = request.Model is { } model ? _instances.Where(i => i.Status.Serves(model)).ToList() : [.. _instances];
+        var members = _instances.Current;
+        var serving = request.Model is { } model ? members.Where(i => i.Status.Serves(model)).ToList() : [.. members];
         var healthy = serving.Where(i => i.Healthy).ToList();
         if (healthy.Count == 0)
         {
-            await RefuseAsync(http, request).ConfigureAwait(false);
+            await RefuseAsync(http, request, members).ConfigureAwait(false);
             return;
         }
 
@@ -154,10 +155,10 @@ internal sealed class RouterProxy
     }
 
     /// <summary>No healthy instance serves the request's model: 404 when none serves it at all, else 503.</summary>
-    private async Task RefuseAsync(HttpContext http, RoutingRequest request)
+    private async Task RefuseAsync(HttpContext http, RoutingRequest request, IReadOnlyList<RouterInstance> members)
     {
-        var known = _instances.SelectMany(i => i.Status.Models).Select(m => m["id"]?.GetValue<string>()).OfType<string>().Distinct().ToList();
-        if (request.Model is { } model && _instances.Any(i => i.Healthy) && !_instances.Any(i => i.Status.Serves(model)))
+        var known = members.SelectMany(i => i.Status.Models).Select(m => m["id"]?.GetValue<string>()).OfType<string>().Distinct().ToList();
+        if (request.Model is { } model && members.Any(i => i.Healthy) && !members.Any(i => i.Status.Serves(model)))
         {
             _metrics.Rejected("unknown_model");
             await OpenAiError.WriteAsync(http, StatusCodes.Status404NotFound,

@@ -45,11 +45,29 @@ public sealed class RoundRobinPolicy : IRoutingPolicy
 /// </summary>
 public sealed class SessionPolicy : IRoutingPolicy
 {
-    private readonly ConsistentHashRing _ring;
+    private readonly Func<IReadOnlyList<RouterInstance>> _members;
     private readonly RoundRobinPolicy _fallback = new();
+    private MemberRing _ring;
 
-    /// <summary>Creates the policy over every configured instance.</summary>
-    public SessionPolicy(IReadOnlyList<RouterInstance> instances) => _ring = new ConsistentHashRing(instances);
+    /// <summary>Creates the policy over a fixed list of instances.</summary>
+    public SessionPolicy(IReadOnlyList<RouterInstance> instances)
+    {
+        ArgumentNullException.ThrowIfNull(instances);
+        _members = () => instances;
+        _ring = new MemberRing(instances, new ConsistentHashRing(instances));
+    }
+
+    /// <summary>
+    /// Creates the policy over the members of <paramref name="instances"/> (with <c>--controller</c> they change): the ring is
+    /// rebuilt when they do, which moves only the sessions next to an instance that joined or left.
+    /// </summary>
+    public SessionPolicy(InstanceSet instances)
+    {
+        ArgumentNullException.ThrowIfNull(instances);
+        _members = () => instances.Current;
+        var now = instances.Current;
+        _ring = new MemberRing(now, new ConsistentHashRing(now));
+    }
 
     /// <inheritdoc />
     public string Name => "session";
@@ -64,7 +82,16 @@ public sealed class SessionPolicy : IRoutingPolicy
             return _fallback.ChooseAsync(request, candidates, cancellationToken);
         }
 
-        foreach (var instance in _ring.Walk(session))
+        var members = _members();
+        var ring = Volatile.Read(ref _ring);
+        if (!ReferenceEquals(ring.Members, members))
+        {
+            // Racing rebuilders build equal rings: whichever lands is right.
+            ring = new MemberRing(members, new ConsistentHashRing(members));
+            Volatile.Write(ref _ring, ring);
+        }
+
+        foreach (var instance in ring.Ring.Walk(session))
         {
             if (candidates.Contains(instance))
             {
@@ -74,6 +101,9 @@ public sealed class SessionPolicy : IRoutingPolicy
 
         return _fallback.ChooseAsync(request, candidates, cancellationToken); // a candidate not on the ring: cannot happen
     }
+
+    /// <summary>The ring of one membership snapshot.</summary>
+    private sealed record MemberRing(IReadOnlyList<RouterInstance> Members, ConsistentHashRing Ring);
 }
 
 /// <summary>A consistent-hash ring: each instance at <see cref="PointsPerInstance"/> points (XxHash64 of "name#i"), a key at XxHash64 of its UTF-8.</summary>

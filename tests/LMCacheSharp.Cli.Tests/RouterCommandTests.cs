@@ -10,7 +10,7 @@ public sealed class RouterCommandTests
     {
         var (code, stdout, _) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--help");
         Assert.Equal(0, code);
-        foreach (var text in new[] { "--instances", "--policy", "kv-aware", "round-robin", "session", "least-loaded", "--lookup-timeout", "--kv-tie-tokens", "--kv-load-weight", "--max-body-size" })
+        foreach (var text in new[] { "--instances", "--controller", "--controller-token", "--controller-interval", "--policy", "kv-aware", "round-robin", "session", "least-loaded", "--lookup-timeout", "--kv-tie-tokens", "--kv-load-weight", "--max-body-size" })
         {
             Assert.Contains(text, stdout, StringComparison.Ordinal);
         }
@@ -44,7 +44,7 @@ public sealed class RouterCommandTests
     {
         var (missing, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", "0");
         Assert.Equal(2, missing);
-        Assert.Contains("--instances: required", stderr, StringComparison.Ordinal);
+        Assert.Contains("--instances or --controller: give one", stderr, StringComparison.Ordinal);
 
         using var taken = new TcpListener(IPAddress.Loopback, 0);
         taken.Start();
@@ -52,5 +52,41 @@ public sealed class RouterCommandTests
         var (busy, _, busyError) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", port, "--instances", "http://127.0.0.1:9");
         Assert.Equal(2, busy);
         Assert.Equal($"port {port} is in use; pass --port", busyError.Trim());
+    }
+
+    [Fact]
+    public async Task Bad_controller_values_are_exit_code_2_each_named_at_once()
+    {
+        var (code, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", "0",
+            "--controller", "ftp://host:9300", "--controller-interval", "often");
+        Assert.Equal(2, code);
+        Assert.Contains("--controller: 'ftp://host:9300/' must be an http:// or https:// URL", stderr, StringComparison.Ordinal);
+        Assert.Contains("--controller-interval: not a number of seconds: 'often'", stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("give one", stderr, StringComparison.Ordinal); // --controller was given, and named
+        Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);
+
+        var (query, _, queryError) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", "0",
+            "--controller", "http://127.0.0.1:9300/?x=1", "--controller-interval", "0");
+        Assert.Equal(2, query);
+        Assert.Contains("--controller: 'http://127.0.0.1:9300/?x=1' must have no query or fragment", queryError, StringComparison.Ordinal);
+        Assert.Contains("--controller-interval: must be 0.05..3600 s, got 0", queryError, StringComparison.Ordinal);
+
+        var (empty, _, emptyError) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", "0", "--controller", " ");
+        Assert.Equal(2, empty);
+        Assert.Contains("--controller: give the controller's URL", emptyError, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Controller_and_instances_together_or_a_token_without_a_controller_are_exit_code_2()
+    {
+        var (both, _, bothError) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", "0",
+            "--instances", "http://127.0.0.1:9", "--controller", "http://127.0.0.1:9300");
+        Assert.Equal(2, both);
+        Assert.Contains("--instances and --controller: give one, not both", bothError, StringComparison.Ordinal);
+
+        var (token, _, tokenError) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "router", "--port", "0",
+            "--instances", "http://127.0.0.1:9", "--controller-token", "t");
+        Assert.Equal(2, token);
+        Assert.Contains("--controller-token: only with --controller", tokenError, StringComparison.Ordinal);
     }
 }

@@ -9,8 +9,6 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 
-[assembly: CollectionBehavior(DisableTestParallelization = true)]
-
 namespace LMCacheSharp.Controller.Tests;
 
 /// <summary>A controller on 127.0.0.1 port 0, with a client.</summary>

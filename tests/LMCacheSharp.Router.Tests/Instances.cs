@@ -104,6 +104,7 @@ public sealed class FakeInstance : IAsyncDisposable
     private TaskCompletionSource _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _completions;
     private int _holding;
+    private int _lookups;
 
     private FakeInstance(WebApplication app, string model)
     {
@@ -131,6 +132,9 @@ public sealed class FakeInstance : IAsyncDisposable
 
     public int Holding => Volatile.Read(ref _holding);
 
+    /// <summary>POST /lookup calls answered (kv-aware asking this instance directly).</summary>
+    public int Lookups => Volatile.Read(ref _lookups);
+
     /// <summary>Streamed completions write these pieces, flushing after each, waiting on <see cref="StreamGate"/> after the first.</summary>
     public IReadOnlyList<byte[]> StreamPieces { get; set; } = [];
 
@@ -152,12 +156,16 @@ public sealed class FakeInstance : IAsyncDisposable
         app.MapGet("/health", () => Results.Json(new { status = self!.HealthStatus == 200 ? "ok" : "unhealthy" }, statusCode: self!.HealthStatus));
         app.MapGet("/v1/models", () => Results.Json(new { @object = "list", data = new[] { new { id = self!.Model, @object = "model", owned_by = "fake" } } }));
         app.MapGet("/load", () => Results.Json(new { in_flight = self!.Running, queued = self!.Queued }));
-        app.MapPost("/lookup", () => Results.Json(new
+        app.MapPost("/lookup", () =>
         {
-            prompt_tokens = 100,
-            cached_tokens = new { memory = self!.CachedTokens, disk = (int?)null, remote = (int?)null },
-            load = new { in_flight = self!.Running, queued = self!.Queued },
-        }));
+            Interlocked.Increment(ref self!._lookups);
+            return Results.Json(new
+            {
+                prompt_tokens = 100,
+                cached_tokens = new { memory = self!.CachedTokens, disk = (int?)null, remote = (int?)null },
+                load = new { in_flight = self!.Running, queued = self!.Queued },
+            });
+        });
         app.MapPost("/v1/completions", (HttpContext http) => self!.CompleteAsync(http));
         app.MapPost("/v1/chat/completions", (HttpContext http) => self!.CompleteAsync(http));
         await app.StartAsync();
@@ -245,6 +253,12 @@ public sealed class RouterHost : IAsyncDisposable
     public HttpClient Http { get; }
 
     public HealthMonitor Monitor => _app.Services.GetRequiredService<HealthMonitor>();
+
+    /// <summary>The instances the router routes over now.</summary>
+    public IReadOnlyList<RouterInstance> Members => _app.Services.GetRequiredService<InstanceSet>().Current;
+
+    /// <summary>With --controller: the link to it.</summary>
+    public ControllerLink Link => _app.Services.GetRequiredService<ControllerLink>();
 
     public static async Task<RouterHost> StartAsync(RoutingPolicyKind policy, IEnumerable<string> instances, Action<RouterOptions>? configure = null)
     {

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Router;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 
 namespace LMCacheSharp.Cli.Commands;
@@ -16,7 +17,13 @@ internal static class RouterCommand
     {
         var host = new Option<string>("--host") { Description = "Address to bind.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port (0 picks a free one).", DefaultValueFactory = _ => 8000 };
-        var instances = new Option<string?>("--instances") { Description = "The instances' base URLs, comma-separated: http://host:port,http://host:port (required)." };
+        var instances = new Option<string?>("--instances") { Description = "The instances' base URLs, comma-separated: http://host:port,http://host:port (this or --controller)." };
+        var controller = new Option<string?>("--controller")
+        {
+            Description = "The fleet controller (lmcache controller), e.g. http://127.0.0.1:9300 (this or --instances): the instances are those registered there, kv-aware asks its /lookup once per request, and decisions are reported to it.",
+        };
+        var controllerToken = new Option<string?>("--controller-token") { Description = "The controller's --auth-token (also LMCACHE_CONTROLLER_TOKEN), sent on every call to it." };
+        var controllerInterval = Flag("--controller-interval", "Seconds between refreshes of the controller's instance list and decision reports; also how long kv-aware asks the instances directly after a failed controller lookup. Default 2; 0.05..3600.");
         var policy = new Option<string>("--policy")
         {
             Description = "kv-aware (longest cached prefix in an instance's memory, weighed against load), round-robin, session (sticky by X-Session-Id or user) or least-loaded.",
@@ -24,7 +31,7 @@ internal static class RouterCommand
         };
         var healthInterval = Flag("--health-interval", "Seconds between health probes of each instance (GET /health). Default 2; 0.05..3600.");
         var healthTimeout = Flag("--health-timeout", "Seconds a health probe may take before the instance is out. Default 2; 0.05..60.");
-        var lookupTimeout = Flag("--lookup-timeout", "Seconds kv-aware waits for the instances' /lookup answers; later is nothing cached. Default 0.05; 0.001..10.");
+        var lookupTimeout = Flag("--lookup-timeout", "Seconds kv-aware waits for the /lookup answers (the controller's, else each instance's); later is nothing cached. Default 0.05; 0.001..10.");
         var tieTokens = Flag("--kv-tie-tokens", "kv-aware: cached prefixes within this many tokens of the longest count as the longest (load decides). Default 256; 0..1048576.");
         var loadWeight = Flag("--kv-load-weight", "kv-aware: cached tokens one request in flight or queued on an instance is worth. Default 256; 0..1048576.");
         var maxBody = Flag("--max-body-size", "Largest request body, e.g. 32MB; larger is 413. Default 32MB; 1KB..1GB.");
@@ -32,7 +39,7 @@ internal static class RouterCommand
         var logLevel = new Option<string>("--log-level") { Description = "trace, debug, information, warning, error or none (information: one line per request).", DefaultValueFactory = _ => "information" };
         var command = new Command("router", "Route OpenAI requests over several lmcache serve instances (kv-aware, round-robin, session, least-loaded).")
         {
-            host, port, instances, policy, healthInterval, healthTimeout, lookupTimeout, tieTokens, loadWeight, maxBody, requestTimeout, logLevel,
+            host, port, instances, controller, controllerToken, controllerInterval, policy, healthInterval, healthTimeout, lookupTimeout, tieTokens, loadWeight, maxBody, requestTimeout, logLevel,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -40,14 +47,27 @@ internal static class RouterCommand
             var problems = new List<string>();
             var options = new RouterOptions();
             var list = r.GetValue(instances);
-            if (string.IsNullOrWhiteSpace(list))
+            if (list is not null)
             {
-                problems.Add("--instances: required: the instances' base URLs, comma-separated (http://127.0.0.1:8001,http://127.0.0.1:8002)");
+                options.Instances = RouterOptions.ParseInstances(list, problems);
+                if (options.Instances.Count == 0 && string.IsNullOrWhiteSpace(list))
+                {
+                    problems.Add("--instances: give the instances' base URLs, comma-separated (http://127.0.0.1:8001,http://127.0.0.1:8002)");
+                }
+            }
+
+            var controllerText = r.GetValue(controller);
+            if (controllerText is not null)
+            {
+                options.Controller = RouterOptions.ParseController(controllerText, problems);
+                options.ControllerToken = r.GetValue(controllerToken) ?? Environment.GetEnvironmentVariable("LMCACHE_CONTROLLER_TOKEN");
             }
             else
             {
-                options.Instances = RouterOptions.ParseInstances(list, problems);
+                options.ControllerToken = r.GetValue(controllerToken); // an error without --controller (GetErrors)
             }
+
+            Seconds(r, controllerInterval, problems, v => options.ControllerInterval = v);
 
             if (RouterOptions.ParsePolicy(r.GetValue(policy)) is { } kind)
             {
@@ -85,8 +105,10 @@ internal static class RouterCommand
                 problems.Add($"--log-level: must be trace, debug, information, warning, error or none, got '{r.GetValue(logLevel)}'");
             }
 
-            // Errors of values that parsed (ranges, duplicates); instance problems were named while parsing.
-            problems.AddRange(options.GetErrors().Where(e => options.Instances.Count > 0 || !e.StartsWith("--instances", StringComparison.Ordinal)));
+            // Errors of values that parsed (ranges, duplicates, --instances against --controller); a flag whose value did not
+            // parse was named while parsing, so "give one of them" is left out then.
+            var given = list is not null || controllerText is not null;
+            problems.AddRange(options.GetErrors().Where(e => !(given && e.StartsWith("--instances or --controller", StringComparison.Ordinal))));
             if (problems.Count > 0)
             {
                 await Console.Error.WriteLineAsync("lmcache router: invalid configuration:" + Environment.NewLine +
@@ -104,8 +126,10 @@ internal static class RouterCommand
             {
                 await using var app = RouterApp.Build(options, [$"http://{r.GetValue(host)}:{r.GetValue(port)}"]);
                 await app.StartAsync(ct);
-                var names = string.Join(", ", options.Instances.Select(RouterOptions.Key));
-                Console.WriteLine($"lmcache router: {string.Join(", ", app.Urls)} (policy {RouterOptions.PolicyName(options.Policy)}, instances {names}); Ctrl+C to stop");
+                var members = app.Services.GetRequiredService<InstanceSet>().Current;
+                var names = members.Count == 0 ? "none yet" : string.Join(", ", members.Select(i => i.Name));
+                var source = options.Controller is { } c ? $"instances from the controller {c.ToString().TrimEnd('/')}: {names}" : $"instances {names}";
+                Console.WriteLine($"lmcache router: {string.Join(", ", app.Urls)} (policy {RouterOptions.PolicyName(options.Policy)}, {source}); Ctrl+C to stop");
                 await app.WaitForShutdownAsync(ct);
                 return 0;
             }
