@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using LMCacheSharp.Http;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Hosting;
@@ -93,30 +94,7 @@ public static class RouterApp
             metrics.Dispose();
         });
 
-        app.UseStatusCodePages(async context =>
-        {
-            var http = context.HttpContext;
-            if (http.Response.StatusCode is 404 or 405)
-            {
-                var message = http.Response.StatusCode == 404
-                    ? $"no endpoint {http.Request.Path} (see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics)"
-                    : $"{http.Request.Method} is not allowed on {http.Request.Path}";
-                await OpenAiError.WriteAsync(http, http.Response.StatusCode, message, "invalid_request_error",
-                    code: http.Response.StatusCode == 404 ? "not_found" : "method_not_allowed").ConfigureAwait(false);
-            }
-        });
-        app.UseExceptionHandler(error => error.Run(async http =>
-        {
-            var e = http.Features.Get<IExceptionHandlerFeature>()?.Error;
-            if (e is BadHttpRequestException bad)
-            {
-                await OpenAiError.WriteAsync(http, bad.StatusCode, bad.Message, "invalid_request_error").ConfigureAwait(false);
-                return;
-            }
-
-            http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Router").LogError(e, "unhandled error on {Path}", http.Request.Path.Value);
-            await OpenAiError.WriteAsync(http, 500, "internal server error", "server_error").ConfigureAwait(false);
-        }));
+        app.UseOpenAiErrors("/v1/models, /v1/completions, /v1/chat/completions, /health, /metrics", "LMCacheSharp.Router");
 
         var proxy = app.Services.GetRequiredService<RouterProxy>();
         var policy = app.Services.GetRequiredService<IRoutingPolicy>();
@@ -125,10 +103,10 @@ public static class RouterApp
         app.MapPost("/v1/chat/completions", proxy.HandleAsync);
         app.MapGet("/v1/models", () => Models(instances.Current) is { } cards
             ? Results.Json(new JsonObject { ["object"] = "list", ["data"] = cards })
-            : Results.Json(OpenAiError.Body("no instance is healthy now; retry later", "server_error", null, "no_healthy_instance"), statusCode: 503));
+            : Results.Json(OpenAiErrors.Body("no instance is healthy now; retry later", "server_error", null, "no_healthy_instance"), statusCode: 503));
         app.MapGet("/v1/models/{id}", (string id) => Models(instances.Current)?.OfType<JsonObject>().FirstOrDefault(m => m["id"]?.GetValue<string>() == id) is { } card
             ? Results.Json(card)
-            : Results.Json(OpenAiError.Body($"The model '{id}' does not exist (see /v1/models).", "invalid_request_error", "model", "model_not_found"), statusCode: 404));
+            : Results.Json(OpenAiErrors.Body($"The model '{id}' does not exist (see /v1/models).", "invalid_request_error", "model", "model_not_found"), statusCode: 404));
         app.MapGet("/health", () =>
         {
             var members = instances.Current;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json;
+using LMCacheSharp.Http;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 using Yarp.ReverseProxy.Forwarder;
@@ -83,7 +84,7 @@ internal sealed class RouterProxy
         if (body is null)
         {
             _metrics.Rejected("too_large");
-            await OpenAiError.WriteAsync(http, StatusCodes.Status413PayloadTooLarge,
+            await OpenAiErrors.WriteAsync(http, StatusCodes.Status413PayloadTooLarge,
                 $"the request body is larger than {_options.MaxBodyBytes} bytes, the router's limit", "invalid_request_error", null, "request_too_large").ConfigureAwait(false);
             return;
         }
@@ -96,7 +97,7 @@ internal sealed class RouterProxy
         catch (JsonException e)
         {
             _metrics.Rejected("bad_json");
-            await OpenAiError.WriteAsync(http, StatusCodes.Status400BadRequest, $"the request body is not valid JSON: {e.Message}", "invalid_request_error")
+            await OpenAiErrors.WriteAsync(http, StatusCodes.Status400BadRequest, $"the request body is not valid JSON: {e.Message}", "invalid_request_error")
                 .ConfigureAwait(false);
             return;
         }
@@ -148,7 +149,7 @@ internal sealed class RouterProxy
         {
             _metrics.Rejected("all_failed");
             var timedOut = failure == "timeout";
-            await OpenAiError.WriteAsync(http, timedOut ? StatusCodes.Status504GatewayTimeout : StatusCodes.Status502BadGateway,
+            await OpenAiErrors.WriteAsync(http, timedOut ? StatusCodes.Status504GatewayTimeout : StatusCodes.Status502BadGateway,
                 $"instance {decision.Instance.Name} failed ({failure}){(retried is null ? "" : $" after {retried.Name} failed too")}", "server_error",
                 null, timedOut ? "upstream_timeout" : "upstream_failed").ConfigureAwait(false);
         }
@@ -161,14 +162,14 @@ internal sealed class RouterProxy
         if (request.Model is { } model && members.Any(i => i.Healthy) && !members.Any(i => i.Status.Serves(model)))
         {
             _metrics.Rejected("unknown_model");
-            await OpenAiError.WriteAsync(http, StatusCodes.Status404NotFound,
+            await OpenAiErrors.WriteAsync(http, StatusCodes.Status404NotFound,
                 $"The model '{model}' does not exist; the instances serve {string.Join(", ", known.Select(k => $"'{k}'"))} (see /v1/models).",
                 "invalid_request_error", "model", "model_not_found").ConfigureAwait(false);
             return;
         }
 
         _metrics.Rejected("no_healthy_instance");
-        await OpenAiError.WriteAsync(http, StatusCodes.Status503ServiceUnavailable,
+        await OpenAiErrors.WriteAsync(http, StatusCodes.Status503ServiceUnavailable,
             request.Model is { } m ? $"no healthy instance serves '{m}' now; retry later" : "no instance is healthy now; retry later",
             "server_error", null, "no_healthy_instance").ConfigureAwait(false);
     }

@@ -415,6 +415,14 @@ public sealed class RouterTests
     /// The value of the router's metric <c>lmcache_router.NAME</c> with exactly <paramref name="labels"/>, as prometheus-net
     /// exports it (<c>lmcachesharp_router_lmcache_router_NAME{labels} value</c>); fails when absent.
     /// </summary>
+    /// <summary>The metric's value, or 0 while the series does not exist yet.</summary>
+    internal static double MetricOrZero(string metrics, string name, string labels)
+    {
+        var prefix = $"lmcachesharp_router_lmcache_router_{name}{{{labels}}} ";
+        var line = metrics.Split('\n').FirstOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal));
+        return line is null ? 0 : double.Parse(line[prefix.Length..], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     internal static double Metric(string metrics, string name, string labels)
     {
         var prefix = $"lmcachesharp_router_lmcache_router_{name}{{{labels}}} ";
