@@ -47,6 +47,16 @@ public class SchedulerPlannerTests
     }
 
     [Theory]
+    [InlineData(10, 256, 1810, 10, false)]    // the chat template's first tokens before a long prefill: 246 empty cells x 1,800 tokens
+    [InlineData(10, 256, 200, 10, true)]      // the 190 tokens left fill the hole
+    [InlineData(7, 16, 529, 519, true)]       // a short hole before a short question
+    [InlineData(150, 256, 700, 662, true)]    // a document's end before a question: 106 cells left empty, 150 saved
+    [InlineData(128, 256, 5000, 128, true)]   // 128 x 4,872 <= 128 x 5,000
+    [InlineData(100, 100, 5000, 612, true)]   // a whole partial chunk: no hole
+    public void A_tail_is_kept_unless_its_hole_costs_more_attention_than_recomputing_it(int tail, int chunk, int prompt, int cached, bool keep) =>
+        Assert.Equal(keep, SchedulerPlanner.KeepTail(tail, chunk, prompt, cached));
+
+    [Theory]
     [InlineData(0, 1000, 1, 100, false, 1, true)]     // nothing runs: always admitted (the context check is the 400's job)
     [InlineData(3000, 1000, 1, 100, false, 1, true)]
     [InlineData(3000, 1000, 1, 100, true, 1, false)]  // 3000 + 1000 + 100 > 4096 beside a running request: waits

@@ -430,7 +430,7 @@ public sealed partial class CacheEngine : IAsyncDisposable
             prefix.Append(more, Math.Min((prefix.ChunkCount + 1) * ChunkSize, prefix.PromptTokens));
         }
 
-        if (TokenExact && (prefix.ChunkCount > run || prefix.Tail is null || prefix.TailTokens < prefix.PromptTokens - prefix.RunTokens))
+        if (TokenExact && !prefix.TailDeclined && (prefix.ChunkCount > run || prefix.Tail is null || prefix.TailTokens < prefix.PromptTokens - prefix.RunTokens))
         {
             FindTail(prefix); // a longer child may have been stored since the lookup (the previous turn's completion)
         }

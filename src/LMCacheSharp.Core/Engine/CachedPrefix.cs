@@ -41,6 +41,19 @@ public sealed class CachedPrefix : IDisposable
     /// <summary>Tokens of <see cref="Tail"/> that match the request (0 without a tail).</summary>
     public int TailTokens { get; private set; }
 
+    /// <summary>Tokens the tail chunk holds in all (its first <see cref="TailTokens"/> are used), or 0 without a tail.</summary>
+    public int TailChunkTokens => Tail?.TokenCount ?? 0;
+
+    /// <summary>Gives up the token-exact tail (the whole-chunk run stays pinned): the caller recomputes those tokens instead.</summary>
+    public void DropTail()
+    {
+        SetTail(null, 0);
+        TailDeclined = true;
+    }
+
+    /// <summary>Whether the caller gave up the tail (<see cref="DropTail"/>): the engine does not look for one again.</summary>
+    internal bool TailDeclined { get; private set; }
+
     /// <summary>Leading tokens the whole chunks of the run cover.</summary>
     public int RunTokens => Tokens - TailTokens;
 

@@ -562,16 +562,23 @@ internal sealed class InferenceScheduler : IDisposable
         var cached = 0;
         var fromLowerTiers = 0;
         // (Chunks stored since the prefetch, e.g. by the request just before, are pinned now: memory only, no wait.)
-        if (_cache is not null && job.Request.Prefix is { } prefix && SchedulerPlanner.ShouldRestore(_cache.ExtendInMemory(prefix), shared))
+        var pinned = _cache is null ? null : job.Request.Prefix;
+        if (pinned is not null && _cache!.ExtendInMemory(pinned) > 0 && pinned.TailTokens > 0 &&
+            !SchedulerPlanner.KeepTail(pinned.TailTokens, pinned.TailChunkTokens, prompt.Length, pinned.Tokens))
+        {
+            pinned.DropTail(); // a short tail before a long prefill costs more attention than it saves
+        }
+
+        if (pinned is not null && SchedulerPlanner.ShouldRestore(pinned.Tokens, shared))
         {
             // The tiers hold more of the prefix than any sequence here: free the residents first, so that the restored
             // cells and the prefill after them land low in the KV (a narrow attention window).
             FreeResidentsExcept(slot, null);
-            MakeRoom(prefix.Tokens);
+            MakeRoom(pinned.Tokens);
             // The chunks were pinned in memory before the request was queued: this touches no tier and never waits on I/O.
             var restoreStart = Stopwatch.GetTimestamp();
-            fromLowerTiers = prefix.LowerTierTokens; // read before the restore releases the pins
-            cached = _cache.Restore(slot.Sequence, prefix);
+            fromLowerTiers = pinned.LowerTierTokens; // read before the restore releases the pins
+            cached = _cache!.Restore(slot.Sequence, pinned);
             job.RestoreMs = Stopwatch.GetElapsedTime(restoreStart).TotalMilliseconds;
 
             if (cached <= 0 || _context.NativeHandle.MemorySequenceMaxPosition(slot.Sequence) != cached - 1)

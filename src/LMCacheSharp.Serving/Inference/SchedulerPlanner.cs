@@ -70,6 +70,21 @@ internal static class SchedulerPlanner
         return (donor, shared);
     }
 
+    /// <summary>
+    /// Whether a token-exact tail is worth restoring. The tail chunk goes in whole and the cells past its
+    /// <paramref name="tailTokens"/> are removed, which leaves a hole of the rest in the unified KV cells. A prefill that
+    /// fits in the hole fills it; a longer one lands past it, and the hole widens the attention window of every token
+    /// computed after it (measured on stories260K: a 10-token tail before a 1,800-token prefill made the prefill 18%
+    /// slower). In attention work: keeping costs hole x the tokens left to compute, dropping costs the tail's tokens x the
+    /// prompt's length; the tail is kept unless the first is larger (or when what is left fits in the hole).
+    /// </summary>
+    public static bool KeepTail(int tailTokens, int tailChunkTokens, int promptTokens, int cachedTokens)
+    {
+        long hole = tailChunkTokens - tailTokens;
+        long remaining = promptTokens - cachedTokens;
+        return remaining <= hole || hole * remaining <= (long)tailTokens * promptTokens;
+    }
+
     /// <summary>Whether to restore from the tiers: only when they hold more of the prefix than the best donor shares.</summary>
     public static bool ShouldRestore(int cachedTokens, int sharedTokens) => cachedTokens > sharedTokens;
 
