@@ -32,3 +32,20 @@ demo_wait_for() {
   done
   echo "$1 did not come up; the log:"; cat "$2"; exit 1
 }
+
+# demo_start: builds the CLI, sets LMCACHE (the command), logs (a temporary folder) and pids (started processes, which
+# the EXIT trap stops before it removes the logs).
+demo_start() {
+  echo "== building"
+  dotnet build -c Release src/LMCacheSharp.Cli -nologo -v q >/dev/null
+  LMCACHE=(dotnet src/LMCacheSharp.Cli/bin/Release/net10.0/lmcache.dll)
+  logs=$(mktemp -d)
+  pids=()
+  trap demo_cleanup EXIT
+}
+
+demo_cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$logs"
+}

@@ -33,17 +33,7 @@ if [[ ${#MODEL_ARGS[@]} -eq 0 ]]; then
   fi
 fi
 
-echo "== building"
-dotnet build -c Release src/LMCacheSharp.Cli -nologo -v q >/dev/null
-LMCACHE=(dotnet src/LMCacheSharp.Cli/bin/Release/net10.0/lmcache.dll)
-logs=$(mktemp -d)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$logs"
-}
-trap cleanup EXIT
+demo_start
 CONTROLLER=http://127.0.0.1:$CONTROLLER_PORT
 
 echo "== cache server on lm://127.0.0.1:$CACHE_PORT"

@@ -15,17 +15,7 @@ PORT2=${PORT2:-8002}
 ROUTER_PORT=${ROUTER_PORT:-8000}
 MODEL_ARGS=("$@")
 
-echo "== building"
-dotnet build -c Release src/LMCacheSharp.Cli -nologo -v q >/dev/null
-LMCACHE=(dotnet src/LMCacheSharp.Cli/bin/Release/net10.0/lmcache.dll)
-logs=$(mktemp -d)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$logs"
-}
-trap cleanup EXIT
+demo_start
 
 body() { # body DOCUMENT QUESTION
   python3 -c 'import json, sys

@@ -14,18 +14,7 @@ PORT1=${PORT1:-8001}
 PORT2=${PORT2:-8002}
 MODEL_ARGS=("$@")
 
-echo "== building"
-dotnet build -c Release src/LMCacheSharp.Cli -nologo -v q >/dev/null
-LMCACHE=(dotnet src/LMCacheSharp.Cli/bin/Release/net10.0/lmcache.dll)
-
-logs=$(mktemp -d)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$logs"
-}
-trap cleanup EXIT
+demo_start
 
 echo "== cache server on 127.0.0.1:$CACHE_PORT"
 "${LMCACHE[@]}" server --port "$CACHE_PORT" --capacity 2GB >"$logs/server.log" 2>&1 &

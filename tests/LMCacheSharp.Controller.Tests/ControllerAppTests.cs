@@ -27,7 +27,15 @@ public sealed class ControllerAppTests
         await b.RegisterAsync(controller);
         await RunningController.EventuallyAsync(() => controller.Directory.Count == 5, "5 chunks in the directory");
 
-        var lookup = await controller.OkAsync("/lookup", new { model = "tiny", tokens = doc[..17].Append(7).ToArray() });
+        // b's 2 chunks are a's first 2: the count says nothing about b's replay, so wait until its disk tier shows.
+        var ask = new { model = "tiny", tokens = doc[..17].Append(7).ToArray() };
+        var lookup = await controller.OkAsync("/lookup", ask);
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); Cached(lookup, b.Id!, "disk") < 8 && DateTime.UtcNow < deadline;)
+        {
+            await Task.Delay(20, TestContext.Current.CancellationToken);
+            lookup = await controller.OkAsync("/lookup", ask);
+        }
+
         Assert.Equal(18, lookup["prompt_tokens"]!.GetValue<int>());
         Assert.Equal(17, Cached(lookup, a.Id!, "memory")); // 16 whole + 1 token of the stored tail of 2
         Assert.Equal(0, Cached(lookup, a.Id!, "disk"));
