@@ -13,6 +13,9 @@ internal sealed partial class KvEventIngestor : IDisposable
 {
     private static readonly TimeSpan ReceiveTimeout = TimeSpan.FromMilliseconds(200);
 
+    /// <summary>Quiet receive timeouts (200 ms each) after which the replay socket is asked for anything missed: 1 s.</summary>
+    private const int IdleReplayEvery = 5;
+
     private readonly FleetInstance _instance;
     private readonly ChunkDirectory _directory;
     private readonly ControllerMetrics _metrics;
@@ -57,6 +60,7 @@ internal sealed partial class KvEventIngestor : IDisposable
         var registration = _instance.Registration;
         var backoff = TimeSpan.FromMilliseconds(200);
         var warned = false;
+        var idle = 0;
         try
         {
             using var subscriber = new KvEventSubscriber(registration.KvEvents!, registration.KvEventsReplay, registration.KvEventsTopic);
@@ -80,8 +84,18 @@ internal sealed partial class KvEventIngestor : IDisposable
                 {
                     if (!subscriber.TryReceive(ReceiveTimeout, out message))
                     {
+                        // A PUB socket drops what it sends before the subscription has joined, and a gap is only seen
+                        // when a later batch arrives: when the stream is quiet, ask the replay socket now and then
+                        // (every IdleReplayEvery receive timeouts; it answers just its end marker when nothing is new).
+                        if (registration.KvEventsReplay is not null && ++idle % IdleReplayEvery == 0)
+                        {
+                            TryReplay(subscriber, ref warned); // a failure is retried at the next quiet second
+                        }
+
                         continue;
                     }
+
+                    idle = 0;
                 }
                 catch (KvEventFormatException e)
                 {
