@@ -436,9 +436,9 @@ public sealed partial class CacheSession
                                 continue;
                             }
 
-                            if (found.Count < max && _children.TokensOf(parentHash, match.Key) is { } tokens)
+                            if (found.Count < max)
                             {
-                                found.Add((key, tokens));
+                                found.Add((key, match.Tokens.ToArray()));
                             }
                         }
                     }

@@ -4,9 +4,13 @@ namespace LMCacheSharp.Core.Engine;
 
 /// <summary>A stored chunk that may continue a prefix: its key and how many leading tokens it shares with the request.</summary>
 /// <param name="Key">The child chunk's key.</param>
-/// <param name="ChunkTokens">Tokens the child chunk covers.</param>
+/// <param name="Tokens">The tokens the child chunk covers (a read-only view of the index's own copy).</param>
 /// <param name="Common">Leading tokens the child shares with the request's next tokens.</param>
-public readonly record struct TailMatch(ChunkHash Key, int ChunkTokens, int Common);
+public readonly record struct TailMatch(ChunkHash Key, ReadOnlyMemory<int> Tokens, int Common)
+{
+    /// <summary>Tokens the child chunk covers.</summary>
+    public int ChunkTokens => Tokens.Length;
+}
 
 /// <summary>
 /// Token-exact reuse past the last whole-chunk hit (DESIGN section 10): for each stored chunk, its parent (the previous
@@ -152,7 +156,7 @@ public sealed class TailIndex
                 var common = next.CommonPrefixLength(child.Tokens);
                 if (common > 0)
                 {
-                    (matches ??= []).Add(new TailMatch(child.Key, child.Tokens.Length, common));
+                    (matches ??= []).Add(new TailMatch(child.Key, child.Tokens, common));
                 }
             }
         }
@@ -164,15 +168,6 @@ public sealed class TailIndex
 
         matches.Sort(static (a, b) => a.Common != b.Common ? b.Common.CompareTo(a.Common) : a.ChunkTokens.CompareTo(b.ChunkTokens));
         return matches.Count > max ? matches.GetRange(0, max) : matches;
-    }
-
-    /// <summary>The tokens of a remembered child, or null when it is not remembered.</summary>
-    public int[]? TokensOf(ChunkHash parent, ChunkHash key)
-    {
-        lock (_lock)
-        {
-            return _children.TryGetValue(parent, out var list) ? list.Find(c => c.Key == key)?.Tokens : null;
-        }
     }
 
     /// <summary>Forgets a child (its chunk is gone).</summary>
