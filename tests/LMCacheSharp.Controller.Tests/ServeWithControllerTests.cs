@@ -64,6 +64,20 @@ public sealed class ServeWithControllerTests
                 Assert.Equal(401, (int)denied.StatusCode);
             }
 
+            // Bad inputs to the admin endpoints (with the token): clear 4xx/501 in OpenAI's shape; the next good request succeeds.
+            http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", "fleet");
+            foreach (var (path, body, status) in new[]
+            {
+                ("/lmcache/prefetch", "{not json", 400), ("/lmcache/clear", "[1, 2]", 400), ("/lmcache/tokenize", "\"just a string\"", 400),
+                ("/lmcache/prefetch", "{\"prompt\": \"\ud800\"}", 400), ("/lmcache/pin", "{}", 501),
+            })
+            {
+                using var bad = await http.PostAsync(path, new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
+                Assert.True((int)bad.StatusCode == status, $"{path} {body}: {(int)bad.StatusCode} {await bad.Content.ReadAsStringAsync()}");
+                Assert.Contains("\"error\"", await bad.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
+
+            http.DefaultRequestHeaders.Authorization = null;
             var prefetch = await controller.OkAsync("/prefetch", new { model = "tiny", prompt = Prompt });
             Assert.Equal(200, prefetch["instances"]![0]!["status"]!.GetValue<int>());
             Assert.True(prefetch["instances"]![0]!["result"]!["tokens_in_memory"]!.GetValue<int>() >= whole, prefetch.ToJsonString());

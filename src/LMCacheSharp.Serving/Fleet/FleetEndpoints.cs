@@ -29,23 +29,23 @@ public static class FleetEndpoints
         app.MapPost("/lmcache/tokenize", (HttpContext http) => TokenizeEndpointAsync(http, service));
         app.MapPost("/lmcache/prefetch", (HttpContext http) => PrefetchEndpointAsync(http, service, adminToken));
         app.MapPost("/lmcache/clear", (HttpContext http) => ClearEndpointAsync(http, service, adminToken));
-        app.MapPost("/lmcache/pin", (HttpContext http) => NotImplementedAsync(http, adminToken));
-        app.MapPost("/lmcache/unpin", (HttpContext http) => NotImplementedAsync(http, adminToken));
+        app.MapPost("/lmcache/pin", (HttpContext http) => NotImplementedAsync(http, service, adminToken));
+        app.MapPost("/lmcache/unpin", (HttpContext http) => NotImplementedAsync(http, service, adminToken));
     }
 
     private static Task TokenizeEndpointAsync(HttpContext http, InferenceService service) =>
-        HandleAsync(http, null, body => Task.FromResult(Tokenize(service, body)));
+        HandleAsync(http, service, null, body => Task.FromResult(Tokenize(service, body)));
 
     private static Task PrefetchEndpointAsync(HttpContext http, InferenceService service, string? token) =>
-        HandleAsync(http, token, body => PrefetchAsync(http, service, body));
+        HandleAsync(http, service, token, body => PrefetchAsync(http, service, body));
 
     private static Task ClearEndpointAsync(HttpContext http, InferenceService service, string? token) =>
-        HandleAsync(http, token, body => ClearAsync(http, service, body));
+        HandleAsync(http, service, token, body => ClearAsync(http, service, body));
 
-    private static Task NotImplementedAsync(HttpContext http, string? token) =>
-        HandleAsync(http, token, _ => throw new OpenAiRequestException("pinning is not implemented yet (docs/fleet.md, Controller: limits)", null, "not_implemented", 501));
+    private static Task NotImplementedAsync(HttpContext http, InferenceService service, string? token) =>
+        HandleAsync(http, service, token, _ => throw new OpenAiRequestException("pinning is not implemented yet (docs/fleet.md, Controller: limits)", null, "not_implemented", 501));
 
-    private static async Task HandleAsync(HttpContext http, string? token, Func<JsonElement, Task<JsonObject>> handle)
+    private static async Task HandleAsync(HttpContext http, InferenceService service, string? token, Func<JsonElement, Task<JsonObject>> handle)
     {
         try
         {
@@ -55,17 +55,8 @@ public static class FleetEndpoints
                 throw new OpenAiRequestException("this endpoint needs the fleet token: Authorization: Bearer TOKEN (--controller-token)", null, "invalid_api_key", 401);
             }
 
-            JsonDocument doc;
-            try
-            {
-                doc = await JsonDocument.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted).ConfigureAwait(false);
-            }
-            catch (JsonException e)
-            {
-                throw new OpenAiRequestException("the body is not valid JSON: " + e.Message, null, "invalid_json");
-            }
-
-            using (doc)
+            // The one body reader of serve: its size limit (413 after draining), bad JSON and bad UTF-8 as 400.
+            using (var doc = await OpenAiEndpoints.ReadJsonBodyAsync(http, service).ConfigureAwait(false))
             {
                 if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 {
