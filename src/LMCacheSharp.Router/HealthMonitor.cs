@@ -104,16 +104,21 @@ public sealed class HealthMonitor : IHostedService, IDisposable
             }
 
             InstanceLoad? load = null;
+            var role = "both";
             using (var reported = await GetAsync(instance, "/load", timeout.Token).ConfigureAwait(false))
             {
                 if (reported.IsSuccessStatusCode && await reported.Content.ReadFromJsonAsync<JsonObject>(timeout.Token).ConfigureAwait(false) is { } json &&
                     json["in_flight"] is JsonValue running && json["queued"] is JsonValue queued)
                 {
                     load = new InstanceLoad(running.GetValue<int>(), queued.GetValue<int>());
+                    if (json["role"] is JsonValue r && r.GetValueKind() == JsonValueKind.String && r.GetValue<string>() is "prefill" or "decode")
+                    {
+                        role = r.GetValue<string>();
+                    }
                 }
             }
 
-            after = new InstanceStatus(true, models, load, null, true);
+            after = new InstanceStatus(true, models, load, null, true, role);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

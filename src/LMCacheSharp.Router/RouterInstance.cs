@@ -17,7 +17,8 @@ public readonly record struct InstanceLoad(int InFlight, int Queued)
 /// <param name="Load">Its reported load, or null when it does not report one (not an lmcache serve).</param>
 /// <param name="Reason">Why it is down, or null.</param>
 /// <param name="Probed">Whether a probe has finished (false before the first one).</param>
-public sealed record InstanceStatus(bool Healthy, IReadOnlyList<JsonObject> Models, InstanceLoad? Load, string? Reason, bool Probed)
+/// <param name="Role">Its <c>serve --role</c> as its /load reports it: both, prefill or decode ("both" when it reports none).</param>
+public sealed record InstanceStatus(bool Healthy, IReadOnlyList<JsonObject> Models, InstanceLoad? Load, string? Reason, bool Probed, string Role = "both")
 {
     /// <summary>Before the first probe: not routable, no models known.</summary>
     public static InstanceStatus Unknown { get; } = new(false, [], null, "not probed yet", false);

@@ -24,6 +24,8 @@ public sealed class RouterMetrics : IDisposable
     private readonly Counter<long> _healthChanges;
     private readonly Counter<long> _controllerLookups;
     private readonly Counter<long> _controllerRefreshes;
+    private readonly Counter<long> _prefills;
+    private readonly Histogram<double> _prefillTime;
     private long _decisionsTotal;
 
     /// <summary>Creates the instruments; the <paramref name="instances"/> of the moment are observed for health and in-flight gauges.</summary>
@@ -46,6 +48,10 @@ public sealed class RouterMetrics : IDisposable
         _controllerLookups = _meter.CreateCounter<long>("lmcache_router.controller_lookups", "{lookup}",
             "kv-aware with --controller: lookups by outcome (ok; timeout, error: the controller failed; refused: a 4xx for the request; unreadable: a prompt the controller does not take; skipped: within the fallback window). All but ok were asked of the instances instead.");
         _controllerRefreshes = _meter.CreateCounter<long>("lmcache_router.controller_refreshes", "{refresh}", "With --controller: GET /instances refreshes by outcome (ok, error).");
+        _prefills = _meter.CreateCounter<long>("lmcache_router.pd_prefills", "{request}",
+            "--pd: prefill steps by instance and outcome (ok; error, timeout: the decode instance prefilled itself; none: no healthy prefill instance).");
+        _prefillTime = _meter.CreateHistogram<double>("lmcache_router.pd_prefill_time", "s", "--pd: time of a successful prefill step (prefill, store to the shared tier, first token).",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] });
         _meter.CreateObservableGauge("lmcache_router.instance_healthy", () => instances.Current.Select(i =>
             new Measurement<int>(i.Healthy ? 1 : 0, new KeyValuePair<string, object?>("instance", i.Name))), "1", "1 while an instance takes requests, 0 while it is out.");
         _meter.CreateObservableGauge("lmcache_router.instance_in_flight", () => instances.Current.Select(i =>
@@ -91,6 +97,15 @@ public sealed class RouterMetrics : IDisposable
 
     internal void HealthChanged(RouterInstance instance, bool healthy) =>
         _healthChanges.Add(1, new KeyValuePair<string, object?>("instance", instance.Name), new KeyValuePair<string, object?>("state", healthy ? "up" : "down"));
+
+    internal void Prefill(string instance, string outcome, TimeSpan? time = null)
+    {
+        _prefills.Add(1, new KeyValuePair<string, object?>("instance", instance), new KeyValuePair<string, object?>("outcome", outcome));
+        if (time is { } t)
+        {
+            _prefillTime.Record(t.TotalSeconds);
+        }
+    }
 
     /// <inheritdoc />
     public void Dispose() => _meter.Dispose();

@@ -51,6 +51,15 @@ public sealed class RouterOptions
     /// </summary>
     public TimeSpan ControllerInterval { get; set; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// Prefill/decode disaggregation (<c>--pd</c>): each completion request first goes, with max_tokens 1 and no stream, to an
+    /// instance whose /load reports role prefill (it answers once the prompt's KV is in the shared store), then as sent to one
+    /// whose role is decode, which restores that KV and generates. Instances of role both serve either step when no instance
+    /// has the role; a failed prefill step is logged and the decode instance prefills itself. The policy picks within each
+    /// group. Default false.
+    /// </summary>
+    public bool PrefillDecode { get; set; }
+
     /// <summary>The routing policy (<c>--policy</c>). Default <see cref="RoutingPolicyKind.KvAware"/>.</summary>
     public RoutingPolicyKind Policy { get; set; } = RoutingPolicyKind.KvAware;
 

@@ -60,9 +60,9 @@ internal sealed class RouterProxy
         {
             if (_log.IsEnabled(LogLevel.Information))
             {
-                _log.LogInformation("{Method} {Path} {Status} instance={Instance} policy={Policy} predicted={Predicted} retried={Retried} total_ms={Total:F1}",
+                _log.LogInformation("{Method} {Path} {Status} instance={Instance} prefill={Prefill} policy={Policy} predicted={Predicted} retried={Retried} total_ms={Total:F1}",
                     http.Request.Method, http.Request.Path.Value, http.RequestAborted.IsCancellationRequested && !http.Response.HasStarted ? 499 : http.Response.StatusCode,
-                    log.Instance ?? "-", _policy.Name, log.Predicted?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-", log.Retried ?? "-",
+                    log.Instance ?? "-", log.Prefill ?? "-", _policy.Name, log.Predicted?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-", log.Retried ?? "-",
                     Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }
         }
@@ -76,6 +76,8 @@ internal sealed class RouterProxy
         public int? Predicted { get; set; }
 
         public string? Retried { get; set; }
+
+        public string? Prefill { get; set; }
     }
 
     private async Task RouteAsync(HttpContext http, RequestLog log)
@@ -111,6 +113,25 @@ internal sealed class RouterProxy
             return;
         }
 
+        string? prefilledBy = null;
+        if (_options.PrefillDecode)
+        {
+            // The decode step goes to instances of role decode (else both); the prefill step, if any instance has role prefill.
+            var decoders = serving.Where(i => i.Status.Role == "decode").ToList();
+            serving = decoders.Any(i => i.Healthy) ? decoders : serving.Where(i => i.Status.Role == "both").ToList();
+            healthy = serving.Where(i => i.Healthy).ToList();
+            if (healthy.Count == 0)
+            {
+                _metrics.Rejected("no_decode_instance");
+                await OpenAiErrors.WriteAsync(http, StatusCodes.Status503ServiceUnavailable,
+                    "no healthy instance of role decode or both serves the request now (--pd); retry later", "server_error", null, "no_healthy_instance").ConfigureAwait(false);
+                return;
+            }
+
+            var prefillers = members.Where(i => i.Healthy && i.Status.Role == "prefill" && (request.Model is not { } m || i.Status.Serves(m))).ToList();
+            prefilledBy = await PrefillAsync(http, request, prefillers, log).ConfigureAwait(false);
+        }
+
         var decision = await _policy.ChooseAsync(request, healthy, http.RequestAborted).ConfigureAwait(false);
         log.Predicted = decision.PredictedCachedTokens;
         var retried = (RouterInstance?)null;
@@ -122,7 +143,7 @@ internal sealed class RouterProxy
             // Another instance to retry on decides whether a 5xx is held back (retried) or passed to the client.
             var canRetry = retried is null && serving.Any(i => i != instance && i.Healthy);
             _metrics.Decision(_policy.Name, instance);
-            failure = await ForwardAsync(http, request, body, decision, canRetry).ConfigureAwait(false);
+            failure = await ForwardAsync(http, request, body, decision, canRetry, prefilledBy).ConfigureAwait(false);
             if (failure is null || !canRetry)
             {
                 break;
@@ -175,11 +196,12 @@ internal sealed class RouterProxy
     }
 
     /// <summary>One attempt. Returns null when the response went to the client, else why it failed before any byte did.</summary>
-    private async Task<string?> ForwardAsync(HttpContext http, RoutingRequest request, BufferedBody body, RoutingDecision decision, bool canRetry)
+    private async Task<string?> ForwardAsync(HttpContext http, RoutingRequest request, BufferedBody body, RoutingDecision decision, bool canRetry,
+        string? prefilledBy)
     {
         var instance = decision.Instance;
         http.Request.Body = body.OpenRead();
-        var transformer = new Transformer(instance.Name, canRetry);
+        var transformer = new Transformer(instance.Name, canRetry, prefilledBy);
         var client = http.Response.Body;
         var tap = !request.Stream || request.IncludeUsage ? new UsageTap(client, request.Stream) : null;
         ForwarderError error;
@@ -244,11 +266,102 @@ internal sealed class RouterProxy
     /// <summary>The response header that names the instance that answered (scheme://host:port).</summary>
     public const string InstanceHeader = "X-LMCache-Instance";
 
+    /// <summary>With <c>--pd</c>: the response header that names the instance that prefilled the prompt (absent when none did).</summary>
+    public const string PrefillInstanceHeader = "X-LMCache-Prefill-Instance";
+
+    /// <summary>The fields a prefill step drops: it asks for one token, not streamed, and nothing the decode step reports.</summary>
+    private static readonly string[] PrefillDropped = ["stream", "stream_options", "n", "logprobs", "top_logprobs", "echo", "max_completion_tokens", "best_of"];
+
+    /// <summary>
+    /// The prefill step of <c>--pd</c>: the request with max_tokens 1 and no stream goes to one of <paramref name="prefillers"/>
+    /// (the policy picks), which answers once the prompt's KV is in the shared store. Returns the instance's name, or null
+    /// when there was none or it failed: then the decode instance prefills itself (logged and counted, never an error).
+    /// </summary>
+    private async Task<string?> PrefillAsync(HttpContext http, RoutingRequest request, List<RouterInstance> prefillers, RequestLog log)
+    {
+        if (prefillers.Count == 0)
+        {
+            _metrics.Prefill("-", "none");
+            return null;
+        }
+
+        byte[] body;
+        try
+        {
+            if (System.Text.Json.Nodes.JsonNode.Parse(request.Body.Span) is not System.Text.Json.Nodes.JsonObject json)
+            {
+                return null; // not an object: the decode instance refuses it by name
+            }
+
+            foreach (var field in PrefillDropped)
+            {
+                json.Remove(field);
+            }
+
+            json["max_tokens"] = 1;
+            body = JsonSerializer.SerializeToUtf8Bytes(json);
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+
+        var prefill = RoutingRequest.Parse(request.Path, body, request.SessionKey);
+        var decision = await _policy.ChooseAsync(prefill, prefillers, http.RequestAborted).ConfigureAwait(false);
+        var instance = decision.Instance;
+        var start = Stopwatch.GetTimestamp();
+        string outcome;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
+        timeout.CancelAfter(_options.RequestTimeout);
+        try
+        {
+            using var message = new HttpRequestMessage(HttpMethod.Post, new Uri(instance.Url, request.Path))
+            {
+                Content = new ByteArrayContent(body),
+            };
+            message.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            if (http.Request.Headers.Authorization.ToString() is { Length: > 0 } auth)
+            {
+                message.Headers.TryAddWithoutValidation("Authorization", auth);
+            }
+
+            using (instance.Begin())
+            using (var response = await _client.SendAsync(message, timeout.Token).ConfigureAwait(false))
+            {
+                await response.Content.LoadIntoBufferAsync(timeout.Token).ConfigureAwait(false);
+                if (response.IsSuccessStatusCode)
+                {
+                    _metrics.Prefill(instance.Name, "ok", Stopwatch.GetElapsedTime(start));
+                    log.Prefill = instance.Name;
+                    return instance.Name;
+                }
+
+                outcome = $"answered {(int)response.StatusCode}";
+            }
+        }
+        catch (OperationCanceledException) when (!http.RequestAborted.IsCancellationRequested)
+        {
+            outcome = "timeout";
+        }
+        catch (HttpRequestException e)
+        {
+            outcome = e.GetBaseException().Message;
+        }
+
+        _metrics.Prefill(instance.Name, outcome == "timeout" ? "timeout" : "error");
+        if (_log.IsEnabled(LogLevel.Warning))
+        {
+            _log.LogWarning("{Path}: prefill on {Instance} failed ({Failure}); the decode instance prefills the prompt itself", request.Path, instance.Name, outcome);
+        }
+
+        return null;
+    }
+
     /// <summary>
     /// YARP's default header copying, plus <see cref="InstanceHeader"/>; holds back a 5xx response (discards its body) when
     /// the request can be retried.
     /// </summary>
-    private sealed class Transformer(string instance, bool holdBack5xx) : HttpTransformer
+    private sealed class Transformer(string instance, bool holdBack5xx, string? prefilledBy) : HttpTransformer
     {
         /// <summary>The status of a response held back, or null.</summary>
         public int? HeldBack { get; private set; }
@@ -263,6 +376,11 @@ internal sealed class RouterProxy
 
             var copy = await base.TransformResponseAsync(httpContext, proxyResponse, cancellationToken).ConfigureAwait(false);
             httpContext.Response.Headers[InstanceHeader] = instance;
+            if (prefilledBy is not null)
+            {
+                httpContext.Response.Headers[PrefillInstanceHeader] = prefilledBy;
+            }
+
             return copy;
         }
     }

@@ -86,7 +86,7 @@ public static class CacheEndpoints
     private static JsonObject LoadJson(InferenceService service)
     {
         var (running, queued) = service.Load;
-        return new JsonObject { ["in_flight"] = running, ["queued"] = queued };
+        return new JsonObject { ["in_flight"] = running, ["queued"] = queued, ["role"] = ServingOptions.RoleName(service.Role) };
     }
 
     /// <summary>The <c>tiers</c> query value: a comma-separated list of memory, disk and remote; absent: all.</summary>

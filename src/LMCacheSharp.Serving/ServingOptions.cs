@@ -1,5 +1,24 @@
 namespace LMCacheSharp.Serving;
 
+/// <summary>What an instance does in a prefill/decode-disaggregated fleet (<c>serve --role</c>; the names are a contract).</summary>
+public enum ServeRole
+{
+    /// <summary><c>both</c>: prefills and decodes (the default; a colocated instance).</summary>
+    Both,
+
+    /// <summary>
+    /// <c>prefill</c>: every request generates at most one token, and its answer waits until the prompt's KV is in the
+    /// shared store (the cache's remote tier), so that a decode instance can restore it. Needs the cache and a remote tier.
+    /// </summary>
+    Prefill,
+
+    /// <summary>
+    /// <c>decode</c>: serves as usual; in a <c>router --pd</c> fleet its requests come after a prefill instance stored the
+    /// prompt's KV, so it prefills only the uncached tail. Needs the cache and a remote tier.
+    /// </summary>
+    Decode,
+}
+
 /// <summary>Options of <c>lmcache serve</c>. Every value is validated by <see cref="Validate"/>.</summary>
 public sealed class ServingOptions
 {
@@ -53,6 +72,15 @@ public sealed class ServingOptions
     /// Default 0; range 0..10000. Needs a GPU build of llama.cpp (<c>--llama-native</c>); the CPU build ignores it.
     /// </summary>
     public int GpuLayers { get; set; }
+
+    /// <summary>The instance's role (<c>--role</c>). Default <see cref="ServeRole.Both"/>.</summary>
+    public ServeRole Role { get; set; } = ServeRole.Both;
+
+    /// <summary>
+    /// With <see cref="ServeRole.Prefill"/>: the longest an answer waits for the prompt's KV to reach the shared store before it
+    /// goes out anyway (the decode instance then prefills what is missing). Default 30 s; range 0.1 s..10 min.
+    /// </summary>
+    public TimeSpan PrefillStoreTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>Where start-up work (generating the default model, loading the model) reports progress, or null. Default null.</summary>
     public IProgress<StartupProgress>? Progress { get; set; }
@@ -109,6 +137,16 @@ public sealed class ServingOptions
             errors.Add($"--stall-timeout: must be 1..3600 seconds, got {StallTimeout.TotalSeconds}");
         }
 
+        if (Role != ServeRole.Both && !EnableCache)
+        {
+            errors.Add($"--role {RoleName(Role)}: needs the cache (drop --no-cache) and a shared store (remote_url)");
+        }
+
+        if (PrefillStoreTimeout < TimeSpan.FromMilliseconds(100) || PrefillStoreTimeout > TimeSpan.FromMinutes(10))
+        {
+            errors.Add($"prefill store timeout: must be 0.1..600 seconds, got {PrefillStoreTimeout.TotalSeconds}");
+        }
+
         if (ModelPath is not null && !File.Exists(ModelPath))
         {
             errors.Add($"--model: file not found: {ModelPath}");
@@ -116,6 +154,14 @@ public sealed class ServingOptions
 
         return errors;
     }
+
+    /// <summary>The role's name on the command line and in <c>GET /load</c>: both, prefill or decode.</summary>
+    public static string RoleName(ServeRole role) => role switch
+    {
+        ServeRole.Prefill => "prefill",
+        ServeRole.Decode => "decode",
+        _ => "both",
+    };
 
     /// <summary>Throws <see cref="ArgumentException"/> listing every problem.</summary>
     public void Validate()

@@ -1,3 +1,4 @@
+using System.Net.Http.Json;
 using System.Net;
 using System.Net.Sockets;
 using LMCacheSharp.Server;
@@ -28,6 +29,50 @@ public sealed class SharedCacheServerTests
         Assert.True(warm >= promptTokens - 1, $"instance two restored {warm} of {promptTokens} prompt tokens");
         Assert.Equal(first, second);
         Assert.Equal((await alone.CompleteAsync(prompt)).Text, second); // the same greedy output as without any cache
+    }
+
+    [Fact]
+    public async Task A_prefill_instance_answers_one_token_once_the_prompt_is_in_the_shared_store_and_a_decode_instance_restores_it()
+    {
+        await using var cacheServer = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
+        await cacheServer.StartAsync(TestContext.Current.CancellationToken);
+        await using var prefill = await TestServer.StartAsync(o => { o.EnableInContextSharing = false; o.Role = ServeRole.Prefill; },
+            configureCache: c => c.RemoteUrl = cacheServer.Url);
+        await using var decode = await TestServer.StartAsync(o => { o.EnableInContextSharing = false; o.Role = ServeRole.Decode; },
+            configureCache: c => c.RemoteUrl = cacheServer.Url);
+        await using var alone = await TestServer.StartAsync(o => { o.EnableCache = false; o.EnableInContextSharing = false; });
+        var prompt = Prompts.Long("prefilled elsewhere") + " What then?";
+
+        // Asked for 12 tokens, the prefill instance generates one, and answers only after the KV reached the cache server
+        // (no flush here: the answer itself waited for it).
+        var first = await prefill.PostAsync("/v1/completions", new { prompt, max_tokens = 12, temperature = 0 });
+        Assert.Equal(1, first["usage"]!["completion_tokens"]!.GetValue<int>());
+        Assert.Equal("length", first["choices"]![0]!["finish_reason"]!.GetValue<string>());
+        var promptTokens = first["usage"]!["prompt_tokens"]!.GetValue<int>();
+        Assert.True(cacheServer.Store.GetStats().Items >= promptTokens / 16, $"{cacheServer.Store.GetStats().Items} chunks on the cache server");
+
+        // The decode instance restores all but the last prompt token and generates what a lone instance generates.
+        var (text, cached, _) = await decode.CompleteAsync(prompt);
+        Assert.True(cached >= promptTokens - 1, $"the decode instance restored {cached} of {promptTokens} prompt tokens");
+        Assert.Equal((await alone.CompleteAsync(prompt)).Text, text);
+        Assert.Equal(promptTokens - cached, decode.Service.Metrics.TotalPrefilledTokens); // only the uncached tail
+
+        // Roles show in /load (what the router reads).
+        Assert.Equal("prefill", (await prefill.Http.GetFromJsonAsync<System.Text.Json.Nodes.JsonObject>("/load", TestContext.Current.CancellationToken))!["role"]!.GetValue<string>());
+        Assert.Equal("both", (await alone.Http.GetFromJsonAsync<System.Text.Json.Nodes.JsonObject>("/load", TestContext.Current.CancellationToken))!["role"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public async Task A_prefill_instance_whose_shared_store_is_dead_still_answers()
+    {
+        // Nothing listens there: every remote write fails fast, the answer goes out, and the next request works too.
+        await using var prefill = await TestServer.StartAsync(o => { o.EnableInContextSharing = false; o.Role = ServeRole.Prefill; },
+            configureCache: c => { c.RemoteUrl = "lm://127.0.0.1:" + FreePort(); c.RemoteTimeoutMs = 200; });
+        for (var i = 0; i < 2; i++)
+        {
+            var answer = await prefill.PostAsync("/v1/completions", new { prompt = Prompts.Long("no store " + i), max_tokens = 4, temperature = 0 });
+            Assert.Equal(1, answer["usage"]!["completion_tokens"]!.GetValue<int>());
+        }
     }
 
     [Fact]
@@ -124,5 +169,12 @@ public sealed class SharedCacheServerTests
         Assert.Equal(0, cold);
         Assert.Equal(0, warm);
         Assert.Equal(first, second);
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

@@ -36,10 +36,11 @@ internal static class RouterCommand
         var loadWeight = Flag("--kv-load-weight", "kv-aware: cached tokens one request in flight or queued on an instance is worth. Default 256; 0..1048576.");
         var maxBody = Flag("--max-body-size", "Largest request body, e.g. 32MB; larger is 413. Default 32MB; 1KB..1GB.");
         var requestTimeout = Flag("--request-timeout", "Seconds a forwarded request may go without progress before it fails with 504. Default 600; 1..86400.");
+        var pd = new Option<bool>("--pd") { Description = "Prefill/decode disaggregation: each request is prefilled (max_tokens 1) on an instance of serve --role prefill, then generated on one of --role decode, which restores the prompt's KV from the shared store." };
         var logLevel = new Option<string>("--log-level") { Description = "trace, debug, information, warning, error or none (information: one line per request).", DefaultValueFactory = _ => "information" };
         var command = new Command("router", "Route OpenAI requests over several lmcache serve instances (kv-aware, round-robin, session, least-loaded).")
         {
-            host, port, instances, controller, controllerToken, controllerInterval, policy, healthInterval, healthTimeout, lookupTimeout, tieTokens, loadWeight, maxBody, requestTimeout, logLevel,
+            host, port, instances, controller, controllerToken, controllerInterval, policy, healthInterval, healthTimeout, lookupTimeout, tieTokens, loadWeight, maxBody, requestTimeout, logLevel, pd,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -68,6 +69,7 @@ internal static class RouterCommand
             }
 
             Seconds(r, controllerInterval, problems, v => options.ControllerInterval = v);
+            options.PrefillDecode = r.GetValue(pd);
 
             if (RouterOptions.ParsePolicy(r.GetValue(policy)) is { } kind)
             {
@@ -129,7 +131,7 @@ internal static class RouterCommand
                 var members = app.Services.GetRequiredService<InstanceSet>().Current;
                 var names = members.Count == 0 ? "none yet" : string.Join(", ", members.Select(i => i.Name));
                 var source = options.Controller is { } c ? $"instances from the controller {c.ToString().TrimEnd('/')}: {names}" : $"instances {names}";
-                Console.WriteLine($"lmcache router: {string.Join(", ", app.Urls)} (policy {RouterOptions.PolicyName(options.Policy)}, {source}); Ctrl+C to stop");
+                Console.WriteLine($"lmcache router: {string.Join(", ", app.Urls)} (policy {RouterOptions.PolicyName(options.Policy)}{(options.PrefillDecode ? ", prefill/decode disaggregated" : "")}, {source}); Ctrl+C to stop");
                 await app.WaitForShutdownAsync(ct);
                 return 0;
             }

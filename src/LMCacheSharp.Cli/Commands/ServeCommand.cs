@@ -33,11 +33,12 @@ internal static class ServeCommand
         var stall = new Option<double>("--stall-timeout") { Description = "Seconds without progress of the inference loop (with requests pending) after which /health answers 503.", DefaultValueFactory = _ => 60 };
         var controller = new Option<string?>("--controller") { Description = "Register with the fleet controller at this URL (lmcache controller), heartbeat, and publish KV events to it (on free 127.0.0.1 ports unless --kv-events is given)." };
         var controllerToken = new Option<string?>("--controller-token") { Description = "The controller's --auth-token (also LMCACHE_CONTROLLER_TOKEN): sent to it, and required on this server's /lmcache/prefetch and /lmcache/clear." };
+        var role = new Option<string>("--role") { Description = "both, prefill or decode: the instance's part in a prefill/decode-disaggregated fleet behind `lmcache router --pd` (prefill and decode need a shared store, remote_url).", DefaultValueFactory = _ => "both" };
         var llama = new LlamaNativeOptions();
         var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
         {
             model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache, logLevel, stall,
-            kvEvents, kvEventsReplay, kvEventsTopic, controller, controllerToken,
+            kvEvents, kvEventsReplay, kvEventsTopic, controller, controllerToken, role,
         };
         llama.AddTo(command);
         command.SetAction(async (r, ct) =>
@@ -95,8 +96,20 @@ internal static class ServeCommand
                 problems.Add($"--log-level: must be trace, debug, information, warning, error or none, got '{r.GetValue(logLevel)}'");
             }
 
+            var roleText = r.GetValue(role)!.ToLowerInvariant();
+            var serveRole = roleText switch { "prefill" => ServeRole.Prefill, "decode" => ServeRole.Decode, _ => ServeRole.Both };
+            if (roleText is not ("both" or "prefill" or "decode"))
+            {
+                problems.Add($"--role: must be both, prefill or decode, got '{roleText}'");
+            }
+            else if (serveRole != ServeRole.Both && string.IsNullOrEmpty(cacheOptions.RemoteUrl) && !r.GetValue(noCache))
+            {
+                problems.Add($"--role {roleText}: needs a shared store for the KV (remote_url: lm://host:port or redis://host:port, e.g. --lmcache remote_url=lm://127.0.0.1:65432)");
+            }
+
             var options = new ServingOptions
             {
+                Role = serveRole,
                 LogLevel = level < 0 ? LogLevel.Information : level,
                 StallTimeout = TimeSpan.FromSeconds(Math.Clamp(r.GetValue(stall), 0, 1e6)),
                 ModelPath = r.GetValue(model),

@@ -27,6 +27,8 @@ internal sealed class InferenceScheduler : IDisposable
     private readonly ServingMetrics _metrics;
     private readonly ILogger _logger;
     private readonly bool _inContextSharing;
+    private readonly bool _prefillRole;
+    private readonly TimeSpan _prefillStoreTimeout;
     private readonly Channel<GenerationJob> _queue;
     private readonly Slot[] _slots;
     private readonly Thread _thread;
@@ -60,6 +62,8 @@ internal sealed class InferenceScheduler : IDisposable
         _metrics = metrics;
         _logger = logger;
         _inContextSharing = options.EnableInContextSharing;
+        _prefillRole = options.Role == ServeRole.Prefill && cache is not null;
+        _prefillStoreTimeout = options.PrefillStoreTimeout;
         BatchSize = (int)context.BatchSize;
         _queue = Channel.CreateBounded<GenerationJob>(new BoundedChannelOptions(Math.Max(1, options.MaxQueuedRequests)) { SingleReader = true });
         _slots = Enumerable.Range(0, options.MaxConcurrentRequests).Select(i => new Slot((LLamaSeqId)i)).ToArray();
@@ -420,11 +424,22 @@ internal sealed class InferenceScheduler : IDisposable
         {
             CacheLowerTierN = job.CacheFromLowerTiers,
         };
-        job.Request.Complete(new GenerationEvent(tail, reason, usage) { Timings = timings, Logprobs = logprobs });
+        var final = new GenerationEvent(tail, reason, usage) { Timings = timings, Logprobs = logprobs };
+        if (_prefillRole)
+        {
+            // A prefill instance answers once the prompt's KV is in the shared store: the decode instance restores it next.
+            Store(slot, job, slot.Materialized.ToArray());
+            _ = CompleteAfterFlushAsync(job.Request, final);
+        }
+        else
+        {
+            job.Request.Complete(final);
+        }
+
         _metrics.Timings(timings);
 
         // The completion's KV too (LMCache's save_decode_cache): the next chat turn restores the whole exchange.
-        if (_cache?.Engine.SaveDecodeCache == true)
+        if (!_prefillRole && _cache?.Engine.SaveDecodeCache == true)
         {
             Store(slot, job, slot.Materialized.ToArray()); // the list changes as the slot is reused: the store reads a copy
         }
@@ -439,6 +454,26 @@ internal sealed class InferenceScheduler : IDisposable
         }
 
         // Otherwise it stays resident: its cells serve later requests with the same prefix.
+    }
+
+    /// <summary>
+    /// Completes a prefill-role request once every write queued so far (its chunks among them) reached the lower tiers, or
+    /// after <see cref="ServingOptions.PrefillStoreTimeout"/>: a slow or dead shared store delays the answer, never fails it
+    /// (the decode instance then prefills what it cannot restore). Runs off the inference thread.
+    /// </summary>
+    private async Task CompleteAfterFlushAsync(GenerationJob request, GenerationEvent final)
+    {
+        try
+        {
+            await _cache!.Engine.FlushAsync().WaitAsync(_prefillStoreTimeout).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is TimeoutException or ObjectDisposedException or InvalidOperationException)
+        {
+            _logger.LogWarning("prefill: the prompt's KV did not reach the shared store within {Timeout} s ({Reason}); answering anyway",
+                _prefillStoreTimeout.TotalSeconds, e.Message);
+        }
+
+        request.Complete(final);
     }
 
     private void DropCancelled()

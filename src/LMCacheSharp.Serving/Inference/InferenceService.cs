@@ -122,6 +122,9 @@ public sealed class InferenceService : IAsyncDisposable
     /// <summary>Requests decoded at once (<see cref="ServingOptions.MaxConcurrentRequests"/>).</summary>
     internal int MaxConcurrentRequests => _options.MaxConcurrentRequests;
 
+    /// <summary>The instance's role in a prefill/decode-disaggregated fleet (<c>--role</c>).</summary>
+    public ServeRole Role => _options.Role;
+
     /// <summary>Loads the model and creates the context, the cache and the scheduler.</summary>
     /// <param name="modelPath">The GGUF to serve.</param>
     /// <param name="options">Serving options (validated here).</param>
@@ -308,6 +311,11 @@ public sealed class InferenceService : IAsyncDisposable
         }
 
         var maxTokens = parameters.MaxTokens ?? Math.Max(1, Math.Min(_options.DefaultMaxTokens, (ContextSize - promptTokens.Length) / n));
+        if (_options.Role == ServeRole.Prefill)
+        {
+            maxTokens = 1; // a prefill instance never decodes beyond the first token: the decode instance generates the rest
+        }
+
         if (promptTokens.Length + ((long)n * maxTokens) > ContextSize)
         {
             var asked = n == 1 ? $"max_tokens asks for {maxTokens}" : $"{n} choices of max_tokens {maxTokens} ask for {(long)n * maxTokens}";
