@@ -57,7 +57,7 @@ public sealed class ServeInstance : IAsyncDisposable
 
     public HttpClient Http { get; }
 
-    public static async Task<ServeInstance> StartAsync(string modelName = "tiny")
+    public static async Task<ServeInstance> StartAsync(string modelName = "tiny", ServeRole role = ServeRole.Both, string? remoteUrl = null)
     {
         var options = new ServingOptions
         {
@@ -70,8 +70,9 @@ public sealed class ServeInstance : IAsyncDisposable
             DefaultMaxTokens = 16,
             EnableInContextSharing = false, // reuse comes from the cache tiers alone, which is what /lookup counts
             LogLevel = LogLevel.Warning,
+            Role = role,
         };
-        var app = ServingApp.Build(options, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.05 }, ["http://127.0.0.1:0"]);
+        var app = ServingApp.Build(options, new LMCacheOptions { ChunkSize = 16, MaxLocalCpuSize = 0.05, RemoteUrl = remoteUrl }, ["http://127.0.0.1:0"]);
         await app.StartAsync();
         return new ServeInstance(app);
     }

@@ -1,0 +1,80 @@
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json.Nodes;
+using LMCacheSharp.Serving;
+using LMCacheSharp.Server;
+
+namespace LMCacheSharp.Router.Tests;
+
+/// <summary><c>router --pd</c> over real <c>serve --role prefill</c> and <c>--role decode</c> instances sharing a cache server.</summary>
+public sealed class PrefillDecodeTests
+{
+    [Fact]
+    public async Task Disaggregated_greedy_text_equals_a_colocated_instance_and_the_decode_instance_prefills_only_the_tail()
+    {
+        await using var store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
+        await store.StartAsync(TestContext.Current.CancellationToken);
+        await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
+        await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
+        await using var colocated = await ServeInstance.StartAsync();
+        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.LeastLoaded, [prefill.BaseUrl, decode.BaseUrl], o => o.PrefillDecode = true);
+        await router.Monitor.ProbeAllAsync();
+
+        foreach (var topic in new[] { "disaggregation", "prefill and decode" })
+        {
+            var body = new { model = "tiny", prompt = TinyModel.Document(topic) + " Why split?", max_tokens = 10, temperature = 0 };
+            using var response = await router.Http.PostAsJsonAsync("/v1/completions", body, TestContext.Current.CancellationToken);
+            Assert.Equal(200, (int)response.StatusCode);
+            Assert.Equal(decode.BaseUrl, response.Headers.GetValues(RouterProxy.InstanceHeader).Single());
+            Assert.Equal(prefill.BaseUrl, response.Headers.GetValues(RouterProxy.PrefillInstanceHeader).Single());
+            var routed = (await response.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+            var usage = routed["usage"]!;
+            var promptTokens = usage["prompt_tokens"]!.GetValue<int>();
+            Assert.Equal(10, usage["completion_tokens"]!.GetValue<int>());
+            Assert.True(usage["prompt_tokens_details"]!["cached_tokens"]!.GetValue<int>() >= promptTokens - 1, usage.ToJsonString());
+
+            using var direct = await colocated.Http.PostAsJsonAsync("/v1/completions", body, TestContext.Current.CancellationToken);
+            var alone = (await direct.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+            Assert.Equal(alone["choices"]![0]!["text"]!.GetValue<string>(), routed["choices"]![0]!["text"]!.GetValue<string>());
+        }
+
+        // A stream passes through the decode step as usual; chat works the same way.
+        var stream = new { model = "tiny", prompt = TinyModel.Document("streamed") + " Go.", max_tokens = 6, temperature = 0, stream = true };
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(stream) })
+        using (var response = await router.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken))
+        {
+            Assert.Equal(200, (int)response.StatusCode);
+            var text = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(TestContext.Current.CancellationToken));
+            Assert.Contains("data: [DONE]", text, StringComparison.Ordinal);
+        }
+
+        var (chat, instance, _) = await router.PostAsync("/v1/chat/completions",
+            new { model = "tiny", messages = new[] { new { role = "user", content = TinyModel.Document("chat") } }, max_tokens = 4, temperature = 0 });
+        Assert.Equal((200, decode.BaseUrl), (chat, instance));
+        var metrics = await router.MetricsAsync();
+        Assert.Equal(4, RouterTests.Metric(metrics, "pd_prefills", $"instance=\"{prefill.BaseUrl}\",outcome=\"ok\""));
+    }
+
+    [Fact]
+    public async Task A_dead_prefill_instance_leaves_the_prefill_to_the_decode_instance()
+    {
+        await using var store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
+        await store.StartAsync(TestContext.Current.CancellationToken);
+        await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
+        await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
+        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.RoundRobin, [prefill.BaseUrl, decode.BaseUrl], o => o.PrefillDecode = true);
+        await router.Monitor.ProbeAllAsync();
+        await prefill.StopAsync(); // still healthy for the router until a probe: the prefill step fails on the connection
+
+        var (status, instance, body) = await router.PostAsync("/v1/completions", new { model = "tiny", prompt = TinyModel.Document("alone"), max_tokens = 3, temperature = 0 });
+        Assert.Equal((200, decode.BaseUrl), (status, instance));
+        Assert.Equal(0, body!["usage"]!["prompt_tokens_details"]!["cached_tokens"]!.GetValue<int>()); // prefilled by the decode instance itself
+        Assert.Equal(1, RouterTests.Metric(await router.MetricsAsync(), "pd_prefills", $"instance=\"{prefill.BaseUrl}\",outcome=\"error\""));
+
+        // With only prefill instances left, nobody can generate: 503, named.
+        await router.Monitor.ProbeAllAsync();
+        await decode.StopAsync();
+        await router.Monitor.ProbeAllAsync();
+        Assert.Equal(503, (await router.PostAsync("/v1/completions", new { prompt = "anyone?" })).Status);
+    }
+}
