@@ -10,7 +10,6 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using Prometheus;
 
 namespace LMCacheSharp.Controller;
 
@@ -54,14 +53,12 @@ public static partial class ControllerApp
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Controller")));
         builder.Services.AddSingleton(_ => new RouterReports(time));
         builder.Services.AddSingleton(_ => new HttpClient { Timeout = options.InstanceCallTimeout });
-        // The same export path as lmcache serve: System.Diagnostics.Metrics meters, exported by prometheus-net's adapter.
-        Metrics.ConfigureMeterAdapter(o => o.InstrumentFilterPredicate = i => i.Meter.Name.StartsWith("LMCacheSharp", StringComparison.Ordinal));
+        builder.Services.AddPrometheusExporter(PrometheusNaming.MeterAndInstrument, sp => [sp.GetRequiredService<InstanceRegistry>().Metrics.Meter]);
         var app = builder.Build();
         var registry = app.Services.GetRequiredService<InstanceRegistry>();
-        Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult();
         app.UseOpenAiErrors("docs/fleet.md, section Controller", "LMCacheSharp.Controller");
         MapEndpoints(app, options, registry);
-        app.MapMetrics("/metrics");
+        app.MapPrometheusMetrics();
         return app;
     }
 

@@ -2,7 +2,10 @@ using System.Diagnostics.Metrics;
 
 namespace LMCacheSharp.Controller;
 
-/// <summary>The controller's metrics, on the meter <see cref="MeterName"/> (exported at /metrics by prometheus-net).</summary>
+/// <summary>
+/// The controller's metrics, on the meter <see cref="MeterName"/> (exported at /metrics as
+/// <c>lmcachesharp_controller_lmcache_controller_*</c>, see docs/fleet.md, section Controller).
+/// </summary>
 public sealed class ControllerMetrics : IDisposable
 {
     /// <summary>The meter name.</summary>
@@ -33,6 +36,9 @@ public sealed class ControllerMetrics : IDisposable
         _meter.CreateObservableGauge("lmcache_controller.instances", instances, "{instance}", "Registered instances.");
         _meter.CreateObservableGauge("lmcache_controller.directory_chunks", chunks, "{chunk}", "Chunks in the directory.");
     }
+
+    /// <summary>The meter holding the instruments.</summary>
+    public Meter Meter => _meter;
 
     internal void Batch(int events)
     {

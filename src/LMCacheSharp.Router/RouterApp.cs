@@ -9,7 +9,6 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using Prometheus;
 using Yarp.ReverseProxy.Forwarder;
 
 namespace LMCacheSharp.Router;
@@ -63,6 +62,7 @@ public static class RouterApp
         var control = new HttpClient(new SocketsHttpHandler { UseProxy = false, ConnectTimeout = options.HealthTimeout }) { Timeout = Timeout.InfiniteTimeSpan };
         builder.Services.AddHttpForwarder();
         builder.Services.AddSingleton(metrics);
+        builder.Services.AddPrometheusExporter(PrometheusNaming.MeterAndInstrument, _ => [metrics.Meter]);
         builder.Services.AddSingleton(instances);
         builder.Services.AddSingleton(sp => new HealthMonitor(instances, control, options, metrics, sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Router")));
         var policyName = RouterOptions.PolicyName(options.Policy);
@@ -84,8 +84,6 @@ public static class RouterApp
         });
         builder.Services.AddSingleton(sp => new RouterProxy(instances, sp.GetRequiredService<IRoutingPolicy>(), sp.GetRequiredService<IHttpForwarder>(), forwarding, options, metrics,
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Router.Requests")));
-        Metrics.ConfigureMeterAdapter(o => o.InstrumentFilterPredicate = i => i.Meter.Name.StartsWith("LMCacheSharp", StringComparison.Ordinal));
-        Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult(); // see ServingApp: subscribe now
         var app = builder.Build();
         app.Lifetime.ApplicationStopped.Register(() =>
         {
@@ -138,7 +136,7 @@ public static class RouterApp
 
             return Results.Json(json, statusCode: any ? 200 : 503);
         });
-        app.MapMetrics("/metrics");
+        app.MapPrometheusMetrics();
         return app;
     }
 

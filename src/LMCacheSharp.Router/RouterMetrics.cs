@@ -1,10 +1,13 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 
 namespace LMCacheSharp.Router;
 
 /// <summary>
-/// The router's metrics, on the meter <see cref="MeterName"/>, exported at /metrics by prometheus-net as serve's are
-/// (<c>lmcache_router_decisions_total{policy,instance}</c>, ...; the list is in docs/fleet.md, section Router).
+/// The router's metrics, on the meter <see cref="MeterName"/>, exported at /metrics as serve's are
+/// (<c>lmcachesharp_router_lmcache_router_decisions{instance,policy}</c>, ...; the list is in docs/fleet.md, section Router).
+/// The decisions, also read in process (<see cref="DecisionsTotal"/>), are counted once, in totals their observable counter reports.
 /// </summary>
 public sealed class RouterMetrics : IDisposable
 {
@@ -12,7 +15,7 @@ public sealed class RouterMetrics : IDisposable
     public const string MeterName = "LMCacheSharp.Router";
 
     private readonly Meter _meter;
-    private readonly Counter<long> _decisions;
+    private readonly ConcurrentDictionary<(string Policy, string Instance), StrongBox<long>> _decisions = new();
     private readonly Counter<long> _retries;
     private readonly Counter<long> _rejected;
     private readonly Counter<long> _responses;
@@ -26,14 +29,15 @@ public sealed class RouterMetrics : IDisposable
     private readonly Counter<long> _controllerRefreshes;
     private readonly Counter<long> _prefills;
     private readonly Histogram<double> _prefillTime;
-    private long _decisionsTotal;
 
     /// <summary>Creates the instruments; the <paramref name="instances"/> of the moment are observed for health and in-flight gauges.</summary>
     public RouterMetrics(InstanceSet instances, IMeterFactory? meterFactory = null)
     {
         ArgumentNullException.ThrowIfNull(instances);
         _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
-        _decisions = _meter.CreateCounter<long>("lmcache_router.decisions", "{request}", "Requests sent to an instance, by policy and instance (a retry counts again).");
+        _meter.CreateObservableCounter("lmcache_router.decisions", () => _decisions.Select(p => new Measurement<long>(Interlocked.Read(ref p.Value.Value),
+            new KeyValuePair<string, object?>("policy", p.Key.Policy), new KeyValuePair<string, object?>("instance", p.Key.Instance))).ToList(),
+            "{request}", "Requests sent to an instance, by policy and instance (a retry counts again).");
         _retries = _meter.CreateCounter<long>("lmcache_router.retries", "{request}", "Requests retried on another instance, by the instance that failed and why.");
         _rejected = _meter.CreateCounter<long>("lmcache_router.rejected", "{request}", "Requests the router answered itself, by reason (bad_json, too_large, unknown_model, no_healthy_instance, all_failed).");
         _responses = _meter.CreateCounter<long>("lmcache_router.responses", "{request}", "Forwarded requests by instance and status code class (2xx, 4xx, 5xx, aborted).");
@@ -58,14 +62,14 @@ public sealed class RouterMetrics : IDisposable
             new Measurement<int>(i.InFlight, new KeyValuePair<string, object?>("instance", i.Name))), "{request}", "Requests this router has in flight to each instance.");
     }
 
-    /// <summary>Requests sent to an instance since the router started (a retry counts again): what it reports to the controller.</summary>
-    public long DecisionsTotal => Interlocked.Read(ref _decisionsTotal);
+    /// <summary>The meter holding the instruments.</summary>
+    public Meter Meter => _meter;
 
-    internal void Decision(string policy, RouterInstance instance)
-    {
-        Interlocked.Increment(ref _decisionsTotal);
-        _decisions.Add(1, new KeyValuePair<string, object?>("policy", policy), new KeyValuePair<string, object?>("instance", instance.Name));
-    }
+    /// <summary>Requests sent to an instance since the router started (a retry counts again): what it reports to the controller.</summary>
+    public long DecisionsTotal => _decisions.Values.Sum(count => Interlocked.Read(ref count.Value));
+
+    internal void Decision(string policy, RouterInstance instance) =>
+        Interlocked.Increment(ref _decisions.GetOrAdd((policy, instance.Name), static _ => new StrongBox<long>()).Value);
 
     internal void ControllerLookup(string outcome) => _controllerLookups.Add(1, new KeyValuePair<string, object?>("outcome", outcome));
 

@@ -1,4 +1,5 @@
 using System.Net;
+using LMCacheSharp.Http;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
@@ -6,7 +7,6 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using Prometheus;
 
 namespace LMCacheSharp.Server;
 
@@ -79,7 +79,7 @@ public sealed partial class CacheServer : IAsyncDisposable
         store ??= options.Disk is { } disk ? new DiskBackedCacheStore(options.CapacityBytes, disk) : new MemoryCacheStore(options.CapacityBytes);
         try
         {
-            var metrics = new CacheServerMetrics();
+            var metrics = new CacheServerMetrics(store);
             var builder = WebApplication.CreateSlimBuilder();
             builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
             configureLogging?.Invoke(builder.Logging);
@@ -89,6 +89,11 @@ public sealed partial class CacheServer : IAsyncDisposable
             builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
             builder.Services.AddSingleton(options);
             builder.Services.AddSingleton(metrics);
+            if (options.MetricsPort is not null)
+            {
+                builder.Services.AddPrometheusExporter(PrometheusNaming.Instrument, _ => [metrics.Meter]);
+            }
+
             builder.Services.AddSingleton(new InFlightBudget(options.EffectiveMaxInFlightPutBytes));
             builder.Services.AddSingleton(CacheSession.CreateChildIndex(options));
             var address = string.Equals(options.Host, "localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback : IPAddress.Parse(options.Host);
@@ -112,8 +117,7 @@ public sealed partial class CacheServer : IAsyncDisposable
             var app = builder.Build();
             if (options.MetricsPort is not null)
             {
-                var registry = CreateRegistry(metrics, store);
-                app.MapMetrics("/metrics", registry);
+                app.MapPrometheusMetrics();
             }
 
             // Kestrel runs the Listen callbacks while the app is built, so the endpoints are known here.
@@ -161,6 +165,7 @@ public sealed partial class CacheServer : IAsyncDisposable
 
         var logger = _app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Server");
         await _app.DisposeAsync().ConfigureAwait(false);
+        Metrics.Dispose();
         if (_ownsStore)
         {
             // A disk-backed store finishes its queued disk writes here, after the last connection has closed, within the
@@ -197,66 +202,4 @@ public sealed partial class CacheServer : IAsyncDisposable
 
     private static string FormatHost(IPEndPoint endPoint) =>
         endPoint.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{endPoint.Address}]" : endPoint.Address.ToString();
-
-    private static CollectorRegistry CreateRegistry(CacheServerMetrics metrics, ICacheStore store)
-    {
-        var registry = Prometheus.Metrics.NewCustomRegistry();
-        var factory = Prometheus.Metrics.WithCustomRegistry(registry);
-        var gauges = new Dictionary<string, Gauge>(StringComparer.Ordinal);
-        var counters = new Dictionary<string, Counter>(StringComparer.Ordinal);
-        foreach (var (name, _) in metrics.Snapshot(store.GetStats()))
-        {
-            var full = "lmcache_server_" + name;
-            if (IsGauge(name))
-            {
-                gauges[name] = factory.CreateGauge(full, Describe(name));
-            }
-            else
-            {
-                counters[name + "_total"] = factory.CreateCounter(full + "_total", Describe(name));
-            }
-        }
-
-        registry.AddBeforeCollectCallback(() =>
-        {
-            foreach (var (name, value) in metrics.Snapshot(store.GetStats()))
-            {
-                if (gauges.TryGetValue(name, out var gauge))
-                {
-                    gauge.Set(value);
-                }
-                else if (counters.TryGetValue(name + "_total", out var counter))
-                {
-                    counter.IncTo(value);
-                }
-            }
-        });
-        return registry;
-    }
-
-    private static bool IsGauge(string name) => name is "items" or "used_bytes" or "capacity_bytes" or "connections_active"
-        or "disk_items" or "disk_used_bytes" or "disk_capacity_bytes" or "disk_queued_bytes";
-
-    private static string Describe(string name) => name switch
-    {
-        "items" => "Values held.",
-        "used_bytes" => "Bytes of values held (4 KiB-aligned buffers).",
-        "capacity_bytes" => "Capacity in bytes.",
-        "evictions" => "Values evicted to make room.",
-        "hits" => "Keys found by GET, MGET and EXISTS-PREFIX.",
-        "misses" => "Keys not found by GET, MGET and EXISTS-PREFIX.",
-        "connections_active" => "Connections open.",
-        "disk_items" => "Values on disk.",
-        "disk_used_bytes" => "Bytes of files on disk (4 KiB blocks).",
-        "disk_capacity_bytes" => "Disk capacity in bytes.",
-        "disk_queued_bytes" => "Bytes of values waiting for the disk writer.",
-        "disk_hits" => "GETs that missed memory and were served from disk.",
-        "disk_writes_dropped" => "Values not written to disk because the write queue was full.",
-        "disk_refused" => "Values kept in memory only (key not 32 bytes, or not a chunk envelope).",
-        "auth_failures" => "Failed AUTH attempts and requests refused before AUTH.",
-        "auth_closes" => "Connections closed after too many failed AUTH attempts.",
-        "put_busy" => "PUTs answered Busy: the in-flight PUT budget was full.",
-        "connections_too_slow" => "Connections closed for sending a frame under the minimum data rate.",
-        _ => name.StartsWith("requests_", StringComparison.Ordinal) ? $"{name[9..].ToUpperInvariant()} requests." : name.Replace('_', ' ') + ".",
-    };
 }

@@ -12,7 +12,6 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using Prometheus;
 
 namespace LMCacheSharp.Serving;
 
@@ -69,13 +68,11 @@ public static class ServingApp
         }
 
         builder.Services.AddSingleton(new ServingMetrics());
+        builder.Services.AddPrometheusExporter(PrometheusNaming.MeterAndInstrument,
+            sp => [sp.GetRequiredService<CacheMetrics>().Meter, sp.GetRequiredService<ServingMetrics>().Meter]);
         builder.Services.AddSingleton(sp => InferenceService.Create(modelPath, options, cacheOptions, sp.GetRequiredService<ServingMetrics>(),
             sp.GetRequiredService<CacheMetrics>(), lowerTiers, sp.GetRequiredService<ILoggerFactory>().CreateLogger("LMCacheSharp.Serving"),
             publisher is null ? null : sp.GetRequiredService<ZmqKvEventPublisher>()));
-        // Start exporting the meters now: prometheus-net's adapter otherwise starts at the first scrape and misses what came before.
-        Metrics.ConfigureMeterAdapter(o => o.InstrumentFilterPredicate = i => i.Meter.Name.StartsWith("LMCacheSharp", StringComparison.Ordinal));
-        // ...and it only subscribes to measurements at its first collection (prometheus-net issue 487): collect once now.
-        Metrics.DefaultRegistry.CollectAndExportAsTextAsync(Stream.Null).GetAwaiter().GetResult();
         WebApplication app;
         InferenceService service;
         try
@@ -107,7 +104,7 @@ public static class ServingApp
         app.UseOpenAiErrors("/v1/models, /v1/completions, /v1/chat/completions, /health, /metrics", "LMCacheSharp.Serving");
         app.MapOpenAi(service);
         app.MapCacheLookup(service);
-        app.MapMetrics("/metrics");
+        app.MapPrometheusMetrics();
         return app;
     }
 

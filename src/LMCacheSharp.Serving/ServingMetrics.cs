@@ -2,7 +2,11 @@ using System.Diagnostics.Metrics;
 
 namespace LMCacheSharp.Serving;
 
-/// <summary>Request metrics of the OpenAI server, on the meter <see cref="MeterName"/>.</summary>
+/// <summary>
+/// Request metrics of the OpenAI server, on the meter <see cref="MeterName"/> (exported at /metrics as
+/// <c>lmcachesharp_serving_lmcache_serving_*</c>, see docs/serving.md). A total also read in process
+/// (<see cref="TotalPrefilledTokens"/>) is counted once, in a field its observable counter reports.
+/// </summary>
 public sealed class ServingMetrics : IDisposable
 {
     /// <summary>The meter name.</summary>
@@ -13,7 +17,6 @@ public sealed class ServingMetrics : IDisposable
     private readonly Histogram<double> _tokensPerSecond;
     private readonly Counter<long> _promptTokens;
     private readonly Counter<long> _cachedTokens;
-    private readonly Counter<long> _prefilledTokens;
     private readonly Counter<long> _generatedTokens;
     private readonly Counter<long> _requests;
     private readonly UpDownCounter<long> _inFlight;
@@ -32,7 +35,7 @@ public sealed class ServingMetrics : IDisposable
         _tokensPerSecond = _meter.CreateHistogram<double>("lmcache_serving.generation_tokens_per_second", "{token}/s", "Decode speed of a request after its first token.");
         _promptTokens = _meter.CreateCounter<long>("lmcache_serving.prompt_tokens", "{token}", "Prompt tokens received.");
         _cachedTokens = _meter.CreateCounter<long>("lmcache_serving.cached_prompt_tokens", "{token}", "Prompt tokens not prefilled (from the cache or shared in context).");
-        _prefilledTokens = _meter.CreateCounter<long>("lmcache_serving.prefilled_tokens", "{token}", "Prompt tokens computed by prefill.");
+        _meter.CreateObservableCounter("lmcache_serving.prefilled_tokens", () => Interlocked.Read(ref _totalPrefilled), "{token}", "Prompt tokens computed by prefill.");
         _generatedTokens = _meter.CreateCounter<long>("lmcache_serving.generation_tokens", "{token}", "Tokens generated.");
         _requests = _meter.CreateCounter<long>("lmcache_serving.requests", "{request}", "Finished requests by finish reason.");
         _inFlight = _meter.CreateUpDownCounter<long>("lmcache_serving.requests_in_flight", "{request}", "Requests queued or running.");
@@ -44,6 +47,9 @@ public sealed class ServingMetrics : IDisposable
     }
 
     private Func<double>? _loopAge;
+
+    /// <summary>The meter holding the instruments.</summary>
+    public Meter Meter => _meter;
 
     /// <summary>Exports <c>lmcache_serving_loop_progress_age_seconds</c>: seconds since the inference loop last made progress (0 when idle).</summary>
     internal void ObserveLoopProgressAge(Func<double> age)
@@ -71,11 +77,7 @@ public sealed class ServingMetrics : IDisposable
         _queueTime.Record(t.QueueMs / 1000);
     }
 
-    internal void Prefilled(int tokens)
-    {
-        _prefilledTokens.Add(tokens);
-        Interlocked.Add(ref _totalPrefilled, tokens);
-    }
+    internal void Prefilled(int tokens) => Interlocked.Add(ref _totalPrefilled, tokens);
 
     internal void Finished(string reason, int promptTokens, int cachedTokens, int generated, double decodeSeconds)
     {

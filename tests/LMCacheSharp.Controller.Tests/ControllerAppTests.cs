@@ -2,6 +2,7 @@ using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json.Nodes;
 using LMCacheSharp.Core.Events;
+using LMCacheSharp.Tests.Shared;
 
 namespace LMCacheSharp.Controller.Tests;
 
@@ -61,6 +62,36 @@ public sealed class ControllerAppTests
         var metrics = await controller.Http.GetStringAsync("/metrics");
         Assert.Contains("lmcache_controller_directory_chunks", metrics, StringComparison.Ordinal);
         Assert.Contains("lmcache_controller_lookups", metrics, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Metrics_keep_their_names_and_count_only_this_controller()
+    {
+        await using var controller = await RunningController.StartAsync();
+        await using var other = await RunningController.StartAsync();
+        using var a = new FakeInstance("http://127.0.0.1:1");
+        int[] doc = [.. Enumerable.Range(100, 18)];
+        a.Store(doc, tail: true);
+        await a.FlushAsync();
+        await a.RegisterAsync(controller);
+        await RunningController.EventuallyAsync(() => controller.Directory.Count == 5, "5 chunks in the directory");
+        await controller.OkAsync("/lookup", new { model = "tiny", tokens = doc });
+        await controller.OkAsync("/lookup", new { model = "tiny", tokens = doc[..4] });
+
+        var metrics = new PrometheusText(await controller.Http.GetStringAsync("/metrics"));
+        const string prefix = "lmcachesharp_controller_lmcache_controller_";
+        metrics.AssertFamilies([.. new[] { "instances", "directory_chunks", "replays", "event_batches", "events", "lookups" }.Select(n => (prefix + n, "gauge")),
+            (prefix + "lookup_time", "histogram")]);
+        Assert.Equal(1, metrics[prefix + "instances"]);
+        Assert.Equal(5, metrics[prefix + "directory_chunks"]);
+        Assert.Equal(2, metrics[prefix + "lookups"]);
+        Assert.Equal(2, metrics[prefix + "lookup_time_count"]);
+        Assert.Equal(0.0001, double.Parse(metrics.Text.Split('\n').First(l => l.StartsWith(prefix + "lookup_time_bucket", StringComparison.Ordinal))
+            .Split('"')[1], System.Globalization.CultureInfo.InvariantCulture)); // the buckets the instrument advises
+        // The other controller in this process has its own registry: none of these counts.
+        var quiet = new PrometheusText(await other.Http.GetStringAsync("/metrics"));
+        Assert.Equal(0, quiet[prefix + "instances"]);
+        Assert.False(quiet.Has(prefix + "lookups"));
     }
 
     [Fact]

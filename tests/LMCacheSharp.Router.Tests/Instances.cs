@@ -255,6 +255,8 @@ public sealed class RouterHost : IAsyncDisposable
 
     public HealthMonitor Monitor => _app.Services.GetRequiredService<HealthMonitor>();
 
+    public RouterMetrics Metrics => _app.Services.GetRequiredService<RouterMetrics>();
+
     /// <summary>The instances the router routes over now.</summary>
     public IReadOnlyList<RouterInstance> Members => _app.Services.GetRequiredService<InstanceSet>().Current;
 

@@ -1,6 +1,7 @@
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json.Nodes;
+using LMCacheSharp.Tests.Shared;
 
 namespace LMCacheSharp.Router.Tests;
 
@@ -45,6 +46,43 @@ public sealed class RouterTests
             Assert.Equal(answered[..3], answered[3..]);
             Assert.Equal(3, answered.Distinct().Count());
             Assert.Equal(2, Metric(await router.MetricsAsync(), "decisions", $"instance=\"{fakes[0].BaseUrl}\",policy=\"round-robin\""));
+        }
+        finally
+        {
+            await DisposeAllAsync(fakes);
+        }
+    }
+
+    [Fact]
+    public async Task Metrics_keep_their_names_and_count_only_this_router()
+    {
+        var fakes = await FakesAsync(1);
+        try
+        {
+            await using var router = await RouterHost.StartAsync(RoutingPolicyKind.RoundRobin, fakes.Select(f => f.BaseUrl));
+            await using var other = await RouterHost.StartAsync(RoutingPolicyKind.RoundRobin, fakes.Select(f => f.BaseUrl));
+            for (var i = 0; i < 2; i++)
+            {
+                Assert.Equal(200, (await router.PostAsync("/v1/completions", new { prompt = "hi" })).Status);
+            }
+
+            Assert.Equal(404, (await router.PostAsync("/v1/completions", new { prompt = "hi", model = "nope" })).Status);
+            await router.Monitor.ProbeAllAsync();
+            var metrics = new PrometheusText(await router.MetricsAsync());
+            const string prefix = "lmcachesharp_router_lmcache_router_";
+            metrics.AssertFamilies(new[] { "instance_healthy", "instance_in_flight", "health_changes", "decisions", "responses", "reported_cached_tokens", "rejected" }
+                .Select(n => (prefix + n, "gauge")));
+            var instance = $"instance=\"{fakes[0].BaseUrl}\"";
+            Assert.Equal(2, metrics[$"{prefix}decisions{{{instance},policy=\"round-robin\"}}"]);
+            Assert.Equal(2, metrics[$"{prefix}responses{{{instance},status=\"2xx\"}}"]);
+            Assert.Equal(1, metrics[$"{prefix}rejected{{reason=\"unknown_model\"}}"]);
+            Assert.Equal(1, metrics[$"{prefix}instance_healthy{{{instance}}}"]);
+            Assert.Equal(0, metrics[$"{prefix}instance_in_flight{{{instance}}}"]);
+            Assert.Equal(2, router.Metrics.DecisionsTotal); // what the controller is told: the same count
+            // The other router in this process, over the same instance, exports none of these requests.
+            var quiet = new PrometheusText(await other.MetricsAsync());
+            Assert.False(quiet.Has($"{prefix}decisions{{{instance},policy=\"round-robin\"}}"));
+            Assert.False(quiet.Has($"{prefix}rejected{{reason=\"unknown_model\"}}"));
         }
         finally
         {
@@ -412,17 +450,9 @@ public sealed class RouterTests
     }
 
     /// <summary>
-    /// The value of the router's metric <c>lmcache_router.NAME</c> with exactly <paramref name="labels"/>, as prometheus-net
+    /// The value of the router's metric <c>lmcache_router.NAME</c> with exactly <paramref name="labels"/>, as its /metrics
     /// exports it (<c>lmcachesharp_router_lmcache_router_NAME{labels} value</c>); fails when absent.
     /// </summary>
-    /// <summary>The metric's value, or 0 while the series does not exist yet.</summary>
-    internal static double MetricOrZero(string metrics, string name, string labels)
-    {
-        var prefix = $"lmcachesharp_router_lmcache_router_{name}{{{labels}}} ";
-        var line = metrics.Split('\n').FirstOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal));
-        return line is null ? 0 : double.Parse(line[prefix.Length..], System.Globalization.CultureInfo.InvariantCulture);
-    }
-
     internal static double Metric(string metrics, string name, string labels)
     {
         var prefix = $"lmcachesharp_router_lmcache_router_{name}{{{labels}}} ";

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using LMCacheSharp.Protocol;
 using LMCacheSharp.Remote;
+using LMCacheSharp.Tests.Shared;
 
 namespace LMCacheSharp.Server.Tests;
 
@@ -235,6 +236,67 @@ public class CacheServerTests
         Assert.Contains("lmcache_server_misses_total 1", text, StringComparison.Ordinal);
         Assert.Contains("lmcache_server_items 1", text, StringComparison.Ordinal);
         Assert.Contains("lmcache_server_requests_get_total 2", text, StringComparison.Ordinal);
+    }
+
+    /// <summary>Every family /metrics has exported, with its TYPE (a disk-backed server), as dashboards know them.</summary>
+    private static readonly (string Name, string Type)[] ExportedFamilies =
+    [
+        .. new[] { "items", "used_bytes", "capacity_bytes", "connections_active", "disk_items", "disk_used_bytes", "disk_capacity_bytes", "disk_queued_bytes" }
+            .Select(n => ("lmcache_server_" + n, "gauge")),
+        .. new[]
+        {
+            "evictions", "hits", "misses", "bytes_received", "bytes_sent", "connections_accepted", "connections_rejected", "protocol_errors",
+            "request_errors", "auth_failures", "auth_closes", "put_busy", "connections_too_slow", "disk_hits", "disk_writes", "disk_writes_dropped",
+            "disk_refused", "disk_write_failures", "disk_evictions", "disk_corrupt", "disk_errors", "requests_ping", "requests_auth", "requests_put",
+            "requests_get", "requests_mget", "requests_exists_prefix", "requests_delete", "requests_clear", "requests_stats", "requests_link",
+            "requests_children",
+        }.Select(n => ("lmcache_server_" + n + "_total", "counter")),
+    ];
+
+    [Fact]
+    public async Task Metrics_keep_their_names_and_are_the_values_STATS_answers()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "lmcache-metrics-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            await using var server = await StartAsync(new CacheServerOptions { MetricsPort = 0, Disk = new DiskStoreOptions { Directory = dir } });
+            await using var client = Client(server, connections: 1);
+            await client.PutAsync("k"u8.ToArray(), new byte[] { 1 });
+            await client.GetAsync("k"u8.ToArray());
+            await client.GetAsync("x"u8.ToArray());
+            using var http = new HttpClient();
+            var metrics = new PrometheusText(await http.GetStringAsync(server.MetricsUrl, TestContext.Current.CancellationToken));
+            metrics.AssertFamilies(ExportedFamilies);
+            Assert.Equal(ExportedFamilies.Length, metrics.Types.Keys.Count(n => n.StartsWith("lmcache_server_", StringComparison.Ordinal)));
+            Assert.Equal(1, metrics["lmcache_server_hits_total"]);
+            Assert.Equal(2, metrics["lmcache_server_requests_get_total"]);
+            Assert.Equal(1, metrics["lmcache_server_connections_active"]);
+            Assert.True(metrics.Has("process_cpu_seconds_total"));
+            // One count behind both: every value STATS lists is the one /metrics exported (but the disk's: its writer runs on).
+            foreach (var (name, value) in server.Metrics.Snapshot(server.Store.GetStats()))
+            {
+                if (!name.StartsWith("disk_", StringComparison.Ordinal))
+                {
+                    Assert.Equal(value, metrics[metrics.Types.ContainsKey("lmcache_server_" + name) ? "lmcache_server_" + name : "lmcache_server_" + name + "_total"]);
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Two_servers_in_one_process_export_only_their_own_counts()
+    {
+        await using var busy = await StartAsync(new CacheServerOptions { MetricsPort = 0 });
+        await using var idle = await StartAsync(new CacheServerOptions { MetricsPort = 0 });
+        await using var client = Client(busy, connections: 1);
+        await client.GetAsync("x"u8.ToArray());
+        using var http = new HttpClient();
+        Assert.Equal(1, new PrometheusText(await http.GetStringAsync(busy.MetricsUrl, TestContext.Current.CancellationToken))["lmcache_server_misses_total"]);
+        Assert.Equal(0, new PrometheusText(await http.GetStringAsync(idle.MetricsUrl, TestContext.Current.CancellationToken))["lmcache_server_misses_total"]);
     }
 
     [Fact]

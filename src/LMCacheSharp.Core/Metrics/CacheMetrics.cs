@@ -1,11 +1,14 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 
 namespace LMCacheSharp.Core.Metrics;
 
 /// <summary>
-/// The cache's instruments on a <see cref="Meter"/> named <see cref="MeterName"/>, named after LMCache's
-/// (<c>lmcache.num_lookup_requests</c> is exported to Prometheus as <c>lmcache_num_lookup_requests</c>), plus running
-/// totals readable in process through <see cref="Snapshot"/>. One instance is shared by an engine and its tiers.
+/// The cache's totals, counted once, and the instruments on a <see cref="Meter"/> named <see cref="MeterName"/> that
+/// report them, named after LMCache's (<c>lmcache.num_lookup_requests</c>; exported at /metrics as
+/// <c>lmcachesharp_lmcache_num_lookup_requests</c>, see docs/architecture.md). The counters are observable instruments over
+/// the same totals that <see cref="Snapshot"/> reads in process. One instance is shared by an engine and its tiers.
 /// </summary>
 public sealed class CacheMetrics : IDisposable
 {
@@ -14,44 +17,33 @@ public sealed class CacheMetrics : IDisposable
 
     private readonly Meter _meter;
     private readonly bool _ownsMeter;
-    private readonly Counter<long> _lookupRequests;
-    private readonly Counter<long> _lookupTokens;
-    private readonly Counter<long> _lookupHitTokens;
-    private readonly Counter<long> _storeRequests;
-    private readonly Counter<long> _storedTokens;
-    private readonly Counter<long> _retrieveRequests;
-    private readonly Counter<long> _requestedTokens;
-    private readonly Counter<long> _retrievedTokens;
-    private readonly Counter<long> _evictions;
-    private readonly Counter<long> _droppedStores;
-    private readonly Counter<long> _corruptChunks;
-    private readonly Counter<long> _tierErrors;
-    private readonly Counter<long> _droppedKvEvents;
     private readonly Histogram<double> _lookupTime;
     private readonly Histogram<double> _storeTime;
     private readonly Histogram<double> _retrieveTime;
     private readonly List<Func<long>> _usageSources = [];
-    private long _totLookupRequests, _totLookupTokens, _totLookupHits, _totStoreRequests, _totStored, _totRetrieveRequests,
-        _totRequested, _totRetrieved, _totEvictions, _totDropped, _totCorrupt, _totTierErrors, _totDroppedKvEvents;
+    private readonly TierTotals _evictions = new(), _droppedStores = new(), _corruptChunks = new(), _tierErrors = new();
+    private long _lookupRequests, _lookupTokens, _lookupHits, _storeRequests, _storedTokens, _retrieveRequests,
+        _requestedTokens, _retrievedTokens, _droppedKvEvents;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>, or on a private meter.</summary>
     public CacheMetrics(IMeterFactory? meterFactory = null)
     {
         _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
         _ownsMeter = meterFactory is null;
-        _lookupRequests = _meter.CreateCounter<long>("lmcache.num_lookup_requests", "{request}", "Lookup calls.");
-        _lookupTokens = _meter.CreateCounter<long>("lmcache.num_lookup_tokens", "{token}", "Prompt tokens looked up.");
-        _lookupHitTokens = _meter.CreateCounter<long>("lmcache.num_lookup_hits", "{token}", "Looked-up tokens found cached.");
-        _storeRequests = _meter.CreateCounter<long>("lmcache.num_store_requests", "{request}", "Store calls.");
-        _storedTokens = _meter.CreateCounter<long>("lmcache.num_stored_tokens", "{token}", "Tokens whose KV was newly stored.");
-        _retrieveRequests = _meter.CreateCounter<long>("lmcache.num_retrieve_requests", "{request}", "Retrieve calls.");
-        _requestedTokens = _meter.CreateCounter<long>("lmcache.num_requested_tokens", "{token}", "Tokens asked of retrieve.");
-        _retrievedTokens = _meter.CreateCounter<long>("lmcache.num_hit_tokens", "{token}", "Tokens whose KV retrieve restored.");
-        _evictions = _meter.CreateCounter<long>("lmcache.num_evictions", "{chunk}", "Chunks evicted to make room.");
-        _droppedStores = _meter.CreateCounter<long>("lmcache.num_dropped_stores", "{chunk}", "Chunks not written to a tier (full queue or tier refused).");
-        _corruptChunks = _meter.CreateCounter<long>("lmcache.num_corrupt_chunks", "{chunk}", "Chunks that failed a checksum or header check (each a miss).");
-        _tierErrors = _meter.CreateCounter<long>("lmcache.num_tier_errors", "{error}", "Tier operations that failed or timed out (each a miss).");
-        _droppedKvEvents = _meter.CreateCounter<long>("lmcache.num_dropped_kv_events", "{event}", "KV events not published because the publisher fell behind.");
+        _meter.CreateObservableCounter("lmcache.num_lookup_requests", () => Interlocked.Read(ref _lookupRequests), "{request}", "Lookup calls.");
+        _meter.CreateObservableCounter("lmcache.num_lookup_tokens", () => Interlocked.Read(ref _lookupTokens), "{token}", "Prompt tokens looked up.");
+        _meter.CreateObservableCounter("lmcache.num_lookup_hits", () => Interlocked.Read(ref _lookupHits), "{token}", "Looked-up tokens found cached.");
+        _meter.CreateObservableCounter("lmcache.num_store_requests", () => Interlocked.Read(ref _storeRequests), "{request}", "Store calls.");
+        _meter.CreateObservableCounter("lmcache.num_stored_tokens", () => Interlocked.Read(ref _storedTokens), "{token}", "Tokens whose KV was newly stored.");
+        _meter.CreateObservableCounter("lmcache.num_retrieve_requests", () => Interlocked.Read(ref _retrieveRequests), "{request}", "Retrieve calls.");
+        _meter.CreateObservableCounter("lmcache.num_requested_tokens", () => Interlocked.Read(ref _requestedTokens), "{token}", "Tokens asked of retrieve.");
+        _meter.CreateObservableCounter("lmcache.num_hit_tokens", () => Interlocked.Read(ref _retrievedTokens), "{token}", "Tokens whose KV retrieve restored.");
+        _meter.CreateObservableCounter("lmcache.num_evictions", _evictions.Measure, "{chunk}", "Chunks evicted to make room.");
+        _meter.CreateObservableCounter("lmcache.num_dropped_stores", _droppedStores.Measure, "{chunk}", "Chunks not written to a tier (full queue or tier refused).");
+        _meter.CreateObservableCounter("lmcache.num_corrupt_chunks", _corruptChunks.Measure, "{chunk}", "Chunks that failed a checksum or header check (each a miss).");
+        _meter.CreateObservableCounter("lmcache.num_tier_errors", _tierErrors.Measure, "{error}", "Tier operations that failed or timed out (each a miss).");
+        _meter.CreateObservableCounter("lmcache.num_dropped_kv_events", () => Interlocked.Read(ref _droppedKvEvents), "{event}",
+            "KV events not published because the publisher fell behind.");
         _lookupTime = _meter.CreateHistogram<double>("lmcache.time_to_lookup", "s", "Time of a lookup.");
         _storeTime = _meter.CreateHistogram<double>("lmcache.time_to_store", "s", "Time of a store call (memory tier; lower tiers write in the background).");
         _retrieveTime = _meter.CreateHistogram<double>("lmcache.time_to_retrieve", "s", "Time of a retrieve call.");
@@ -92,40 +84,31 @@ public sealed class CacheMetrics : IDisposable
 
     internal void Lookup(int tokens, int hitTokens, double seconds)
     {
-        _lookupRequests.Add(1);
-        _lookupTokens.Add(tokens);
-        _lookupHitTokens.Add(hitTokens);
+        Interlocked.Increment(ref _lookupRequests);
+        Interlocked.Add(ref _lookupTokens, tokens);
+        Interlocked.Add(ref _lookupHits, hitTokens);
         _lookupTime.Record(seconds);
-        Interlocked.Increment(ref _totLookupRequests);
-        Interlocked.Add(ref _totLookupTokens, tokens);
-        Interlocked.Add(ref _totLookupHits, hitTokens);
     }
 
     internal void Store(int storedTokens, double seconds)
     {
-        _storeRequests.Add(1);
-        _storedTokens.Add(storedTokens);
+        Interlocked.Increment(ref _storeRequests);
+        Interlocked.Add(ref _storedTokens, storedTokens);
         _storeTime.Record(seconds);
-        Interlocked.Increment(ref _totStoreRequests);
-        Interlocked.Add(ref _totStored, storedTokens);
     }
 
     internal void Retrieve(int requestedTokens, int retrievedTokens, double seconds)
     {
-        _retrieveRequests.Add(1);
-        _requestedTokens.Add(requestedTokens);
-        _retrievedTokens.Add(retrievedTokens);
+        Interlocked.Increment(ref _retrieveRequests);
+        Interlocked.Add(ref _requestedTokens, requestedTokens);
+        Interlocked.Add(ref _retrievedTokens, retrievedTokens);
         _retrieveTime.Record(seconds);
-        Interlocked.Increment(ref _totRetrieveRequests);
-        Interlocked.Add(ref _totRequested, requestedTokens);
-        Interlocked.Add(ref _totRetrieved, retrievedTokens);
     }
 
     /// <summary>Counts chunks evicted from <paramref name="tier"/>.</summary>
     public void Evicted(string tier, int chunks = 1)
     {
-        _evictions.Add(chunks, new KeyValuePair<string, object?>("tier", tier));
-        Interlocked.Add(ref _totEvictions, chunks);
+        _evictions.Add(tier, chunks);
     }
 
     /// <summary>
@@ -137,42 +120,38 @@ public sealed class CacheMetrics : IDisposable
     /// <summary>Counts a chunk that a tier did not take (queue full, too large, tier down).</summary>
     public void DroppedStore(string tier)
     {
-        _droppedStores.Add(1, new KeyValuePair<string, object?>("tier", tier));
-        Interlocked.Increment(ref _totDropped);
+        _droppedStores.Add(tier, 1);
         Faults?.Count("dropped store", tier, "those chunks were not written there (write queue full, tier full or down)");
     }
 
     /// <summary>Counts a chunk rejected by a header or checksum check.</summary>
     public void CorruptChunk(string tier)
     {
-        _corruptChunks.Add(1, new KeyValuePair<string, object?>("tier", tier));
-        Interlocked.Increment(ref _totCorrupt);
+        _corruptChunks.Add(tier, 1);
         Faults?.Count("corrupt chunk", tier, "each was a miss, recomputed and dropped");
     }
 
     /// <summary>Counts a failed or timed-out tier operation.</summary>
     public void TierError(string tier)
     {
-        _tierErrors.Add(1, new KeyValuePair<string, object?>("tier", tier));
-        Interlocked.Increment(ref _totTierErrors);
+        _tierErrors.Add(tier, 1);
         Faults?.Count("failed operation", tier, "each was a miss");
     }
 
     /// <summary>Counts a KV event dropped because its queue was full (the publisher fell behind).</summary>
     public void DroppedKvEvent()
     {
-        _droppedKvEvents.Add(1);
-        Interlocked.Increment(ref _totDroppedKvEvents);
+        Interlocked.Increment(ref _droppedKvEvents);
         Faults?.Count("dropped KV event", "kv-events", "the publisher fell behind; subscribers miss those changes");
     }
 
     /// <summary>Totals since this instance was created.</summary>
     public CacheMetricsSnapshot Snapshot() => new(
-        Interlocked.Read(ref _totLookupRequests), Interlocked.Read(ref _totLookupTokens), Interlocked.Read(ref _totLookupHits),
-        Interlocked.Read(ref _totStoreRequests), Interlocked.Read(ref _totStored), Interlocked.Read(ref _totRetrieveRequests),
-        Interlocked.Read(ref _totRequested), Interlocked.Read(ref _totRetrieved), Interlocked.Read(ref _totEvictions),
-        Interlocked.Read(ref _totDropped), Interlocked.Read(ref _totCorrupt), Interlocked.Read(ref _totTierErrors), LocalCacheUsageBytes,
-        Interlocked.Read(ref _totDroppedKvEvents));
+        Interlocked.Read(ref _lookupRequests), Interlocked.Read(ref _lookupTokens), Interlocked.Read(ref _lookupHits),
+        Interlocked.Read(ref _storeRequests), Interlocked.Read(ref _storedTokens), Interlocked.Read(ref _retrieveRequests),
+        Interlocked.Read(ref _requestedTokens), Interlocked.Read(ref _retrievedTokens), _evictions.Total,
+        _droppedStores.Total, _corruptChunks.Total, _tierErrors.Total, LocalCacheUsageBytes,
+        Interlocked.Read(ref _droppedKvEvents));
 
     /// <inheritdoc />
     public void Dispose()
@@ -181,6 +160,31 @@ public sealed class CacheMetrics : IDisposable
         {
             _meter.Dispose();
         }
+    }
+
+    /// <summary>A total per tier (the tag <c>tier</c> on the meter; their sum in <see cref="Snapshot"/>).</summary>
+    private sealed class TierTotals
+    {
+        private readonly ConcurrentDictionary<string, StrongBox<long>> _byTier = new(StringComparer.Ordinal);
+
+        public long Total
+        {
+            get
+            {
+                long total = 0;
+                foreach (var (_, count) in _byTier)
+                {
+                    total += Interlocked.Read(ref count.Value);
+                }
+
+                return total;
+            }
+        }
+
+        public void Add(string tier, long n) => Interlocked.Add(ref _byTier.GetOrAdd(tier, static _ => new StrongBox<long>()).Value, n);
+
+        public IEnumerable<Measurement<long>> Measure() =>
+            [.. _byTier.Select(p => new Measurement<long>(Interlocked.Read(ref p.Value.Value), new KeyValuePair<string, object?>("tier", p.Key)))];
     }
 }
 
