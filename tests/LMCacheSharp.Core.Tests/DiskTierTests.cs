@@ -100,6 +100,27 @@ public sealed class DiskTierTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_start_up_scan_reports_its_progress_where_asked()
+    {
+        var tier = Open();
+        for (var i = 0; i < 5; i++)
+        {
+            using var chunk = MakeChunk(4, 200 + i);
+            Assert.True(tier.Put(chunk));
+        }
+
+        await Close(tier);
+        var reports = new List<DiskTierScanProgress>();
+        var progress = new SynchronousProgress(reports.Add);
+        await using var reopened = new DiskTier(
+            new DiskTierOptions { Directory = Path.Join(_dir.FullName, "main"), CapacityBytes = 64 << 20, ScanProgress = progress }, _pool, _metrics);
+        Assert.Equal(5, reopened.StartupScan.Recovered);
+        Assert.Equal(0, reports[0].DirectoriesScanned);
+        Assert.Equal(1.0, reports[^1].Fraction);
+        Assert.Equal(5, reports[^1].ChunkFilesRead);
+    }
+
+    [Fact]
     public async Task Recency_order_survives_a_restart()
     {
         var tier = Open();
@@ -721,6 +742,11 @@ public sealed class DiskTierTests : IAsyncLifetime
         }
 
         File.WriteAllBytes(path, bytes);
+    }
+
+    private sealed class SynchronousProgress(Action<DiskTierScanProgress> report) : IProgress<DiskTierScanProgress>
+    {
+        public void Report(DiskTierScanProgress value) => report(value);
     }
 
     private static void FixHeaderChecksum(byte[] bytes) =>
