@@ -566,9 +566,11 @@ public sealed class DiskTierTests : IAsyncLifetime
             await first.FlushAsync();
         }
 
-        await using var second = CacheEngine.Create(options, TestData.Namespace());
+        var reports = new List<DiskTierScanProgress>();
+        await using var second = CacheEngine.Create(options, TestData.Namespace(), diskScanProgress: new SynchronousProgress(reports.Add));
         var disk = Assert.IsType<DiskTier>(second.Storage.Tiers[1]);
         Assert.Equal(6, disk.StartupScan.Recovered);
+        Assert.Equal(6, reports[^1].ChunkFilesRead); // the scan reported where the host asked
         Assert.Equal(0, second.Storage.Memory!.Count);
         Assert.Equal(96, await second.LookupAsync(tokens));
         var target = new FakeSequence(TestData.SmallFormat, tokens);
