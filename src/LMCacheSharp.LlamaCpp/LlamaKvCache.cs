@@ -30,6 +30,13 @@ public sealed class LlamaKvCacheOptions
     /// of every tier), e.g. a <see cref="LMCacheSharp.Core.Events.KvEventQueue"/> read by a publisher. Default: none.
     /// </summary>
     public LMCacheSharp.Core.Events.IKvEventSink? KvEvents { get; set; }
+
+    /// <summary>
+    /// Where the disk tier of the engine created by <see cref="LlamaKvCache.CreateWithEngine"/> reports the progress of its
+    /// start-up scan (<see cref="DiskTierOptions.ScanProgress"/>), e.g. a host's progress line.
+    /// Default: none.
+    /// </summary>
+    public IProgress<DiskTierScanProgress>? DiskScanProgress { get; set; }
 }
 
 /// <summary>
@@ -147,7 +154,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         var ns = TryProbeShape(context, scratch, out var shape, out _)
             ? CreateNamespace(modelFingerprint, shape, options.Layout)
             : new CacheNamespace(modelFingerprint + "|disabled", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
-        var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers, options.KvEvents);
+        var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers, options.KvEvents, options.DiskScanProgress);
         return new LlamaKvCache(context, engine, modelFingerprint, options, ownsEngine: true);
     }
 

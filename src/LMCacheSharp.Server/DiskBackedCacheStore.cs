@@ -68,7 +68,13 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         {
             // One pool for both: a value read from disk is promoted into memory without a copy.
             _disk = new DiskTier(
-                new DiskTierOptions { Directory = options.Directory, CapacityBytes = options.CapacityBytes, Fsync = options.Fsync },
+                new DiskTierOptions
+                {
+                    Directory = options.Directory,
+                    CapacityBytes = options.CapacityBytes,
+                    Fsync = options.Fsync,
+                    ScanProgress = options.ScanProgress,
+                },
                 _memory.Pool, _diskMetrics);
         }
         catch

@@ -32,6 +32,12 @@ public sealed class DiskStoreOptions
     /// <summary>fsync each file and its directory, so a value the writer stored survives a power loss. Default false.</summary>
     public bool Fsync { get; set; }
 
+    /// <summary>
+    /// Where the start-up scan of the directory reports how far it has come (<see cref="Core.Storage.DiskTierOptions.ScanProgress"/>),
+    /// e.g. a host's progress line. Default null (none).
+    /// </summary>
+    public IProgress<Core.Storage.DiskTierScanProgress>? ScanProgress { get; set; }
+
     /// <summary>Every problem with the current values; empty when valid.</summary>
     public IReadOnlyList<string> GetErrors()
     {

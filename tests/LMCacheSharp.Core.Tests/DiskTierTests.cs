@@ -100,6 +100,27 @@ public sealed class DiskTierTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_start_up_scan_reports_its_progress_where_asked()
+    {
+        var tier = Open();
+        for (var i = 0; i < 5; i++)
+        {
+            using var chunk = MakeChunk(4, 200 + i);
+            Assert.True(tier.Put(chunk));
+        }
+
+        await Close(tier);
+        var reports = new List<DiskTierScanProgress>();
+        var progress = new SynchronousProgress(reports.Add);
+        await using var reopened = new DiskTier(
+            new DiskTierOptions { Directory = Path.Join(_dir.FullName, "main"), CapacityBytes = 64 << 20, ScanProgress = progress }, _pool, _metrics);
+        Assert.Equal(5, reopened.StartupScan.Recovered);
+        Assert.Equal(0, reports[0].DirectoriesScanned);
+        Assert.Equal(1.0, reports[^1].Fraction);
+        Assert.Equal(5, reports[^1].ChunkFilesRead);
+    }
+
+    [Fact]
     public async Task Recency_order_survives_a_restart()
     {
         var tier = Open();
@@ -545,9 +566,11 @@ public sealed class DiskTierTests : IAsyncLifetime
             await first.FlushAsync();
         }
 
-        await using var second = CacheEngine.Create(options, TestData.Namespace());
+        var reports = new List<DiskTierScanProgress>();
+        await using var second = CacheEngine.Create(options, TestData.Namespace(), diskScanProgress: new SynchronousProgress(reports.Add));
         var disk = Assert.IsType<DiskTier>(second.Storage.Tiers[1]);
         Assert.Equal(6, disk.StartupScan.Recovered);
+        Assert.Equal(6, reports[^1].ChunkFilesRead); // the scan reported where the host asked
         Assert.Equal(0, second.Storage.Memory!.Count);
         Assert.Equal(96, await second.LookupAsync(tokens));
         var target = new FakeSequence(TestData.SmallFormat, tokens);
@@ -721,6 +744,11 @@ public sealed class DiskTierTests : IAsyncLifetime
         }
 
         File.WriteAllBytes(path, bytes);
+    }
+
+    private sealed class SynchronousProgress(Action<DiskTierScanProgress> report) : IProgress<DiskTierScanProgress>
+    {
+        public void Report(DiskTierScanProgress value) => report(value);
     }
 
     private static void FixHeaderChecksum(byte[] bytes) =>

@@ -3,6 +3,7 @@ using LMCacheSharp.Core.Configuration;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
+using LMCacheSharp.Core.Storage;
 using LMCacheSharp.Remote;
 
 namespace LMCacheSharp.Server.Tests;
@@ -286,6 +287,30 @@ public sealed class DiskBackedCacheStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task The_start_up_scan_reports_its_progress_where_the_options_ask()
+    {
+        await using (var store = new DiskBackedCacheStore(16L << 20, DiskOptions()))
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                Put(store, KeyBytes(Key(i)), Envelope(Key(i), 16, i));
+            }
+
+            await store.FlushAsync(TestContext.Current.CancellationToken);
+        }
+
+        var reports = new List<DiskTierScanProgress>();
+        var options = DiskOptions();
+        options.ScanProgress = new Reports(reports);
+        await using (var store = new DiskBackedCacheStore(16L << 20, options))
+        {
+            Assert.Equal(3, store.Disk.StartupScan.Recovered);
+            Assert.Equal(1.0, reports[^1].Fraction);
+            Assert.Equal(3, reports[^1].ChunkFilesRead);
+        }
+    }
+
+    [Fact]
     public async Task A_value_evicted_from_memory_is_read_from_disk_and_promoted()
     {
         await using var store = new DiskBackedCacheStore(1L << 20, DiskOptions());
@@ -361,5 +386,10 @@ public sealed class DiskBackedCacheStoreTests : IDisposable
         Assert.Contains(errors, e => e.StartsWith("disk: ", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("disk capacity: ", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("disk write queue: ", StringComparison.Ordinal));
+    }
+
+    private sealed class Reports(List<DiskTierScanProgress> reports) : IProgress<DiskTierScanProgress>
+    {
+        public void Report(DiskTierScanProgress value) => reports.Add(value);
     }
 }

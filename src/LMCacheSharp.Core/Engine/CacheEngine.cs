@@ -56,10 +56,12 @@ public sealed partial class CacheEngine : IAsyncDisposable
     /// Creates an engine with the tiers <paramref name="options"/> asks for that the core provides (memory), followed by
     /// <paramref name="lowerTiers"/> (disk, remote: built by their own packages). With <paramref name="events"/>, every
     /// change to what the tiers hold is reported there (see <see cref="StorageManager"/>), each store with its parent and
-    /// token ids.
+    /// token ids. With <paramref name="diskScanProgress"/>, the disk tier's start-up scan reports how far it has come there
+    /// (<see cref="DiskTierOptions.ScanProgress"/>).
     /// </summary>
     public static CacheEngine Create(LMCacheOptions options, CacheNamespace defaultNamespace, CacheMetrics? metrics = null,
-        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null, IKvEventSink? events = null)
+        Func<KvBufferPool, CacheMetrics, IEnumerable<IStorageTier>>? lowerTiers = null, IKvEventSink? events = null,
+        IProgress<DiskTierScanProgress>? diskScanProgress = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
@@ -77,7 +79,9 @@ public sealed partial class CacheEngine : IAsyncDisposable
 
         if (!string.IsNullOrEmpty(options.LocalDisk))
         {
-            var disk = DiskTier.Create(options, pool, metrics);
+            var diskOptions = DiskTierOptions.FromLMCacheOptions(options);
+            diskOptions.ScanProgress = diskScanProgress;
+            var disk = new DiskTier(diskOptions, pool, metrics);
             var scan = disk.StartupScan;
             metrics.Faults?.Event($"disk tier {disk.Root}: recovered {scan.Recovered} chunk files ({disk.GetStats().UsedBytes} bytes), removed {scan.Discarded} corrupt " +
                 $"and {scan.TempFilesRemoved} unfinished files, evicted {scan.EvictedOverCapacity} over capacity, in {scan.Elapsed.TotalMilliseconds:F0} ms");

@@ -1,22 +1,12 @@
 using System.Diagnostics;
-using System.IO.Hashing;
 using System.Runtime.CompilerServices;
 using LMCacheSharp.Core.Codecs;
 using LMCacheSharp.Core.Events;
 using LMCacheSharp.Core.Keys;
 using LMCacheSharp.Core.Kv;
 using LMCacheSharp.Core.Metrics;
-using Microsoft.Win32.SafeHandles;
 
 namespace LMCacheSharp.Core.Storage;
-
-/// <summary>What a <see cref="DiskTier"/> found in its directory when it opened.</summary>
-/// <param name="Recovered">Chunk files whose header checked out, now in the index.</param>
-/// <param name="Discarded">Chunk files deleted because their header, name or length was wrong (each counted as a corrupt chunk).</param>
-/// <param name="TempFilesRemoved">Partial files left by a writer that did not finish (a killed process), deleted.</param>
-/// <param name="EvictedOverCapacity">Recovered chunks evicted because the directory held more than the capacity.</param>
-/// <param name="Elapsed">Time the scan took.</param>
-public readonly record struct DiskTierScan(int Recovered, int Discarded, int TempFilesRemoved, int EvictedOverCapacity, TimeSpan Elapsed);
 
 /// <summary>
 /// The local disk tier: one file per chunk, so eviction is an unlink and no compaction is ever needed (chunks are large,
@@ -35,34 +25,35 @@ public readonly record struct DiskTierScan(int Recovered, int Discarded, int Tem
 /// background through its bounded queue. The server can store opaque serialized envelopes through
 /// <see cref="PutEnvelope"/> and <see cref="GetEnvelope"/>.
 /// </summary>
+/// <remarks>
+/// Composed of the file format (<see cref="DiskChunkFile"/>: layout, names, verified reads, temp-file writes), the
+/// in-memory index (<see cref="DiskChunkIndex"/>: LRU, capacity, reservations, keys being written or deleted) and the
+/// start-up scan (<see cref="DiskTierRecovery"/>). This type holds the lock, runs the file operations outside it in the
+/// order that keeps the directory and the index consistent, and puts the async API on its own I/O threads.
+/// </remarks>
 public sealed class DiskTier : IStorageTier
 {
     /// <summary>Size of the header block at the start of every file.</summary>
-    public const int HeaderBlockSize = 4096;
+    public const int HeaderBlockSize = DiskChunkFile.HeaderBlockSize;
 
     /// <summary>Extension of chunk files.</summary>
-    public const string ChunkFileExtension = ".kv";
+    public const string ChunkFileExtension = DiskChunkFile.Extension;
 
-    private const string TempFileExtension = ".tmp";
     private const string LockFileName = ".lmcache-disk.lock";
 
     private readonly Lock _lock = new();
-    private readonly Dictionary<ChunkHash, Entry> _entries = [];
-    private readonly HashSet<ChunkHash> _writing = [];
-    private readonly HashSet<ChunkHash> _deleting = []; // forgotten by the index, file not yet unlinked: writes refused
+    private readonly DiskChunkIndex _index;
     private readonly KvBufferPool _pool;
     private readonly CacheMetrics? _metrics;
     private readonly IKvCodec _codec;
     private readonly bool _fsync;
     private readonly FileStream _lockFile;
-    private readonly LruList<Entry> _lru = new(); // head: most recently used; tail: the next victim
     private readonly BlockingIoPool _io;
-    private long _usedBytes;
     private long _tempCounter;
     private bool _disposed;
 
     /// <summary>Opens (or creates) the cache directory, takes its lock and rebuilds the index from the files there.</summary>
-    /// <param name="options">Directory, capacity, codec, O_DIRECT and fsync.</param>
+    /// <param name="options">Directory, capacity, codec, O_DIRECT, fsync and where the start-up scan reports progress.</param>
     /// <param name="pool">Where chunk buffers for reads come from.</param>
     /// <param name="metrics">Where corrupt chunks, evictions and errors are counted, or null.</param>
     /// <exception cref="IOException">The directory cannot be created, or another process (or tier) is using it.</exception>
@@ -77,6 +68,7 @@ public sealed class DiskTier : IStorageTier
         _fsync = options.Fsync;
         _pool = pool;
         _metrics = metrics;
+        _index = new DiskChunkIndex(CapacityBytes) { Removed = key => Events?.Removed(KvMedium.Disk, key) };
         System.IO.Directory.CreateDirectory(Root);
         try
         {
@@ -91,7 +83,7 @@ public sealed class DiskTier : IStorageTier
         try
         {
             DirectIo = options.DirectIo && options.DirectIoProbe(Root);
-            StartupScan = Scan();
+            StartupScan = Recover(options.ScanProgress);
         }
         catch
         {
@@ -134,7 +126,7 @@ public sealed class DiskTier : IStorageTier
         {
             lock (_lock)
             {
-                return _usedBytes;
+                return _index.UsedBytes;
             }
         }
     }
@@ -146,7 +138,7 @@ public sealed class DiskTier : IStorageTier
         {
             lock (_lock)
             {
-                return _entries.Count;
+                return _index.Count;
             }
         }
     }
@@ -156,16 +148,12 @@ public sealed class DiskTier : IStorageTier
     {
         lock (_lock)
         {
-            return _entries.ContainsKey(key);
+            return _index.Contains(key);
         }
     }
 
     /// <summary>The path of the file that holds (or would hold) <paramref name="key"/>.</summary>
-    public string PathOf(ChunkHash key)
-    {
-        var hex = key.ToString();
-        return Path.Join(Root, hex.AsSpan(0, 2), hex + ChunkFileExtension);
-    }
+    public string PathOf(ChunkHash key) => DiskChunkFile.PathOf(Root, key);
 
     /// <summary>Synchronous <see cref="CountPrefixAsync"/>.</summary>
     public int CountPrefix(ReadOnlySpan<ChunkHash> keys)
@@ -173,29 +161,21 @@ public sealed class DiskTier : IStorageTier
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            var n = 0;
-            while (n < keys.Length && _entries.ContainsKey(keys[n]))
-            {
-                n++;
-            }
-
-            return n;
+            return _index.CountPrefix(keys);
         }
     }
 
     /// <summary>Synchronous <see cref="GetAsync"/>: the verified, decoded chunk with one reference for the caller, or null.</summary>
     public KvChunk? TryGet(ChunkHash key)
     {
-        Entry? entry;
+        DiskChunkIndex.Entry? entry;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_entries.TryGetValue(key, out entry))
+            if (!_index.TryTouch(key, out entry))
             {
                 return null;
             }
-
-            _lru.MoveToHead(entry);
         }
 
         var path = PathOf(key);
@@ -204,10 +184,7 @@ public sealed class DiskTier : IStorageTier
         var ioFailed = false;
         try
         {
-            using var handle = DiskFile.OpenRead(path, DirectIo);
-            status = entry.Codec == KvCodecId.Raw && entry.FileLength - HeaderBlockSize == entry.RawLength
-                ? ReadRaw(handle, key, entry, out chunk)
-                : ReadEncoded(handle, key, entry, out chunk);
+            status = DiskChunkFile.Read(path, entry.Record, _pool, DirectIo, out chunk);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -216,7 +193,7 @@ public sealed class DiskTier : IStorageTier
 
         if (status == ChunkReadStatus.Ok)
         {
-            Touch(path);
+            DiskChunkFile.Touch(path);
             if (entry.Lineage is { } lineage && !chunk!.IsSealed)
             {
                 chunk.Lineage = lineage; // its place in its prompt travels on: a promotion into memory reports it
@@ -228,7 +205,7 @@ public sealed class DiskTier : IStorageTier
         chunk?.Release();
         lock (_lock)
         {
-            if (!_disposed && (!_entries.TryGetValue(key, out var current) || current != entry))
+            if (!_disposed && !_index.IsCurrent(entry))
             {
                 return null; // evicted, removed or replaced while we read: a plain miss, nothing is wrong with the disk
             }
@@ -243,7 +220,7 @@ public sealed class DiskTier : IStorageTier
             _metrics?.CorruptChunk(Name);
         }
 
-        Discard(key, entry); // the file is dropped like a corrupt one
+        Discard(entry); // the file is dropped like a corrupt one
         return null;
     }
 
@@ -257,82 +234,31 @@ public sealed class DiskTier : IStorageTier
     {
         ArgumentNullException.ThrowIfNull(chunk);
         var key = chunk.Key;
-        var raw = _codec.Id == KvCodecId.Raw;
-        long maxFileLength = HeaderBlockSize + (raw ? chunk.Length : _codec.MaxEncodedLength(chunk.Length, chunk.Format));
+        var maxFileLength = DiskChunkFile.MaxFileLength(chunk, _codec);
         if (maxFileLength - HeaderBlockSize > ChunkEnvelope.MaxPayloadLength)
         {
             return false;
         }
 
         // Reserve the largest size the file can have, so the directory never exceeds the capacity; corrected after encoding.
-        var reserved = BlockRound(maxFileLength);
-        if (!TryBeginWrite(key, reserved, out var refreshed))
+        var reserved = DiskChunkFile.BlockRound(maxFileLength);
+        if (!TryBeginWrite(key, reserved, replacing: null, out var refreshed))
         {
             return refreshed;
         }
 
         var committed = false;
         var temp = "";
-        KvChunk? scratch = null;
         try
         {
             var path = PathOf(key);
-            temp = $"{path}.{Environment.ProcessId}.{Interlocked.Increment(ref _tempCounter)}{TempFileExtension}";
-            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            scratch = _pool.Rent((int)(raw ? HeaderBlockSize : maxFileLength));
-            var buffer = FullSpan(scratch);
-            int encodedLength;
-            ulong encodedChecksum;
-            if (raw)
+            temp = DiskChunkFile.TempPathOf(path, Interlocked.Increment(ref _tempCounter));
+            if (!DiskChunkFile.TryWrite(temp, chunk, _codec, _pool, DirectIo, _fsync, out var record, out var lineage))
             {
-                encodedLength = chunk.Length;
-                encodedChecksum = chunk.Checksum;
-            }
-            else
-            {
-                try
-                {
-                    encodedLength = _codec.Encode(chunk.Span, chunk.Format, buffer[HeaderBlockSize..]);
-                }
-                catch (NotSupportedException)
-                {
-                    return false;
-                }
-
-                encodedChecksum = XxHash3.HashToUInt64(buffer.Slice(HeaderBlockSize, encodedLength));
+                return false;
             }
 
-            buffer[..HeaderBlockSize].Clear();
-            ChunkEnvelope.WriteHeader(new ChunkEnvelopeHeader(_codec.Id, chunk.Format, chunk.TokenCount, chunk.Length, encodedLength,
-                chunk.Checksum, encodedChecksum, key), buffer);
-            // The chunk's place in its prompt goes into the rest of the header block (token-exact reuse after a restart).
-            var lineage = chunk.Lineage is { } l && l.Tokens.Length == chunk.TokenCount && l.TryWrite(buffer[ChunkEnvelope.HeaderSize..HeaderBlockSize]) ? l : null;
-            var fileLength = HeaderBlockSize + (long)encodedLength;
-            using (var handle = DiskFile.CreateNew(temp, DirectIo))
-            {
-                if (raw)
-                {
-                    DiskFile.WriteFully(handle, buffer[..HeaderBlockSize], 0);
-                    var payload = DirectIo ? FullSpan(chunk)[..(int)BlockRound(chunk.Length)] : chunk.Span;
-                    DiskFile.WriteFully(handle, payload, HeaderBlockSize);
-                }
-                else
-                {
-                    DiskFile.WriteFully(handle, buffer[..(int)(DirectIo ? BlockRound(fileLength) : fileLength)], 0);
-                }
-
-                if (DirectIo && BlockRound(fileLength) != fileLength)
-                {
-                    RandomAccess.SetLength(handle, fileLength);
-                }
-
-                if (_fsync)
-                {
-                    DiskFile.Sync(handle);
-                }
-            }
-
-            committed = CommitWrite(key, temp, path, new Entry(key, _codec.Id, fileLength, chunk.Length, encodedChecksum) { Lineage = lineage }, reserved);
+            committed = CommitWrite(temp, path, new DiskChunkIndex.Entry(record, lineage), reserved);
             return committed;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -342,7 +268,6 @@ public sealed class DiskTier : IStorageTier
         }
         finally
         {
-            scratch?.Release();
             if (!committed)
             {
                 AbortWrite(key, reserved, temp);
@@ -362,16 +287,14 @@ public sealed class DiskTier : IStorageTier
     /// replaced; the same envelope is only marked as used, not rewritten.</param>
     internal bool PutEnvelope(ChunkHash key, ReadOnlySpan<byte> envelope, bool replace = false)
     {
-        if (ChunkEnvelope.TryReadHeader(envelope, out var header) != ChunkReadStatus.Ok || header.Key != key ||
-            envelope.Length != ChunkEnvelope.HeaderSize + (long)header.EncodedLength ||
-            XxHash3.HashToUInt64(envelope[ChunkEnvelope.HeaderSize..]) != header.EncodedChecksum)
+        if (!DiskChunkFile.TryCheckEnvelope(envelope, key, out var header))
         {
             return false;
         }
 
-        var fileLength = HeaderBlockSize + (long)header.EncodedLength;
-        var reserved = BlockRound(fileLength);
-        if (!TryBeginWrite(key, reserved, out var refreshed, replace ? header : null))
+        var record = DiskChunkRecord.Of(header);
+        var reserved = record.BlockBytes;
+        if (!TryBeginWrite(key, reserved, replace ? record : null, out var refreshed))
         {
             return refreshed;
         }
@@ -381,22 +304,9 @@ public sealed class DiskTier : IStorageTier
         try
         {
             var path = PathOf(key);
-            temp = $"{path}.{Environment.ProcessId}.{Interlocked.Increment(ref _tempCounter)}{TempFileExtension}";
-            System.IO.Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            Span<byte> block = stackalloc byte[HeaderBlockSize];
-            block.Clear();
-            envelope[..ChunkEnvelope.HeaderSize].CopyTo(block);
-            using (var handle = DiskFile.CreateNew(temp, direct: false))
-            {
-                DiskFile.WriteFully(handle, block, 0);
-                DiskFile.WriteFully(handle, envelope[ChunkEnvelope.HeaderSize..], HeaderBlockSize);
-                if (_fsync)
-                {
-                    DiskFile.Sync(handle);
-                }
-            }
-
-            committed = CommitWrite(key, temp, path, new Entry(key, header.Codec, fileLength, header.RawLength, header.EncodedChecksum), reserved);
+            temp = DiskChunkFile.TempPathOf(path, Interlocked.Increment(ref _tempCounter));
+            DiskChunkFile.WriteEnvelope(temp, envelope, _fsync);
+            committed = CommitWrite(temp, path, new DiskChunkIndex.Entry(record), reserved);
             return committed;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -421,52 +331,35 @@ public sealed class DiskTier : IStorageTier
     /// </summary>
     internal KvChunk? GetEnvelope(ChunkHash key)
     {
-        Entry? entry;
+        DiskChunkIndex.Entry? entry;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_entries.TryGetValue(key, out entry))
+            if (!_index.TryTouch(key, out entry))
             {
                 return null;
             }
-
-            _lru.MoveToHead(entry);
         }
 
         var path = PathOf(key);
         KvChunk? result = null;
-        var ok = false;
         try
         {
-            using var handle = DiskFile.OpenRead(path, direct: false);
-            Span<byte> header = stackalloc byte[ChunkEnvelope.HeaderSize];
-            var encodedLength = entry.FileLength - HeaderBlockSize;
-            if (DiskFile.ReadFully(handle, header, 0) == header.Length && encodedLength <= ChunkEnvelope.MaxPayloadLength &&
-                CheckHeader(header, key, entry, out var parsed))
-            {
-                result = _pool.Rent(ChunkEnvelope.HeaderSize + (int)encodedLength);
-                header.CopyTo(result.Span);
-                var payload = result.Span[ChunkEnvelope.HeaderSize..];
-                ok = DiskFile.ReadFully(handle, payload, HeaderBlockSize) == payload.Length &&
-                     RandomAccess.GetLength(handle) == entry.FileLength &&
-                     XxHash3.HashToUInt64(payload) == parsed.EncodedChecksum;
-                result.Key = key;
-            }
+            result = DiskChunkFile.ReadEnvelope(path, entry.Record, _pool);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             _metrics?.TierError(Name);
         }
 
-        if (ok)
+        if (result is not null)
         {
-            Touch(path);
+            DiskChunkFile.Touch(path);
             return result;
         }
 
-        result?.Release();
         _metrics?.CorruptChunk(Name);
-        Discard(key, entry);
+        Discard(entry);
         return null;
     }
 
@@ -476,12 +369,10 @@ public sealed class DiskTier : IStorageTier
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_entries.TryGetValue(key, out var entry))
+            if (!_index.TryForget(key))
             {
                 return false;
             }
-
-            ForgetLocked(entry);
         }
 
         Unlink(key);
@@ -491,15 +382,11 @@ public sealed class DiskTier : IStorageTier
     /// <summary>Synchronous <see cref="ClearAsync"/>: deletes every chunk file the tier holds.</summary>
     public void Clear()
     {
-        var keys = new List<ChunkHash>();
+        List<ChunkHash> keys;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            while (_lru.Tail is { } tail)
-            {
-                keys.Add(tail.Key);
-                ForgetLocked(tail);
-            }
+            keys = _index.ForgetAll();
         }
 
         Unlink(keys);
@@ -510,13 +397,7 @@ public sealed class DiskTier : IStorageTier
     {
         lock (_lock)
         {
-            var keys = new List<ChunkHash>(_entries.Count);
-            for (var e = _lru.Head; e is not null; e = e.Next)
-            {
-                keys.Add(e.Key);
-            }
-
-            return keys;
+            return _index.KeysByRecency();
         }
     }
 
@@ -531,7 +412,7 @@ public sealed class DiskTier : IStorageTier
         cancellationToken.ThrowIfCancellationRequested();
         lock (_lock)
         {
-            if (!_disposed && !_entries.ContainsKey(key))
+            if (!_disposed && !_index.Contains(key))
             {
                 return ValueTask.FromResult<KvChunk?>(null); // a miss needs no I/O
             }
@@ -588,7 +469,7 @@ public sealed class DiskTier : IStorageTier
     {
         lock (_lock)
         {
-            return [.. _entries.Values.Where(e => e.Lineage is not null).Select(e => (e.Key, e.Lineage!))];
+            return _index.Lineages();
         }
     }
 
@@ -597,7 +478,7 @@ public sealed class DiskTier : IStorageTier
     {
         lock (_lock)
         {
-            return new StorageTierStats(_entries.Count, _usedBytes, CapacityBytes);
+            return new StorageTierStats(_index.Count, _index.UsedBytes, CapacityBytes);
         }
     }
 
@@ -612,8 +493,7 @@ public sealed class DiskTier : IStorageTier
             }
 
             _disposed = true;
-            _entries.Clear();
-            _lru.Clear();
+            _index.Reset();
         }
 
         _io.Dispose();
@@ -637,140 +517,26 @@ public sealed class DiskTier : IStorageTier
     /// <summary>Tests: called just before a chunk file is deleted or a temp file renamed into place (never under the lock).</summary>
     internal Action<FileSystemChange, ChunkHash>? FileSystemHook { get; set; }
 
-    private static long BlockRound(long length) => (length + HeaderBlockSize - 1) / HeaderBlockSize * HeaderBlockSize;
-
-    private static unsafe Span<byte> FullSpan(KvChunk chunk) => new((void*)chunk.Pointer, chunk.Capacity);
-
-    private static void Touch(string path)
+    // Runs in the constructor, before the tier is shared: the index needs no lock yet.
+    private DiskTierScan Recover(IProgress<DiskTierScanProgress>? progress)
     {
-        try
+        var start = Stopwatch.GetTimestamp();
+        var scan = DiskTierRecovery.Run(Root, _index, _metrics, Name, progress, out var evicted);
+        Unlink(evicted);
+        if (evicted.Count > 0)
         {
-            File.SetLastWriteTimeUtc(path, DateTime.UtcNow);
+            _metrics?.Evicted(Name, evicted.Count);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // Only the recency order across restarts is at stake.
-        }
+
+        return scan with { Elapsed = Stopwatch.GetElapsedTime(start) };
     }
 
-    // The raw codec: the payload is read straight into the chunk that is handed out, no copy, then hashed. With O_DIRECT,
-    // header block and payload come in one vectored read (one device request). (Reading buffered in 1 MiB pieces hashed
-    // while still in the CPU cache measured slower than one read and one hash pass.)
-    private ChunkReadStatus ReadRaw(SafeFileHandle handle, ChunkHash key, Entry entry, out KvChunk? chunk)
-    {
-        chunk = null;
-        var block = _pool.Rent(HeaderBlockSize);
-        var result = _pool.Rent(entry.RawLength);
-        try
-        {
-            ulong checksum;
-            ChunkEnvelopeHeader header;
-            if (DirectIo)
-            {
-                var payload = FullSpan(result)[..(int)BlockRound(entry.RawLength)];
-                var read = DiskFile.ReadFully(handle, FullSpan(block), payload, 0);
-                if (read != entry.FileLength)
-                {
-                    return ChunkReadStatus.Truncated;
-                }
-
-                if (!CheckHeader(block.Span[..ChunkEnvelope.HeaderSize], key, entry, out header) || header.Codec != KvCodecId.Raw ||
-                    header.RawLength != entry.RawLength)
-                {
-                    return ChunkReadStatus.HeaderCorrupt;
-                }
-
-                checksum = XxHash3.HashToUInt64(result.Span);
-            }
-            else
-            {
-                var headerSpan = block.Span[..ChunkEnvelope.HeaderSize];
-                if (DiskFile.ReadFully(handle, headerSpan, 0) < ChunkEnvelope.HeaderSize)
-                {
-                    return ChunkReadStatus.Truncated;
-                }
-
-                if (!CheckHeader(headerSpan, key, entry, out header) || header.Codec != KvCodecId.Raw || header.RawLength != entry.RawLength)
-                {
-                    return ChunkReadStatus.HeaderCorrupt;
-                }
-
-                if (DiskFile.ReadFully(handle, result.Span, HeaderBlockSize) != entry.RawLength)
-                {
-                    return ChunkReadStatus.Truncated;
-                }
-
-                checksum = XxHash3.HashToUInt64(result.Span);
-            }
-
-            if (RandomAccess.GetLength(handle) != entry.FileLength)
-            {
-                return ChunkReadStatus.LengthMismatch;
-            }
-
-            if (checksum != header.EncodedChecksum)
-            {
-                return ChunkReadStatus.ChecksumMismatch;
-            }
-
-            result.Key = key;
-            result.TokenCount = header.TokenCount;
-            result.Format = header.Format;
-            result.Checksum = header.EncodedChecksum;
-            chunk = result;
-            result = null;
-            return ChunkReadStatus.Ok;
-        }
-        finally
-        {
-            block.Release();
-            result?.Release();
-        }
-    }
-
-    // Other codecs: the whole file is read into a scratch buffer (one read, O_DIRECT-friendly), the header is moved next to
-    // the payload and ChunkEnvelope does the checks and the decoding into a fresh pooled chunk.
-    private ChunkReadStatus ReadEncoded(SafeFileHandle handle, ChunkHash key, Entry entry, out KvChunk? chunk)
-    {
-        chunk = null;
-        if (entry.FileLength - HeaderBlockSize > ChunkEnvelope.MaxPayloadLength)
-        {
-            return ChunkReadStatus.LengthMismatch;
-        }
-
-        var fileLength = (int)entry.FileLength;
-        var scratch = _pool.Rent(fileLength);
-        try
-        {
-            var target = DirectIo ? FullSpan(scratch)[..(int)BlockRound(fileLength)] : scratch.Span;
-            var read = DiskFile.ReadFully(handle, target, 0);
-            if (read != fileLength || RandomAccess.GetLength(handle) != fileLength)
-            {
-                return ChunkReadStatus.Truncated;
-            }
-
-            var bytes = scratch.Span;
-            var start = HeaderBlockSize - ChunkEnvelope.HeaderSize;
-            bytes[..ChunkEnvelope.HeaderSize].CopyTo(bytes[start..]);
-            return ChunkEnvelope.TryDeserialize(bytes[start..], key, null, _pool, out chunk);
-        }
-        finally
-        {
-            scratch.Release();
-        }
-    }
-
-    private static bool CheckHeader(ReadOnlySpan<byte> bytes, ChunkHash key, Entry entry, out ChunkEnvelopeHeader header) =>
-        ChunkEnvelope.TryReadHeader(bytes, out header) == ChunkReadStatus.Ok && header.Key == key &&
-        HeaderBlockSize + (long)header.EncodedLength == entry.FileLength && KvCodecs.Find(header.Codec) is not null;
-
-    // Reserves room for a write of key; false (with refreshed = true) when the key is stored or being written already.
     /// <summary>
     /// Reserves room for a new file of <paramref name="key"/>. False with <paramref name="refreshed"/> set when the key is
     /// already stored (marked as used instead) or being written; when <paramref name="replacing"/> is given, a stored file
-    /// whose codec, length or payload checksum differ from that header is dropped and the write goes ahead.
+    /// that is not that one is dropped and the write goes ahead. Evicted files are unlinked here, outside the lock.
     /// </summary>
-    private bool TryBeginWrite(ChunkHash key, long reserved, out bool refreshed, ChunkEnvelopeHeader? replacing = null)
+    private bool TryBeginWrite(ChunkHash key, long reserved, DiskChunkRecord? replacing, out bool refreshed)
     {
         refreshed = false;
         if (reserved > CapacityBytes)
@@ -779,41 +545,11 @@ public sealed class DiskTier : IStorageTier
         }
 
         List<ChunkHash>? evicted = null;
+        DiskWriteReservation answer;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_entries.TryGetValue(key, out var existing))
-            {
-                if (replacing is not { } h || (existing.Codec == h.Codec && existing.EncodedChecksum == h.EncodedChecksum &&
-                    existing.FileLength == HeaderBlockSize + (long)h.EncodedLength))
-                {
-                    _lru.MoveToHead(existing);
-                    refreshed = true;
-                    return false;
-                }
-
-                // Replaced: the new file is renamed over the old one (AbortWrite deletes the old one if the write fails).
-                UnindexLocked(existing);
-            }
-
-            if (_deleting.Contains(key))
-            {
-                return false; // its file is being unlinked: a file renamed in now could be the one unlinked
-            }
-
-            if (!_writing.Add(key))
-            {
-                refreshed = true;
-                return false;
-            }
-
-            while (_usedBytes + reserved > CapacityBytes && _lru.Tail is { } victim)
-            {
-                (evicted ??= []).Add(victim.Key);
-                ForgetLocked(victim);
-            }
-
-            _usedBytes += reserved;
+            answer = _index.TryReserve(key, reserved, replacing, ref evicted);
         }
 
         if (evicted is not null)
@@ -822,14 +558,15 @@ public sealed class DiskTier : IStorageTier
             _metrics?.Evicted(Name, evicted.Count);
         }
 
-        return true;
+        refreshed = answer is DiskWriteReservation.AlreadyStored or DiskWriteReservation.BeingWritten;
+        return answer == DiskWriteReservation.Reserved;
     }
 
-    // The rename runs outside the lock: the key is in _writing, so no other write, delete or index entry touches its path.
-    private bool CommitWrite(ChunkHash key, string temp, string path, Entry entry, long reserved)
+    // The rename runs outside the lock: the key is being written, so no other write, delete or index entry touches its path.
+    private bool CommitWrite(string temp, string path, DiskChunkIndex.Entry entry, long reserved)
     {
-        FileSystemHook?.Invoke(FileSystemChange.Rename, key);
-        File.Move(temp, path, overwrite: true);
+        FileSystemHook?.Invoke(FileSystemChange.Rename, entry.Key);
+        DiskChunkFile.Publish(temp, path);
         lock (_lock)
         {
             if (_disposed)
@@ -837,79 +574,57 @@ public sealed class DiskTier : IStorageTier
                 return true; // the file is in place for the next process
             }
 
-            _writing.Remove(key);
-            _usedBytes += entry.BlockBytes - reserved;
-            _entries[key] = entry;
-            _lru.LinkAtHead(entry);
-            Events?.Stored(KvMedium.Disk, key, entry.Lineage);
+            _index.Commit(entry, reserved);
+            Events?.Stored(KvMedium.Disk, entry.Key, entry.Lineage);
         }
 
         if (_fsync)
         {
-            DiskFile.SyncDirectory(Path.GetDirectoryName(path)!);
+            DiskChunkFile.SyncDirectoryOf(path);
         }
 
         return true;
     }
 
-    // Still holding the key in _writing: deletes the temp file and whatever file is under the key's name (a replaced
+    // Still holding the key as being written: deletes the temp file and whatever file is under the key's name (a replaced
     // file that is no longer indexed, which must not come back at the next start), then releases the reservation.
     private void AbortWrite(ChunkHash key, long reserved, string temp)
     {
         if (temp.Length > 0)
         {
-            TryDelete(temp);
+            DiskChunkFile.TryDelete(temp);
         }
 
         FileSystemHook?.Invoke(FileSystemChange.Delete, key);
-        TryDelete(PathOf(key));
+        DiskChunkFile.TryDelete(PathOf(key));
 
         lock (_lock)
         {
-            _writing.Remove(key);
-            _usedBytes -= reserved;
+            _index.Abort(key, reserved);
         }
     }
 
     // Drops a bad entry, unless it was replaced (a fresh write of the same key) in the meantime.
-    private void Discard(ChunkHash key, Entry entry)
+    private void Discard(DiskChunkIndex.Entry entry)
     {
         lock (_lock)
         {
-            if (_disposed || !_entries.TryGetValue(key, out var current) || !ReferenceEquals(current, entry))
+            if (_disposed || !_index.TryForget(entry.Key, only: entry))
             {
                 return;
             }
-
-            ForgetLocked(entry);
         }
 
-        Unlink(key);
+        Unlink(entry.Key);
     }
 
-    private void UnindexLocked(Entry entry)
-    {
-        _entries.Remove(entry.Key);
-        _lru.Unlink(entry);
-        _usedBytes -= entry.BlockBytes;
-        Events?.Removed(KvMedium.Disk, entry.Key);
-    }
-
-    // Under the lock: forgets the entry and marks its key as being deleted until Unlink has removed the file, so that a
-    // write of the same key cannot rename a fresh file in between and have it unlinked. Unlink runs outside the lock.
-    // Meanwhile the directory may hold the file on top of the bytes the index counts.
-    private void ForgetLocked(Entry entry)
-    {
-        UnindexLocked(entry);
-        _deleting.Add(entry.Key);
-    }
-
+    // The index forgot these keys and holds them as being deleted until their files are gone (see DiskChunkIndex.TryForget).
     private void Unlink(ChunkHash key)
     {
         UnlinkFile(key);
         lock (_lock)
         {
-            _deleting.Remove(key);
+            _index.FileDeleted(key);
         }
     }
 
@@ -922,10 +637,7 @@ public sealed class DiskTier : IStorageTier
 
         lock (_lock)
         {
-            foreach (var key in keys)
-            {
-                _deleting.Remove(key);
-            }
+            _index.FileDeleted(keys);
         }
     }
 
@@ -940,151 +652,5 @@ public sealed class DiskTier : IStorageTier
         {
             _metrics?.TierError(Name);
         }
-    }
-
-    private DiskTierScan Scan()
-    {
-        var start = Stopwatch.GetTimestamp();
-        var found = new List<(Entry Entry, DateTime Time)>();
-        int discarded = 0, temps = 0;
-        var header = new byte[HeaderBlockSize]; // the envelope header and the lineage after it
-        foreach (var dir in new DirectoryInfo(Root).EnumerateDirectories())
-        {
-            if (dir.Name.Length != 2 || !IsLowerHex(dir.Name))
-            {
-                continue;
-            }
-
-            foreach (var file in dir.EnumerateFiles())
-            {
-                var name = file.Name;
-                if (name.EndsWith(TempFileExtension, StringComparison.Ordinal))
-                {
-                    temps += TryDelete(file.FullName) ? 1 : 0;
-                    continue;
-                }
-
-                if (!name.EndsWith(ChunkFileExtension, StringComparison.Ordinal) || name.Length != 64 + ChunkFileExtension.Length ||
-                    !TryParseKey(name.AsSpan(0, 64), out var key) || !name.StartsWith(dir.Name, StringComparison.Ordinal))
-                {
-                    continue; // not a name this tier writes: not ours to judge or delete
-                }
-
-                Entry? entry = null;
-                try
-                {
-                    using var handle = File.OpenHandle(file.FullName, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-                    var length = RandomAccess.GetLength(handle);
-                    if (DiskFile.ReadFully(handle, header, 0) == header.Length &&
-                        ChunkEnvelope.TryReadHeader(header.AsSpan(0, ChunkEnvelope.HeaderSize), out var h) == ChunkReadStatus.Ok && h.Key == key &&
-                        length == HeaderBlockSize + (long)h.EncodedLength && KvCodecs.Find(h.Codec) is not null)
-                    {
-                        // A lineage that fails its own checks is only a lost tail candidate: the chunk itself is fine.
-                        entry = new Entry(key, h.Codec, length, h.RawLength, h.EncodedChecksum)
-                        {
-                            Lineage = ChunkLineage.TryRead(header.AsSpan(ChunkEnvelope.HeaderSize), h.TokenCount),
-                        };
-                    }
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                {
-                }
-
-                if (entry is null)
-                {
-                    _metrics?.CorruptChunk(Name);
-                    discarded++;
-                    TryDelete(file.FullName);
-                    continue;
-                }
-
-                found.Add((entry, file.LastWriteTimeUtc));
-            }
-        }
-
-        // Oldest first, so the most recently written or hit file ends at the head.
-        found.Sort((a, b) => a.Time.CompareTo(b.Time));
-        var evicted = new List<ChunkHash>();
-        lock (_lock)
-        {
-            foreach (var (entry, _) in found)
-            {
-                _entries[entry.Key] = entry;
-                _lru.LinkAtHead(entry);
-                _usedBytes += entry.BlockBytes;
-            }
-
-            while (_usedBytes > CapacityBytes && _lru.Tail is { } victim)
-            {
-                evicted.Add(victim.Key);
-                ForgetLocked(victim);
-            }
-        }
-
-        Unlink(evicted);
-        if (evicted.Count > 0)
-        {
-            _metrics?.Evicted(Name, evicted.Count);
-        }
-
-        return new DiskTierScan(found.Count - evicted.Count, discarded, temps, evicted.Count, Stopwatch.GetElapsedTime(start));
-    }
-
-    private static bool TryParseKey(ReadOnlySpan<char> hex, out ChunkHash key)
-    {
-        key = default;
-        Span<byte> bytes = stackalloc byte[ChunkHash.Size];
-        if (!IsLowerHex(hex) || Convert.FromHexString(hex, bytes, out _, out var written) != System.Buffers.OperationStatus.Done || written != ChunkHash.Size)
-        {
-            return false;
-        }
-
-        key = new ChunkHash(bytes);
-        return true;
-    }
-
-    private static bool IsLowerHex(ReadOnlySpan<char> text)
-    {
-        foreach (var c in text)
-        {
-            if (!char.IsAsciiDigit(c) && !char.IsAsciiHexDigitLower(c))
-            {
-                return false;
-            }
-        }
-
-        return true;
-    }
-
-    private static bool TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-            return true;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
-        }
-    }
-
-    private sealed class Entry(ChunkHash key, KvCodecId codec, long fileLength, int rawLength, ulong encodedChecksum) : LruNode<Entry>
-    {
-        public ChunkHash Key { get; } = key;
-
-        public KvCodecId Codec { get; } = codec;
-
-        public long FileLength { get; } = fileLength;
-
-        public int RawLength { get; } = rawLength;
-
-        /// <summary>XxHash3 of the encoded payload: with the codec and length, tells whether an envelope is this file's.</summary>
-        public ulong EncodedChecksum { get; } = encodedChecksum;
-
-        /// <summary>The chunk's parent and token ids, when the file holds them.</summary>
-        public ChunkLineage? Lineage { get; init; }
-
-        public long BlockBytes => BlockRound(FileLength);
     }
 }

@@ -36,6 +36,12 @@ public sealed class DiskTierOptions
     /// </summary>
     public int IoThreads { get; set; } = 2;
 
+    /// <summary>
+    /// Where the start-up scan of the directory reports how far it has come (once before the first subdirectory, then
+    /// after each of them, on the thread that opens the tier), or null for none. For a host's progress line. Default null.
+    /// </summary>
+    public IProgress<DiskTierScanProgress>? ScanProgress { get; set; }
+
     /// <summary>Decides whether O_DIRECT works in a directory (tests replace it to simulate a filesystem that refuses it).</summary>
     internal Func<string, bool> DirectIoProbe { get; set; } = DiskFile.ProbeDirectIo;
 
