@@ -8,7 +8,7 @@ namespace LMCacheSharp.Cli;
 /// model, loading one, benchmark steps. Silent when stderr is not a terminal (redirected to a file or a pipe, as under
 /// tests, CI and containers' log collectors), so logs hold results and never a stream of redraws. Thread-safe.
 /// </summary>
-internal sealed class ProgressLine : IProgress<StartupProgress>
+internal sealed class ProgressLine : IProgress<StartupProgress>, Bench.IProgressLine
 {
     private const int BarWidth = 24;
     private static readonly long RedrawInterval = Stopwatch.Frequency / 10; // at most 10 redraws a second

@@ -91,6 +91,31 @@ public sealed class PublishOutputTests
     }
 
     [Fact]
+    public async Task The_publish_output_runs_the_bench_harness_and_renders_its_charts()
+    {
+        var dll = Artifacts.RequirePublishedDll();
+        var publish = Path.GetDirectoryName(dll)!;
+        Assert.True(File.Exists(Path.Combine(publish, "LMCacheSharp.Bench.dll")));
+        Assert.True(File.Exists(Path.Combine(publish, "runtimes", "linux-x64", "native", "libSkiaSharp.so")));
+        // bench fleet renders a PNG with ScottPlot and Skia from this folder alone: a one-request fleet of one instance.
+        var model = await Artifacts.TinyModelAsync();
+        var output = Directory.CreateTempSubdirectory("lmcache-publish-bench-").FullName;
+        try
+        {
+            var (code, stdout, stderr) = await LmcacheProcess.RunFileAsync(Bound, "dotnet", new Dictionary<string, string>(), dll, "bench", "fleet",
+                "--model", model, "--instances", "1", "--policies", "round-robin", "--shared-cache", "off", "--documents", "1", "--users", "1",
+                "--questions", "1", "--doc-words", "20", "--max-tokens", "1", "--ctx-size", "1024", "-o", output);
+            Assert.True(code == 0, stdout + stderr);
+            var png = await File.ReadAllBytesAsync(Path.Combine(output, "fleet-ttft.png"));
+            Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], png[..4]);
+        }
+        finally
+        {
+            Directory.Delete(output, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task Server_as_its_image_runs_it_answers_a_ping()
     {
         var publish = Path.GetDirectoryName(Artifacts.RequirePublishedDll())!;

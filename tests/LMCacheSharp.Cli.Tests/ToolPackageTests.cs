@@ -39,6 +39,33 @@ public sealed class ToolPackageTests(ToolPackageTests.InstalledTool tool) : ICla
         Assert.Contains("/runtimes/linux-x64/native/", llama, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task The_installed_tool_carries_the_bench_harness_and_its_chart_library()
+    {
+        var (package, _) = Artifacts.RequirePackage("LMCacheSharp.Cli");
+        using (var zip = System.IO.Compression.ZipFile.OpenRead(package))
+        {
+            // lmcache bench lives in LMCacheSharp.Bench (not a package of its own): the tool must carry it, ScottPlot and Skia's native library.
+            foreach (var file in new[] { "LMCacheSharp.Bench.dll", "ScottPlot.dll", "SkiaSharp.dll", "runtimes/linux-x64/native/libSkiaSharp.so" })
+            {
+                Assert.Contains(zip.Entries, e => e.FullName.EndsWith("/any/" + file, StringComparison.Ordinal));
+            }
+        }
+
+        var lmcache = await tool.RequireAsync();
+        foreach (var bench in new[] { "engine", "ttft", "serving", "fleet" })
+        {
+            var (help, helpOut, helpErr) = await LmcacheProcess.RunFileAsync(Bound, lmcache, new Dictionary<string, string>(), "bench", bench, "--help");
+            Assert.True(help == 0, helpErr);
+            Assert.Contains($"lmcache bench {bench} [options]", helpOut, StringComparison.Ordinal);
+        }
+
+        var (code, stdout, stderr) = await LmcacheProcess.RunFileAsync(Bound, lmcache, new Dictionary<string, string>(),
+            "bench", "engine", "--prompt-tokens", "1024", "--kv-bytes-per-token", "256", "--rounds", "1");
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains("retrieve (memory tier)", stdout, StringComparison.Ordinal);
+    }
+
     /// <summary>The tool installed once for the class into a temporary --tool-path.</summary>
     public sealed class InstalledTool : IAsyncLifetime
     {

@@ -50,8 +50,8 @@ internal static class GenModelCommand
             }
             catch (ArgumentException e)
             {
-                await Console.Error.WriteLineAsync("gen-model: " + e.Message);
-                return 2;
+                var message = e.ParamName is { } name ? e.Message.Replace($" (Parameter '{name}')", "", StringComparison.Ordinal) : e.Message;
+                return await ConfigFlags.FailAsync("lmcache gen-model", message.Split(Environment.NewLine));
             }
 
             var path = Path.GetFullPath(result.GetValue(output)!);

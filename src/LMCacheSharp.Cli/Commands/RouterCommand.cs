@@ -113,9 +113,7 @@ internal static class RouterCommand
             problems.AddRange(options.GetErrors().Where(e => !(given && e.StartsWith("--instances or --controller", StringComparison.Ordinal))));
             if (problems.Count > 0)
             {
-                await Console.Error.WriteLineAsync("lmcache router: invalid configuration:" + Environment.NewLine +
-                    string.Join(Environment.NewLine, problems.Distinct().Select(p => "  " + p)));
-                return 2;
+                return await ConfigFlags.FailAsync("lmcache router", problems);
             }
 
             if (ServeCommand.PortInUse(r.GetValue(host)!, r.GetValue(port)) is { } busy)

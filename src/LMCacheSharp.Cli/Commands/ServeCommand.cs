@@ -129,9 +129,7 @@ internal static class ServeCommand
             problems.AddRange(llama.LibraryErrors(r));
             if (problems.Count > 0)
             {
-                await Console.Error.WriteLineAsync("lmcache serve: invalid configuration:" + Environment.NewLine +
-                    string.Join(Environment.NewLine, problems.Select(p => "  " + p)));
-                return 2;
+                return await ConfigFlags.FailAsync("lmcache serve", problems);
             }
 
             // A busy port is found before minutes go into generating or loading a model.

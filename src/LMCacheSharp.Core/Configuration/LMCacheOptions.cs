@@ -93,9 +93,6 @@ public sealed class LMCacheOptions
     /// </summary>
     public int KvEventsMaxQueueSize { get; set; } = Events.KvEventQueue.DefaultCapacity;
 
-    /// <summary>Where each key was last set (file:line, environment variable or command line), for error messages.</summary>
-    internal Dictionary<string, string> Sources { get; } = new(StringComparer.Ordinal);
-
     /// <summary><c>cache_policy</c>: eviction policy of the memory tier: LRU, LFU, FIFO or MRU (case-insensitive). Default LRU.</summary>
     public string CachePolicy { get; set; } = "LRU";
 

@@ -4,7 +4,7 @@ using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json.Nodes;
 
-namespace LMCacheSharp.Cli.Commands;
+namespace LMCacheSharp.Bench;
 
 /// <summary>
 /// The workloads llama-server was measured on (DESIGN section 9), with synthetic documents so that any model serves them:
@@ -12,7 +12,7 @@ namespace LMCacheSharp.Cli.Commands;
 /// their own document. Each request goes to every configuration, in rotating order; chat histories are kept per
 /// configuration (each continues its own answers).
 /// </summary>
-internal static class BenchPeerWorkloads
+internal static class PeerWorkloads
 {
     /// <summary>One measured request.</summary>
     internal sealed record Result(string Config, string Workload, bool Cold, double TtftMs, double TotalMs, int PromptTokens, int CachedTokens,
@@ -236,12 +236,12 @@ internal static class BenchPeerWorkloads
                     continue;
                 }
 
-                var coldP50 = Median(cold.Select(r => r.TtftMs));
-                var warmP50 = Median(warm.Select(r => r.TtftMs));
+                var coldP50 = Statistics.Median(cold.Select(r => r.TtftMs));
+                var warmP50 = Statistics.Median(warm.Select(r => r.TtftMs));
                 table.AppendLine(CultureInfo.InvariantCulture,
                     $"| {workload} | {config} | {cold.Count} | {coldP50:F1} | {warm.Count} | {warmP50:F1} | {(warmP50 > 0 ? coldP50 / warmP50 : 0):F2}x | " +
                     $"{(warm.Count > 0 ? warm.Average(r => r.PromptTokens) : 0):F0} | {(warm.Count > 0 ? warm.Average(r => r.CachedTokens) : 0):F0} | " +
-                    $"{Median(warm.Select(r => r.RestoreMs)):F1} | {Median(warm.Select(r => r.PromptMs)):F1} |");
+                    $"{Statistics.Median(warm.Select(r => r.RestoreMs)):F1} | {Statistics.Median(warm.Select(r => r.PromptMs)):F1} |");
             }
         }
 
@@ -259,7 +259,7 @@ internal static class BenchPeerWorkloads
                 }
 
                 table.AppendLine(CultureInfo.InvariantCulture,
-                    $"| {runs[0].Clients} x 2 | {config} | {runs.Count} | {Median(runs.Select(t => t.Requests / t.Seconds)):F2} | " +
+                    $"| {runs[0].Clients} x 2 | {config} | {runs.Count} | {Statistics.Median(runs.Select(t => t.Requests / t.Seconds)):F2} | " +
                     $"{runs.Sum(t => t.SecondQuestionHits)}/{runs.Sum(t => t.Requests / 2)} | {runs.Average(t => t.SecondCachedShare):P0} |");
             }
 
@@ -269,17 +269,11 @@ internal static class BenchPeerWorkloads
                 var other = throughput.Where(t => t.Config == config).Select(t => t.Requests / t.Seconds).ToList();
                 if (baseline.Count > 0 && other.Count > 0)
                 {
-                    table.AppendLine(CultureInfo.InvariantCulture, $"concurrent clients: '{config}' throughput is {Median(other) / Median(baseline):F2}x '{configs[0]}'");
+                    table.AppendLine(CultureInfo.InvariantCulture, $"concurrent clients: '{config}' throughput is {Statistics.Median(other) / Statistics.Median(baseline):F2}x '{configs[0]}'");
                 }
             }
         }
 
         return table.ToString();
-    }
-
-    private static double Median(IEnumerable<double> values)
-    {
-        var sorted = values.OrderBy(v => v).ToArray();
-        return sorted.Length == 0 ? 0 : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
     }
 }

@@ -1,6 +1,6 @@
-namespace LMCacheSharp.Cli.Commands;
+namespace LMCacheSharp.Bench;
 
-/// <summary>PNG charts for the bench commands (ScottPlot).</summary>
+/// <summary>PNG charts of the benches (ScottPlot).</summary>
 internal static class Charts
 {
     /// <summary>A grouped bar chart: one group per series, one bar per configuration.</summary>
