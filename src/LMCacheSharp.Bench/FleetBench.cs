@@ -283,7 +283,7 @@ public static partial class FleetBench
         return [.. perUser.SelectMany(l => l)];
     }
 
-    private static async Task WaitHealthyAsync(HttpClient router, CancellationToken ct)
+    internal static async Task WaitHealthyAsync(HttpClient router, CancellationToken ct)
     {
         var deadline = Stopwatch.GetTimestamp() + (long)(30 * Stopwatch.Frequency);
         while (true)
@@ -367,7 +367,7 @@ public static partial class FleetBench
     private static string Text(int value) => value.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>../shared/models/stories260K.gguf above the current folder, or null (then serve generates its default model).</summary>
-    private static string? FindStories260K()
+    internal static string? FindStories260K()
     {
         for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
         {
@@ -387,7 +387,7 @@ public static partial class FleetBench
     /// One fleet member: lmcache started as a child process by the <see cref="FleetLauncher"/>, which prints
     /// "lmcache serve|server|router: URL" once it listens; killed with its tree on dispose.
     /// </summary>
-    private sealed partial class ChildProcess : IAsyncDisposable
+    internal sealed partial class ChildProcess : IAsyncDisposable
     {
         private readonly Process _process;
         private readonly StringBuilder _output = new();

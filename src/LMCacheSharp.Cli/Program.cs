@@ -9,6 +9,7 @@ bench.Subcommands.Add(EngineBenchCommand.Create());
 bench.Subcommands.Add(BenchTtftCommand.Create());
 bench.Subcommands.Add(BenchServingCommand.Create());
 bench.Subcommands.Add(BenchFleetCommand.Create());
+bench.Subcommands.Add(BenchPdCommand.Create());
 root.Subcommands.Add(bench);
 root.Subcommands.Add(ServeCommand.Create());
 root.Subcommands.Add(ServerCommand.Create());

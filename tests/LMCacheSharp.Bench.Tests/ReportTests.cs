@@ -45,6 +45,27 @@ public sealed class ReportTests : IDisposable
     }
 
     [Fact]
+    public void Pd_writes_one_row_per_run_the_medians_over_runs_and_every_gap()
+    {
+        List<PdRunSummary> runs =
+        [
+            new("colocated", 1, 3, 10, 200, 300, 400, 5, 1.5, 20, 900, 50, 8),
+            new("disaggregated", 1, 2, 5, 20, 30, 40, 0, 0, 60, 800, 80, 8),
+            new("colocated", 2, 3, 12, 220, 320, 420, 7, 2.5, 22, 950, 45, 8),
+            new("disaggregated", 2, 2, 5, 30, 40, 50, 1, 0.05, 70, 850, 75, 8),
+        ];
+        PdBench.Report(runs, [("colocated", 1, 1.5), ("disaggregated", 1, 2.25)], _dir);
+        var summary = File.ReadAllText(Path.Combine(_dir, "pd-summary.md"));
+        Assert.Contains("| disaggregated | 2 | 2 | 5.0 | 30.0 | 40.0 | 50.0 | 1 | 0.05 | 70 | 850 | 75.0 |", summary, StringComparison.Ordinal);
+        // Medians over the two runs of each mode.
+        Assert.Contains("colocated -> disaggregated: ITL p99.9 310.0 -> 35.0 ms, max 410.0 -> 45.0 ms, streams stalled 2.00 -> 0.03 s; " +
+            "stream TTFT p50 21 -> 65 ms, long-prompt TTFT p50 925 -> 825 ms; stream tokens/s 47.5 -> 77.5", summary, StringComparison.Ordinal);
+        Assert.Equal(["mode,run,itl_ms", "colocated,1,1.500", "disaggregated,1,2.250"], File.ReadAllLines(Path.Combine(_dir, "pd.csv")));
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(_dir, "pd.json")));
+        Assert.Equal(4, json.RootElement.GetProperty("summary").GetArrayLength());
+    }
+
+    [Fact]
     public void Serving_writes_json_csv_summary_and_chart_and_compares_each_configuration_with_the_first()
     {
         List<ServingBench.RequestResult> results =

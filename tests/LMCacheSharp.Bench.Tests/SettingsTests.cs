@@ -12,6 +12,30 @@ public sealed class SettingsTests
         Assert.Empty(new TtftBenchSettings().GetErrors());
         Assert.Empty(new ServingBenchSettings().GetErrors());
         Assert.Empty(new FleetBenchSettings().GetErrors());
+        Assert.Empty(new PdBenchSettings().GetErrors());
+    }
+
+    [Fact]
+    public void Pd_names_every_bad_flag_at_once()
+    {
+        var errors = new PdBenchSettings
+        {
+            Streams = 0,
+            StreamTokens = 1,
+            IntervalSeconds = -1,
+            Repeats = 101,
+            Modes = FleetBenchSettings.ParseList("colocated,split"),
+            Model = "/nonexistent/model.gguf",
+        }.GetErrors();
+        Assert.Equal(
+        [
+            "--streams: must be 1..64, got 0",
+            "--stream-tokens: must be 2..4096, got 1",
+            "--repeats: must be 1..100, got 101",
+            "--interval: must be 0..3600 s, got -1",
+            "--modes: takes a comma list of colocated, disaggregated; got 'colocated,split'",
+            "--model: file not found: '/nonexistent/model.gguf'",
+        ], errors);
     }
 
     [Fact]

@@ -14,7 +14,7 @@ public sealed partial class CommandLineTests
     public static TheoryData<string, string[], string[]> Commands => new()
     {
         { "", ["bench", "serve", "server", "router", "controller", "gen-model"], ["--help", "--version"] },
-        { "bench", ["engine", "ttft", "serving", "fleet"], ["--help"] },
+        { "bench", ["engine", "ttft", "serving", "fleet", "pd"], ["--help"] },
         { "bench engine", [], ["--prompt-tokens", "--kv-bytes-per-token", "--rounds", "--config", "--help"] },
         {
             "bench ttft", [],
@@ -33,10 +33,15 @@ public sealed partial class CommandLineTests
                 "--policies", "--shared-cache", "--output", "--help"]
         },
         {
+            "bench pd", [],
+            ["--model", "--threads", "--ctx-size", "--streams", "--stream-tokens", "--long-prompts", "--long-words", "--long-max-tokens", "--interval",
+                "--repeats", "--modes", "--output", "--help"]
+        },
+        {
             "serve", [],
             ["--model", "--model-name", "--config", "--lmcache", "--host", "--port", "--ctx-size", "--max-concurrent", "--max-queue", "--batch-size",
                 "--threads", "--flash-attention", "--default-max-tokens", "--no-cache", "--log-level", "--stall-timeout", "--kv-events", "--kv-events-replay",
-                "--kv-events-topic", "--controller", "--controller-token", "--llama-native", "--gpu-layers", "--help"]
+                "--kv-events-topic", "--controller", "--controller-token", "--role", "--llama-native", "--gpu-layers", "--help"]
         },
         {
             "server", [],
@@ -47,7 +52,7 @@ public sealed partial class CommandLineTests
         {
             "router", [],
             ["--host", "--port", "--instances", "--controller", "--controller-token", "--controller-interval", "--policy", "--health-interval",
-                "--health-timeout", "--lookup-timeout", "--kv-tie-tokens", "--kv-load-weight", "--max-body-size", "--request-timeout", "--log-level", "--help"]
+                "--health-timeout", "--lookup-timeout", "--kv-tie-tokens", "--kv-load-weight", "--max-body-size", "--request-timeout", "--log-level", "--pd", "--help"]
         },
         {
             "controller", [],
@@ -84,6 +89,10 @@ public sealed partial class CommandLineTests
         { ["bench", "serving", "--workload", "nonsense"], 2, "--workload: takes a comma list of leval, sharegpt, doc-qa, chat, clients, all, peer; got 'nonsense'" },
         { ["bench", "fleet", "--instances", "0"], 2, "--instances: must be 1..16, got 0" },
         { ["serve", "--port", "0", "--flash-attention", "maybe"], 2, "--flash-attention: must be on, off or auto, got 'maybe'" },
+        { ["serve", "--port", "0", "--role", "mixer"], 2, "--role: must be both, prefill or decode, got 'mixer'" },
+        { ["serve", "--port", "0", "--role", "prefill"], 2, "--role prefill: needs a shared store for the KV (remote_url:" },
+        { ["bench", "pd", "--streams", "0", "--modes", "colocated"], 2, "--streams: must be 1..64, got 0" },
+        { ["bench", "pd", "--modes", "split"], 2, "--modes: takes a comma list of colocated, disaggregated; got 'split'" },
         { ["server", "--port", "many"], 2, "port (--port): 'many' is not an integer" },
         { ["router", "--instances", "http://127.0.0.1:9", "--policy", "random"], 2, "--policy: must be kv-aware, round-robin, session or least-loaded, got 'random'" },
         { ["controller", "--port", "nine"], 2, "port (--port): 'nine' is not an integer" },

@@ -65,7 +65,7 @@ internal static class BenchFleetCommand
     }
 
     // dotnet lmcache.dll when this runs under the dotnet host, else the executable itself (apphost or tool shim).
-    private static FleetLauncher Self()
+    internal static FleetLauncher Self()
     {
         var path = Environment.ProcessPath ?? "dotnet";
         if (string.Equals(Path.GetFileNameWithoutExtension(path), "dotnet", StringComparison.OrdinalIgnoreCase))
