@@ -60,6 +60,15 @@ public sealed class RouterOptions
     /// </summary>
     public bool PrefillDecode { get; set; }
 
+    /// <summary>
+    /// With <see cref="PrefillDecode"/> (<c>--pd-min-tokens</c>): a request whose prompt the chosen decode instance would have to
+    /// prefill fewer than this many tokens of (its <c>/lookup</c> over every tier, within <see cref="LookupTimeout"/>) skips the
+    /// prefill step and is prefilled where it decodes, as NVIDIA Dynamo's conditional disaggregation does: a short prefill costs
+    /// the decode batch less than the round trip through the prefill instance and the store, and short requests never queue
+    /// behind long prompts there. 0 sends every request through the prefill step. Default 256 tokens (one LMCache chunk); 0..1,048,576.
+    /// </summary>
+    public int PdMinTokens { get; set; } = 256;
+
     /// <summary>The routing policy (<c>--policy</c>). Default <see cref="RoutingPolicyKind.KvAware"/>.</summary>
     public RoutingPolicyKind Policy { get; set; } = RoutingPolicyKind.KvAware;
 
@@ -156,6 +165,11 @@ public sealed class RouterOptions
         if (KvLoadWeightTokens is < 0 or > 1 << 20)
         {
             errors.Add($"--kv-load-weight: must be 0..1048576 tokens per request, got {KvLoadWeightTokens}");
+        }
+
+        if (PdMinTokens is < 0 or > 1_048_576)
+        {
+            errors.Add($"--pd-min-tokens: must be 0..1048576 tokens, got {PdMinTokens}");
         }
 
         return errors;

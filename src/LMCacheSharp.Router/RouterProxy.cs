@@ -114,6 +114,7 @@ internal sealed class RouterProxy
         }
 
         string? prefilledBy = null;
+        List<RouterInstance>? prefillers = null;
         if (_options.PrefillDecode)
         {
             // The decode step goes to instances of role decode (else both); the prefill step, if any instance has role prefill.
@@ -128,11 +129,15 @@ internal sealed class RouterProxy
                 return;
             }
 
-            var prefillers = members.Where(i => i.Healthy && i.Status.Role == "prefill" && (request.Model is not { } m || i.Status.Serves(m))).ToList();
-            prefilledBy = await PrefillAsync(http, request, prefillers, log).ConfigureAwait(false);
+            prefillers = members.Where(i => i.Healthy && i.Status.Role == "prefill" && (request.Model is not { } m || i.Status.Serves(m))).ToList();
         }
 
         var decision = await _policy.ChooseAsync(request, healthy, http.RequestAborted).ConfigureAwait(false);
+        if (prefillers is not null)
+        {
+            prefilledBy = await PrefillAsync(http, request, prefillers, decision.Instance, log).ConfigureAwait(false);
+        }
+
         log.Predicted = decision.PredictedCachedTokens;
         var retried = (RouterInstance?)null;
         string? failure;
@@ -263,6 +268,51 @@ internal sealed class RouterProxy
         return timedOut ? "timeout" : reason;
     }
 
+    /// <summary>
+    /// The prompt tokens <paramref name="decoder"/> would have to prefill itself: its <c>/lookup</c> over every tier (what it
+    /// would restore), within the lookup timeout; null when it does not answer in time (then the prefill step runs).
+    /// </summary>
+    private async Task<int?> UncachedTokensAsync(RouterInstance decoder, RoutingRequest request, CancellationToken cancellationToken)
+    {
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(_options.LookupTimeout);
+        try
+        {
+            using var message = new HttpRequestMessage(HttpMethod.Post, decoder.Name + "/lookup?tiers=memory,disk,remote")
+            {
+                Content = new ReadOnlyMemoryContent(request.Body),
+            };
+            message.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            using var response = await _client.SendAsync(message, deadline.Token).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                return null;
+            }
+
+            using var stream = await response.Content.ReadAsStreamAsync(deadline.Token).ConfigureAwait(false);
+            using var doc = await JsonDocument.ParseAsync(stream, default, deadline.Token).ConfigureAwait(false);
+            var root = doc.RootElement;
+            var cached = 0;
+            foreach (var tier in root.GetProperty("cached_tokens").EnumerateObject())
+            {
+                if (tier.Value.ValueKind == JsonValueKind.Number)
+                {
+                    cached = Math.Max(cached, tier.Value.GetInt32());
+                }
+            }
+
+            return Math.Max(0, root.GetProperty("prompt_tokens").GetInt32() - cached);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            return null;
+        }
+        catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException or FormatException or IOException)
+        {
+            return null;
+        }
+    }
+
     /// <summary>The response header that names the instance that answered (scheme://host:port).</summary>
     public const string InstanceHeader = "X-LMCache-Instance";
 
@@ -277,12 +327,20 @@ internal sealed class RouterProxy
     /// (the policy picks), which answers once the prompt's KV is in the shared store. Returns the instance's name, or null
     /// when there was none or it failed: then the decode instance prefills itself (logged and counted, never an error).
     /// </summary>
-    private async Task<string?> PrefillAsync(HttpContext http, RoutingRequest request, List<RouterInstance> prefillers, RequestLog log)
+    private async Task<string?> PrefillAsync(HttpContext http, RoutingRequest request, List<RouterInstance> prefillers, RouterInstance decoder, RequestLog log)
     {
         if (prefillers.Count == 0)
         {
             _metrics.Prefill("-", "none");
             return null;
+        }
+
+        if (_options.PdMinTokens > 0 && await UncachedTokensAsync(decoder, request, http.RequestAborted).ConfigureAwait(false) is { } uncached &&
+            uncached < _options.PdMinTokens)
+        {
+            _metrics.Prefill(decoder.Name, "local");
+            log.Prefill = "local";
+            return null; // a short prefill costs the decode instance less than a round trip through the prefill instance and the store
         }
 
         byte[] body;

@@ -52,7 +52,7 @@ public sealed partial class CommandLineTests
         {
             "router", [],
             ["--host", "--port", "--instances", "--controller", "--controller-token", "--controller-interval", "--policy", "--health-interval",
-                "--health-timeout", "--lookup-timeout", "--kv-tie-tokens", "--kv-load-weight", "--max-body-size", "--request-timeout", "--log-level", "--pd", "--help"]
+                "--health-timeout", "--lookup-timeout", "--kv-tie-tokens", "--kv-load-weight", "--max-body-size", "--request-timeout", "--log-level", "--pd", "--pd-min-tokens", "--help"]
         },
         {
             "controller", [],

@@ -17,7 +17,11 @@ public sealed class PrefillDecodeTests
         await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
         await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
         await using var colocated = await ServeInstance.StartAsync();
-        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.LeastLoaded, [prefill.BaseUrl, decode.BaseUrl], o => o.PrefillDecode = true);
+        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.LeastLoaded, [prefill.BaseUrl, decode.BaseUrl], o =>
+        {
+            o.PrefillDecode = true;
+            o.PdMinTokens = 0; // every request through the prefill step
+        });
         await router.Monitor.ProbeAllAsync();
 
         foreach (var topic in new[] { "disaggregation", "prefill and decode" })
@@ -62,7 +66,11 @@ public sealed class PrefillDecodeTests
         await store.StartAsync(TestContext.Current.CancellationToken);
         await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
         await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
-        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.RoundRobin, [prefill.BaseUrl, decode.BaseUrl], o => o.PrefillDecode = true);
+        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.RoundRobin, [prefill.BaseUrl, decode.BaseUrl], o =>
+        {
+            o.PrefillDecode = true;
+            o.PdMinTokens = 0;
+        });
         await router.Monitor.ProbeAllAsync();
         await prefill.StopAsync(); // still healthy for the router until a probe: the prefill step fails on the connection
 
@@ -76,5 +84,41 @@ public sealed class PrefillDecodeTests
         await decode.StopAsync();
         await router.Monitor.ProbeAllAsync();
         Assert.Equal(503, (await router.PostAsync("/v1/completions", new { prompt = "anyone?" })).Status);
+    }
+
+    [Fact]
+    public async Task A_prompt_the_decode_instance_would_prefill_less_than_pd_min_tokens_of_skips_the_prefill_step()
+    {
+        await using var store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
+        await store.StartAsync(TestContext.Current.CancellationToken);
+        await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
+        await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
+        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.LeastLoaded, [prefill.BaseUrl, decode.BaseUrl], o =>
+        {
+            o.PrefillDecode = true;
+            o.PdMinTokens = 100;
+        });
+        await router.Monitor.ProbeAllAsync();
+
+        // A short prompt (under 100 tokens) is prefilled where it decodes.
+        var shortBody = new { model = "tiny", prompt = "A short question?", max_tokens = 3, temperature = 0 };
+        using (var response = await router.Http.PostAsJsonAsync("/v1/completions", shortBody, TestContext.Current.CancellationToken))
+        {
+            Assert.Equal(200, (int)response.StatusCode);
+            Assert.False(response.Headers.Contains(RouterProxy.PrefillInstanceHeader));
+        }
+
+        // A long one (~200 tokens) goes through the prefill instance; asked again, the decode instance holds it: local.
+        var longBody = new { model = "tiny", prompt = TinyModel.Document("conditional"), max_tokens = 3, temperature = 0 };
+        foreach (var expectPrefill in new[] { true, false })
+        {
+            using var response = await router.Http.PostAsJsonAsync("/v1/completions", longBody, TestContext.Current.CancellationToken);
+            Assert.Equal(200, (int)response.StatusCode);
+            Assert.Equal(expectPrefill, response.Headers.Contains(RouterProxy.PrefillInstanceHeader));
+        }
+
+        var metrics = await router.MetricsAsync();
+        Assert.Equal(2, RouterTests.Metric(metrics, "pd_prefills", $"instance=\"{decode.BaseUrl}\",outcome=\"local\""));
+        Assert.Equal(1, RouterTests.Metric(metrics, "pd_prefills", $"instance=\"{prefill.BaseUrl}\",outcome=\"ok\""));
     }
 }

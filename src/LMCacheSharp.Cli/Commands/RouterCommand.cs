@@ -37,10 +37,11 @@ internal static class RouterCommand
         var maxBody = Flag("--max-body-size", "Largest request body, e.g. 32MB; larger is 413. Default 32MB; 1KB..1GB.");
         var requestTimeout = Flag("--request-timeout", "Seconds a forwarded request may go without progress before it fails with 504. Default 600; 1..86400.");
         var pd = new Option<bool>("--pd") { Description = "Prefill/decode disaggregation: each request is prefilled (max_tokens 1) on an instance of serve --role prefill, then generated on one of --role decode, which restores the prompt's KV from the shared store." };
+        var pdMinTokens = new Option<int>("--pd-min-tokens") { Description = "With --pd: a request the decode instance would prefill fewer than this many tokens of (its /lookup) skips the prefill step. 0: every request goes through it.", DefaultValueFactory = _ => 256 };
         var logLevel = new Option<string>("--log-level") { Description = "trace, debug, information, warning, error or none (information: one line per request).", DefaultValueFactory = _ => "information" };
         var command = new Command("router", "Route OpenAI requests over several lmcache serve instances (kv-aware, round-robin, session, least-loaded).")
         {
-            host, port, instances, controller, controllerToken, controllerInterval, policy, healthInterval, healthTimeout, lookupTimeout, tieTokens, loadWeight, maxBody, requestTimeout, logLevel, pd,
+            host, port, instances, controller, controllerToken, controllerInterval, policy, healthInterval, healthTimeout, lookupTimeout, tieTokens, loadWeight, maxBody, requestTimeout, logLevel, pd, pdMinTokens,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -70,6 +71,7 @@ internal static class RouterCommand
 
             Seconds(r, controllerInterval, problems, v => options.ControllerInterval = v);
             options.PrefillDecode = r.GetValue(pd);
+            options.PdMinTokens = r.GetValue(pdMinTokens);
 
             if (RouterOptions.ParsePolicy(r.GetValue(policy)) is { } kind)
             {
