@@ -1,8 +1,8 @@
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json.Nodes;
-using LMCacheSharp.Serving;
 using LMCacheSharp.Server;
+using LMCacheSharp.Serving;
 
 namespace LMCacheSharp.Router.Tests;
 

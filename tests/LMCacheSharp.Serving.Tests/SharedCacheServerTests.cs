@@ -1,5 +1,5 @@
-using System.Net.Http.Json;
 using System.Net;
+using System.Net.Http.Json;
 using System.Net.Sockets;
 using LMCacheSharp.Server;
 using LMCacheSharp.Tests.Shared;
