@@ -51,7 +51,8 @@ internal enum DonorWait
 /// <summary>
 /// The scheduler's decisions as pure functions of the request and of the resident and cached state: which sequence a new
 /// request shares its prefix with, whether the cache tiers serve more, whether it fits beside the running requests, and
-/// what goes into the next decode batch. No llama.cpp here: <see cref="InferenceScheduler"/> applies the decisions.
+/// what goes into the next decode batch. No llama.cpp here: <see cref="InferenceScheduler"/> applies the decisions to the
+/// <see cref="SequenceResidency{TJob}"/>, and <see cref="BatchExecutor"/> decodes the batches.
 /// </summary>
 internal static class SchedulerPlanner
 {
