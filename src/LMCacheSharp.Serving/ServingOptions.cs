@@ -82,7 +82,10 @@ public sealed class ServingOptions
     /// </summary>
     public TimeSpan PrefillStoreTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>Where start-up work (generating the default model, loading the model) reports progress, or null. Default null.</summary>
+    /// <summary>
+    /// Where start-up work (generating the default model, loading the model, scanning the disk cache) reports progress, or
+    /// null. Reports come synchronously on the thread doing the work. Default null.
+    /// </summary>
     public IProgress<StartupProgress>? Progress { get; set; }
 
     /// <summary>Minimum level logged. Default Information: one line per request; Debug adds ASP.NET Core's and llama.cpp's lines.</summary>

@@ -67,6 +67,26 @@ public class SchedulerPlannerTests
     public void Admission_reserves_prompt_and_every_choices_growth(int reserved, int prompt, int choices, int maxTokens, bool anyRunning, int free, bool fits) =>
         Assert.Equal(fits, SchedulerPlanner.Fits(reserved, prompt, choices, maxTokens, 4096, anyRunning, free));
 
+    [Theory]
+    [InlineData(40, true, "Wait")]        // still prefilling the 64 shared tokens
+    [InlineData(64, true, "Share")]       // holds them (and goes on running)
+    [InlineData(100, false, "Share")]     // finished, resident with them
+    [InlineData(40, false, "PlanAgain")]  // went away (cancelled, failed) before it held them
+    public void A_waiting_request_shares_once_its_donor_holds_the_prefix_and_plans_again_when_the_donor_went_away(int donorHolds, bool stillRunning, string expected)
+    {
+        var prompt = Tokens(80);
+        Assert.Equal(expected, SchedulerPlanner.AwaitDonor(Tokens(donorHolds), stillRunning, prompt, sharedTokens: 64).ToString());
+    }
+
+    [Fact]
+    public void A_donor_whose_cells_now_hold_other_tokens_is_not_shared()
+    {
+        // The sequence was freed and taken by another request: as many tokens, but not the prefix.
+        var other = Tokens(70, from: 1000);
+        Assert.Equal(DonorWait.PlanAgain, SchedulerPlanner.AwaitDonor(other, donorStillRunning: false, Tokens(80), 64));
+        Assert.Equal(DonorWait.Wait, SchedulerPlanner.AwaitDonor(Tokens(63).Append(5).ToArray(), true, Tokens(80), 64));
+    }
+
     [Fact]
     public void A_batch_takes_every_decode_token_then_the_oldest_prefills_up_to_the_batch_size()
     {

@@ -156,6 +156,67 @@ public sealed class ServingCacheTests
         await server.CompleteAsync("next please", 3).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
     }
 
+    [Fact]
+    public async Task A_restarted_instance_reports_its_disk_scan_as_start_up_progress()
+    {
+        var dir = Directory.CreateTempSubdirectory("lmcache-serving-scan-").FullName;
+        try
+        {
+            void Disk(Core.Configuration.LMCacheOptions c)
+            {
+                c.LocalDisk = dir;
+                c.MaxLocalDiskSize = 0.05;
+            }
+
+            await using (var first = await TestServer.StartAsync(o => o.EnableInContextSharing = false, configureCache: Disk))
+            {
+                await first.CompleteAsync(Prompts.Long("scanned at the next start"), 2);
+                await first.Service.Cache!.Engine.FlushAsync(TestContext.Current.CancellationToken);
+            }
+
+            Assert.NotEmpty(Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories));
+            var progress = new RecordingProgress();
+            await using var second = await TestServer.StartAsync(o => { o.EnableInContextSharing = false; o.Progress = progress; }, configureCache: Disk);
+            var scan = progress.Reports.Where(r => r.Stage == "scanning the disk cache").Select(r => r.Fraction).ToList();
+            Assert.True(scan.Count >= 2, $"{scan.Count} scan reports");
+            Assert.Equal(0, scan[0]);
+            Assert.Equal(1, scan[^1]);
+            Assert.Equal(scan.Order(), scan); // never backwards
+            Assert.Contains(progress.Reports, r => r.Stage == "loading the model"); // the model loads first, then the cache opens
+            Assert.True(progress.Reports.FindIndex(r => r.Stage == "scanning the disk cache") > progress.Reports.FindLastIndex(r => r.Stage == "loading the model"));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    // Records every report on the thread that makes it (Progress<T> would post them elsewhere, out of order).
+    private sealed class RecordingProgress : IProgress<StartupProgress>
+    {
+        private readonly Lock _lock = new();
+        private readonly List<StartupProgress> _reports = [];
+
+        public List<StartupProgress> Reports
+        {
+            get
+            {
+                lock (_lock)
+                {
+                    return [.. _reports];
+                }
+            }
+        }
+
+        public void Report(StartupProgress value)
+        {
+            lock (_lock)
+            {
+                _reports.Add(value);
+            }
+        }
+    }
+
     // The scheduler publishes the count after the step that answered a request, so a response can arrive before it. The
     // next request's step starts only after that: read the count there, on the inference thread, before the step runs.
     private static async Task<(T Result, int Residents)> ResidentsWhenTheNextRequestArrivesAsync<T>(TestServer server, Func<Task<T>> next)

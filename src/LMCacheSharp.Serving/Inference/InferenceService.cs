@@ -178,7 +178,12 @@ public sealed class InferenceService : IAsyncDisposable
             if (options.EnableCache)
             {
                 var fingerprint = GgufFingerprint.Get(modelPath);
-                cache = LlamaKvCache.CreateWithEngine(context.NativeHandle, fingerprint, cacheOptions, new LlamaKvCacheOptions { Logger = logger, KvEvents = kvEvents },
+                cache = LlamaKvCache.CreateWithEngine(context.NativeHandle, fingerprint, cacheOptions, new LlamaKvCacheOptions
+                {
+                    Logger = logger,
+                    KvEvents = kvEvents,
+                    DiskScanProgress = options.Progress is { } scanTarget ? new ScanProgress(scanTarget) : null,
+                },
                     cacheMetrics, WithRemote(cacheOptions, lowerTiers));
             }
 
@@ -459,6 +464,14 @@ public sealed class InferenceService : IAsyncDisposable
     private sealed class LoadProgress(IProgress<StartupProgress> target) : IProgress<float>
     {
         public void Report(float value) => target.Report(new StartupProgress("loading the model", value));
+    }
+
+    // The disk tier's start-up scan as a start-up stage. Reported synchronously on the opening thread (Progress<T> would
+    // post to the thread pool and could report after the stage ended).
+    private sealed class ScanProgress(IProgress<StartupProgress> target) : IProgress<DiskTierScanProgress>
+    {
+        public void Report(DiskTierScanProgress value) =>
+            target.Report(new StartupProgress("scanning the disk cache", value.Fraction));
     }
 
     // llama.cpp logs every load, state restore and context at info level to stderr: route it to the logger (info as debug).

@@ -35,10 +35,24 @@ internal enum KvSource
     Share,
 }
 
+/// <summary>What a request waiting for its donor does this step.</summary>
+internal enum DonorWait
+{
+    /// <summary>The donor is still prefilling the shared prefix: wait.</summary>
+    Wait,
+
+    /// <summary>The donor holds the shared prefix: take its cells.</summary>
+    Share,
+
+    /// <summary>The donor went away or changed before it held the prefix: plan again (the cache tiers or a full prefill).</summary>
+    PlanAgain,
+}
+
 /// <summary>
 /// The scheduler's decisions as pure functions of the request and of the resident and cached state: which sequence a new
 /// request shares its prefix with, whether the cache tiers serve more, whether it fits beside the running requests, and
-/// what goes into the next decode batch. No llama.cpp here: <see cref="InferenceScheduler"/> applies the decisions.
+/// what goes into the next decode batch. No llama.cpp here: <see cref="InferenceScheduler"/> applies the decisions to the
+/// <see cref="SequenceResidency{TJob}"/>, and <see cref="BatchExecutor"/> decodes the batches.
 /// </summary>
 internal static class SchedulerPlanner
 {
@@ -68,6 +82,18 @@ internal static class SchedulerPlanner
         }
 
         return (donor, shared);
+    }
+
+    /// <summary>
+    /// For a request waiting to share <paramref name="sharedTokens"/> of its prompt with a donor: share once the donor's
+    /// cells hold that prefix (<paramref name="donorTokens"/>, what it materialized so far), wait while the donor still runs
+    /// the request it had when chosen, and plan again when that request went away (finished, failed, cancelled) without the
+    /// donor holding the prefix.
+    /// </summary>
+    public static DonorWait AwaitDonor(ReadOnlySpan<int> donorTokens, bool donorStillRunning, ReadOnlySpan<int> prompt, int sharedTokens)
+    {
+        var holdsPrefix = donorTokens.Length >= sharedTokens && donorTokens.CommonPrefixLength(prompt) >= sharedTokens;
+        return holdsPrefix ? DonorWait.Share : donorStillRunning ? DonorWait.Wait : DonorWait.PlanAgain;
     }
 
     /// <summary>
