@@ -50,6 +50,12 @@ internal static class ServerCommand
                 return await ConfigFlags.FailAsync("lmcache server", e.Errors);
             }
 
+            if (options.Disk is { } disk)
+            {
+                var line = ProgressLine.ForStderr(); // quiet when stderr is not a terminal
+                disk.ScanProgress = new ScanProgressLine(line);
+            }
+
             try
             {
                 await using var server = CacheServer.Create(options);
@@ -73,5 +79,12 @@ internal static class ServerCommand
             }
         });
         return command;
+    }
+
+    /// <summary>The disk scan's reports drawn as a progress line, at once on the scanning thread (not <see cref="Progress{T}"/>, which posts them elsewhere).</summary>
+    private sealed class ScanProgressLine(ProgressLine line) : IProgress<LMCacheSharp.Core.Storage.DiskTierScanProgress>
+    {
+        public void Report(LMCacheSharp.Core.Storage.DiskTierScanProgress value) =>
+            line.Report("scanning the disk cache", value.Fraction, $"{value.ChunkFilesRead} files");
     }
 }
