@@ -74,7 +74,7 @@ public sealed partial class CacheEngine : IAsyncDisposable
         var tiers = new List<IStorageTier>();
         if (options.LocalCpu)
         {
-            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums, options.EvictionPolicy));
+            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums, options.EvictionPolicy, options.MaxPinnedBytes));
         }
 
         if (!string.IsNullOrEmpty(options.LocalDisk))
