@@ -7,7 +7,8 @@ namespace LMCacheSharp.Server;
 
 /// <summary>
 /// The in-memory store: values in native buffers from a <see cref="KvBufferPool"/>, capacity in bytes of buffer held,
-/// least-recently-used eviction. Lookups by span allocate nothing; a new key costs one key array.
+/// least-recently-used eviction. Lookups by span allocate nothing; a new key costs its key array and entry (and a link in
+/// its group's list when it is put in a quota group).
 /// <para>
 /// Pins (PIN, UNPIN) exempt values from eviction: a pinned value leaves the recency lists until its last unpin, pins are
 /// counted per key and bounded by <see cref="MaxPinnedBytes"/>, and a PUT that could only fit by evicting pins is refused
