@@ -33,7 +33,10 @@ internal static class ProtocolParsing
                         RequestBody.TryReadPutHead(body, header.BodyLength, Limits, out _, out _);
                         RequestBody.ParsePut(bytes, Limits, out _);
                         break;
-                    case Opcode.MultiGet or Opcode.ExistsPrefix:
+                    case Opcode.PutInGroup:
+                        RequestBody.ParsePutInGroup(bytes, Limits, out _, out _);
+                        break;
+                    case Opcode.MultiGet or Opcode.ExistsPrefix or Opcode.Pin or Opcode.Unpin:
                         var keys = new KeyListReader(bytes, Limits);
                         while (keys.TryReadNext(out _))
                         {

@@ -39,6 +39,35 @@ public static class FrameWriter
         WriteKey(writer, key);
     }
 
+    /// <summary>
+    /// Writes the header, group and key of a PUT-IN-GROUP whose <paramref name="valueLength"/>-byte value the caller writes
+    /// (or sends) next. <paramref name="group"/> is 1..<see cref="ProtocolLimits.MaxGroupBytes"/> bytes.
+    /// </summary>
+    public static void WritePutInGroupHead(IBufferWriter<byte> writer, uint requestId, ReadOnlySpan<byte> group, ReadOnlySpan<byte> key, int valueLength)
+    {
+        CheckKey(key);
+        if (group.IsEmpty || group.Length > ProtocolLimits.MaxGroupBytes)
+        {
+            throw new ArgumentException($"A quota group is 1..{ProtocolLimits.MaxGroupBytes} bytes.", nameof(group));
+        }
+
+        ArgumentOutOfRangeException.ThrowIfNegative(valueLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(valueLength, int.MaxValue - 3 - group.Length - key.Length);
+        WriteHeader(writer, new FrameHeader(Opcode.PutInGroup, StatusCode.Ok, requestId, 1 + group.Length + 2 + key.Length + valueLength));
+        var span = writer.GetSpan(1 + group.Length);
+        span[0] = (byte)group.Length;
+        group.CopyTo(span[1..]);
+        writer.Advance(1 + group.Length);
+        WriteKey(writer, key);
+    }
+
+    /// <summary>Writes a whole PUT-IN-GROUP.</summary>
+    public static void WritePutInGroup(IBufferWriter<byte> writer, uint requestId, ReadOnlySpan<byte> group, ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        WritePutInGroupHead(writer, requestId, group, key, value.Length);
+        WriteRaw(writer, value);
+    }
+
     /// <summary>Writes a whole PUT.</summary>
     public static void WritePut(IBufferWriter<byte> writer, uint requestId, ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
     {
@@ -46,7 +75,7 @@ public static class FrameWriter
         WriteRaw(writer, value);
     }
 
-    /// <summary>Writes a key-list request (MGET, EXISTS-PREFIX) of fixed-size keys packed in <paramref name="keys"/>.</summary>
+    /// <summary>Writes a key-list request (MGET, EXISTS-PREFIX, PIN, UNPIN) of fixed-size keys packed in <paramref name="keys"/>.</summary>
     public static void WriteKeyListRequest(IBufferWriter<byte> writer, Opcode opcode, uint requestId, ReadOnlySpan<byte> keys, int keySize)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(keySize, 1);
@@ -154,10 +183,14 @@ public static class FrameWriter
     }
 
     /// <summary>Writes an Ok response to EXISTS-PREFIX.</summary>
-    public static void WriteCountResponse(IBufferWriter<byte> writer, uint requestId, int count)
+    public static void WriteCountResponse(IBufferWriter<byte> writer, uint requestId, int count) =>
+        WriteCountResponse(writer, Opcode.ExistsPrefix, requestId, count);
+
+    /// <summary>Writes an Ok response whose body is a u32 count (EXISTS-PREFIX, PIN, UNPIN).</summary>
+    public static void WriteCountResponse(IBufferWriter<byte> writer, Opcode opcode, uint requestId, int count)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(count);
-        WriteHeader(writer, new FrameHeader(Opcode.ExistsPrefix, StatusCode.Ok, requestId, 4));
+        WriteHeader(writer, new FrameHeader(opcode, StatusCode.Ok, requestId, 4));
         var span = writer.GetSpan(4);
         BinaryPrimitives.WriteUInt32LittleEndian(span, (uint)count);
         writer.Advance(4);

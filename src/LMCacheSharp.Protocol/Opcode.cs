@@ -42,6 +42,23 @@ public enum Opcode : byte
     /// token count and tokens, best first.
     /// </summary>
     Children = 11,
+
+    /// <summary>
+    /// Exempts keys from the server's eviction until as many <see cref="Unpin"/>s: body = key list; response body = u32
+    /// number of keys pinned (absent keys are not pinned). All or nothing against the server's pinned-bytes limit:
+    /// <see cref="StatusCode.TooLarge"/> when the pin would go over it (nothing pinned).
+    /// </summary>
+    Pin = 12,
+
+    /// <summary>Takes one pin off each pinned key: body = key list; response body = u32 number of keys unpinned.</summary>
+    Unpin = 13,
+
+    /// <summary>
+    /// Stores a value in a quota group: body = u8 group length (1..<see cref="ProtocolLimits.MaxGroupBytes"/>), the group
+    /// bytes, then a <see cref="Put"/> body (key, value). The server counts the value against the group's byte quota and
+    /// evicts the group's own least recently used values when it is over (isolated LRU). Answered as <see cref="Put"/>.
+    /// </summary>
+    PutInGroup = 14,
 }
 
 /// <summary>Response statuses. The numbers are on the wire: never renumber.</summary>

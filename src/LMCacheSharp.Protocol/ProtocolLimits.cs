@@ -33,6 +33,9 @@ public sealed class ProtocolLimits
     /// <summary>Largest value in bytes that <see cref="Validate"/> allows for <see cref="MaxFrameBytes"/>.</summary>
     public const int FrameBytesCeiling = int.MaxValue - (64 << 10);
 
+    /// <summary>Longest quota group of a PUT-IN-GROUP in bytes (the group length is a u8 on the wire; 1..64). Fixed.</summary>
+    public const int MaxGroupBytes = 64;
+
     /// <summary>The defaults.</summary>
     public static ProtocolLimits Default { get; } = new();
 

@@ -10,7 +10,8 @@ namespace LMCacheSharp.Protocol;
 ///   key       = u16 length (1..MaxKeyBytes), then the key bytes
 ///   GET, DELETE          body = key
 ///   PUT                  body = key, then the value (the rest of the body, up to MaxValueBytes)
-///   MGET, EXISTS-PREFIX  body = u16 count (0..MaxKeysPerRequest), then count keys
+///   PUT-IN-GROUP         body = u8 group length (1..MaxGroupBytes), the group bytes, then a PUT body
+///   MGET, EXISTS-PREFIX, PIN, UNPIN  body = u16 count (0..MaxKeysPerRequest), then count keys
 ///   AUTH                 body = the token bytes (up to MaxControlBodyBytes)
 ///   PING, CLEAR, STATS   body = empty
 ///   LINK                 body = child key, parent key, u32 count (1..MaxLinkTokens), then count x i32 tokens
@@ -85,6 +86,43 @@ public static class RequestBody
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// Reads the group length at the start of a PUT-IN-GROUP body (its first byte, <paramref name="first"/>) and checks it
+    /// against the frame's <paramref name="bodyLength"/>: the group's bytes follow, then a PUT body of
+    /// <paramref name="bodyLength"/> - 1 - group length bytes (read with <see cref="TryReadPutHead"/>).
+    /// </summary>
+    public static int ReadGroupLength(byte first, int bodyLength)
+    {
+        if (first is 0 or > ProtocolLimits.MaxGroupBytes)
+        {
+            throw new ProtocolException(ProtocolError.InvalidField,
+                $"a quota group is 1..{ProtocolLimits.MaxGroupBytes} bytes, got {first}");
+        }
+
+        if (bodyLength - 1 < first)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, $"PUT-IN-GROUP body ends inside its {first}-byte group");
+        }
+
+        return first;
+    }
+
+    /// <summary>
+    /// Parses a whole PUT-IN-GROUP body (small values and tests; the server streams values): returns the group; the key and
+    /// value follow as in <see cref="ParsePut"/>.
+    /// </summary>
+    public static ReadOnlySpan<byte> ParsePutInGroup(ReadOnlySpan<byte> body, ProtocolLimits limits, out ReadOnlySpan<byte> key, out ReadOnlySpan<byte> value)
+    {
+        if (body.IsEmpty)
+        {
+            throw new ProtocolException(ProtocolError.BodyTruncated, "PUT-IN-GROUP body ends before the group length");
+        }
+
+        var length = ReadGroupLength(body[0], body.Length);
+        key = ParsePut(body[(1 + length)..], limits, out value);
+        return body.Slice(1, length);
     }
 
     /// <summary>Parses a whole PUT body (for small values and tests; the server streams large values instead).</summary>
@@ -193,7 +231,7 @@ public static class RequestBody
 }
 
 /// <summary>
-/// A key list body (MGET, EXISTS-PREFIX): the constructor checks the whole body (count, every key, no trailing bytes), so
+/// A key list body (MGET, EXISTS-PREFIX, PIN, UNPIN): the constructor checks the whole body (count, every key, no trailing bytes), so
 /// iteration never throws. Allocates nothing.
 /// </summary>
 public ref struct KeyListReader

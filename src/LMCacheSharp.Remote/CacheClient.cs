@@ -15,6 +15,7 @@ public sealed class CacheClient : IAsyncDisposable
     private readonly CacheClientConnection?[] _connections;
     private readonly SemaphoreSlim[] _connectLocks;
     private int _disposed;
+    private volatile bool _groupsUnsupported; // the server answered PUT-IN-GROUP with UnknownOpcode: an older server
 
     /// <summary>Creates a client; nothing connects until the first request.</summary>
     public CacheClient(CacheClientOptions options)
@@ -51,7 +52,17 @@ public sealed class CacheClient : IAsyncDisposable
         PutAsync(key, new ReadOnlySequence<byte>(value), cancellationToken);
 
     /// <summary>Stores a value given in segments (sent as they are, without copying them together).</summary>
-    public async Task<bool> PutAsync(ReadOnlyMemory<byte> key, ReadOnlySequence<byte> value, CancellationToken cancellationToken = default)
+    public Task<bool> PutAsync(ReadOnlyMemory<byte> key, ReadOnlySequence<byte> value, CancellationToken cancellationToken = default) =>
+        PutAsync(key, value, default, cancellationToken);
+
+    /// <summary>
+    /// Stores a value in the quota group <paramref name="group"/> (1..<see cref="ProtocolLimits.MaxGroupBytes"/> bytes;
+    /// empty: none) with PUT-IN-GROUP: the server counts it against the group's quota, evicting the group's own least
+    /// recently used values when it is over. A server that does not know PUT-IN-GROUP (an older one) gets a plain PUT,
+    /// this time and from then on. False when the server refused the value (too large for its capacity or its group's
+    /// quota, no unpinned room, or busy).
+    /// </summary>
+    public async Task<bool> PutAsync(ReadOnlyMemory<byte> key, ReadOnlySequence<byte> value, ReadOnlyMemory<byte> group, CancellationToken cancellationToken = default)
     {
         CheckKey(key.Span);
         if (value.Length > _options.Limits.MaxValueBytes)
@@ -59,11 +70,33 @@ public sealed class CacheClient : IAsyncDisposable
             throw new ArgumentException($"value of {value.Length} bytes is over the {_options.Limits.MaxValueBytes}-byte limit", nameof(value));
         }
 
-        var handler = new BufferedHandler(Opcode.Put);
+        if (group.Length > ProtocolLimits.MaxGroupBytes)
+        {
+            throw new ArgumentException($"a quota group is at most {ProtocolLimits.MaxGroupBytes} bytes, got {group.Length}", nameof(group));
+        }
+
+        var grouped = !group.IsEmpty && !_groupsUnsupported;
+        var handler = new BufferedHandler(grouped ? Opcode.PutInGroup : Opcode.Put);
         var connection = await RentConnectionAsync(cancellationToken).ConfigureAwait(false);
-        await connection.SendAsync(handler, static (w, id, s) => FrameWriter.WritePutHead(w, id, s.key.Span, s.length), (key, length: (int)value.Length), value,
-            cancellationToken).ConfigureAwait(false);
+        if (grouped)
+        {
+            await connection.SendAsync(handler, static (w, id, s) => FrameWriter.WritePutInGroupHead(w, id, s.group.Span, s.key.Span, s.length),
+                (key, group, length: (int)value.Length), value, cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            await connection.SendAsync(handler, static (w, id, s) => FrameWriter.WritePutHead(w, id, s.key.Span, s.length), (key, length: (int)value.Length), value,
+                cancellationToken).ConfigureAwait(false);
+        }
+
         using var response = await WaitAsync(handler, connection, cancellationToken).ConfigureAwait(false);
+        if (grouped && response.Status == StatusCode.UnknownOpcode)
+        {
+            // An older server skipped the body and kept the connection: plain PUTs from now on (no quota, but stored).
+            _groupsUnsupported = true;
+            return await PutAsync(key, value, default, cancellationToken).ConfigureAwait(false);
+        }
+
         if (response.Status == StatusCode.Busy)
         {
             return false; // the server's PUT budget is full: not stored, the connection is fine
@@ -156,14 +189,18 @@ public sealed class CacheClient : IAsyncDisposable
     }
 
     /// <summary>How many leading keys of <paramref name="packedKeys"/> (fixed-size keys back to back) the server holds, in one round trip.</summary>
-    public async Task<int> ExistsPrefixAsync(ReadOnlyMemory<byte> packedKeys, int keySize, CancellationToken cancellationToken = default)
+    public Task<int> ExistsPrefixAsync(ReadOnlyMemory<byte> packedKeys, int keySize, CancellationToken cancellationToken = default) =>
+        CountKeysAsync(Opcode.ExistsPrefix, packedKeys, keySize, cancellationToken);
+
+    // A key-list request answered with a u32 count (EXISTS-PREFIX, PIN, UNPIN).
+    private async Task<int> CountKeysAsync(Opcode opcode, ReadOnlyMemory<byte> packedKeys, int keySize, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(keySize, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(keySize, _options.Limits.MaxKeyBytes);
         var count = packedKeys.Length / keySize;
         CheckKeyCount(count);
-        using var response = await SendBufferedAsync(Opcode.ExistsPrefix,
-            static (w, id, s) => FrameWriter.WriteKeyListRequest(w, Opcode.ExistsPrefix, id, s.packedKeys.Span, s.keySize), (packedKeys, keySize),
+        using var response = await SendBufferedAsync(opcode,
+            static (w, id, s) => FrameWriter.WriteKeyListRequest(w, s.opcode, id, s.packedKeys.Span, s.keySize), (opcode, packedKeys, keySize),
             cancellationToken).ConfigureAwait(false);
         response.ThrowUnless(StatusCode.Ok);
         return ResponseBody.ParseCount(response.Body, count);
@@ -202,6 +239,22 @@ public sealed class CacheClient : IAsyncDisposable
         response.ThrowUnless(StatusCode.Ok);
         return ResponseBody.ParseChildren(response.Body, max, _options.Limits);
     }
+
+    /// <summary>Whether the server turned out not to know PUT-IN-GROUP (an older server): grouped PUTs go out as plain PUTs.</summary>
+    public bool QuotaGroupsUnsupported => _groupsUnsupported;
+
+    /// <summary>
+    /// Pins the keys the server holds (packed fixed-size keys, back to back), exempt from its eviction until as many
+    /// <see cref="UnpinAsync"/>s; returns how many were pinned (absent keys are not). All or nothing against the server's
+    /// pinned-bytes limit: over it, <see cref="CacheServerException"/> with <see cref="StatusCode.TooLarge"/> and nothing
+    /// pinned. An older server answers <see cref="StatusCode.UnknownOpcode"/>.
+    /// </summary>
+    public Task<int> PinAsync(ReadOnlyMemory<byte> packedKeys, int keySize, CancellationToken cancellationToken = default) =>
+        CountKeysAsync(Opcode.Pin, packedKeys, keySize, cancellationToken);
+
+    /// <summary>Takes one pin off each pinned key (packed fixed-size keys); returns how many were unpinned.</summary>
+    public Task<int> UnpinAsync(ReadOnlyMemory<byte> packedKeys, int keySize, CancellationToken cancellationToken = default) =>
+        CountKeysAsync(Opcode.Unpin, packedKeys, keySize, cancellationToken);
 
     /// <summary>Removes <paramref name="key"/>; false when it was absent.</summary>
     public async Task<bool> DeleteAsync(ReadOnlyMemory<byte> key, CancellationToken cancellationToken = default)

@@ -50,6 +50,20 @@ public interface IRemoteConnector : IAsyncDisposable
     Task<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max, CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlyList<StoredChild>>([]);
 
+    /// <summary>Whether the remote can pin keys (<see cref="PinAsync"/>). Default false.</summary>
+    bool CanPin => false;
+
+    /// <summary>
+    /// Pins the keys the remote holds, exempt from its eviction; a refusal the remote answered (over its limit, an opcode it
+    /// does not know) is an outcome, a transport failure throws. Default: <see cref="TierPinStatus.Unsupported"/>.
+    /// </summary>
+    Task<TierPinOutcome> PinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken) =>
+        Task.FromResult(new TierPinOutcome(TierPinStatus.Unsupported, 0, $"the {Name} remote cannot pin"));
+
+    /// <summary>Takes one pin off each pinned key. Default: <see cref="TierPinStatus.Unsupported"/>.</summary>
+    Task<TierPinOutcome> UnpinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken) =>
+        Task.FromResult(new TierPinOutcome(TierPinStatus.Unsupported, 0, $"the {Name} remote cannot pin"));
+
     /// <summary>
     /// Closes pooled connections so that the next call opens a fresh one: the circuit breaker's probe calls this first, so
     /// that it never goes down a connection stuck behind an unanswered request. Default: nothing (a connector without a

@@ -75,7 +75,55 @@ public sealed class LmRemoteConnector : IRemoteConnector
     {
         ArgumentNullException.ThrowIfNull(chunk);
         using var serialized = SerializedChunk.Create(chunk, _codec);
-        return await _client.PutAsync(ChunkWire.KeyBytes(chunk.Key), serialized.Bytes, cancellationToken).ConfigureAwait(false);
+        // A salted chunk goes into its salt's quota group (an id of the salt, never the salt itself).
+        var group = chunk.QuotaGroup is { } id ? System.Text.Encoding.ASCII.GetBytes(id) : default(ReadOnlyMemory<byte>);
+        return await _client.PutAsync(ChunkWire.KeyBytes(chunk.Key), serialized.Bytes, group, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The cache server pins (PIN, UNPIN).</summary>
+    public bool CanPin => true;
+
+    /// <inheritdoc />
+    public Task<TierPinOutcome> PinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken) => PinOrUnpinAsync(keys, pin: true, cancellationToken);
+
+    /// <inheritdoc />
+    public Task<TierPinOutcome> UnpinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken) => PinOrUnpinAsync(keys, pin: false, cancellationToken);
+
+    private async Task<TierPinOutcome> PinOrUnpinAsync(ReadOnlyMemory<ChunkHash> keys, bool pin, CancellationToken cancellationToken)
+    {
+        var max = _client.Options.Limits.MaxKeysPerRequest;
+        if (keys.Length > max)
+        {
+            // One request, so that a pin stays all or nothing.
+            return new TierPinOutcome(TierPinStatus.OverLimit, 0, $"{keys.Length} chunks: at most {max} can be pinned at once");
+        }
+
+        var packed = ArrayPool<byte>.Shared.Rent(Math.Max(keys.Length, 1) * ChunkHash.Size);
+        try
+        {
+            for (var i = 0; i < keys.Length; i++)
+            {
+                keys.Span[i].WriteTo(packed.AsSpan(i * ChunkHash.Size));
+            }
+
+            var bytes = packed.AsMemory(0, keys.Length * ChunkHash.Size);
+            var n = pin
+                ? await _client.PinAsync(bytes, ChunkHash.Size, cancellationToken).ConfigureAwait(false)
+                : await _client.UnpinAsync(bytes, ChunkHash.Size, cancellationToken).ConfigureAwait(false);
+            return new TierPinOutcome(TierPinStatus.Ok, n);
+        }
+        catch (CacheServerException e) when (e.Status == Protocol.StatusCode.TooLarge)
+        {
+            return new TierPinOutcome(TierPinStatus.OverLimit, 0, "the cache server refused: " + e.Message);
+        }
+        catch (CacheServerException e) when (e.Status == Protocol.StatusCode.UnknownOpcode)
+        {
+            return new TierPinOutcome(TierPinStatus.Unsupported, 0, "the cache server does not know PIN (an older version): upgrade it to pin there");
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(packed);
+        }
     }
 
     /// <summary>The cache server keeps a child index (LINK, CHILDREN).</summary>

@@ -11,7 +11,7 @@ namespace LMCacheSharp.Remote;
 /// stalls. Failures and timeouts are counted in <c>lmcache.num_tier_errors</c>, values that fail their checks in
 /// <c>lmcache.num_corrupt_chunks</c>. Only the caller's own cancellation throws.
 /// </summary>
-public sealed class RemoteStorageTier : IStorageTier, IChildIndexTier
+public sealed class RemoteStorageTier : IStorageTier, IChildIndexTier, IPinnableTier
 {
     private readonly IRemoteConnector _connector;
     private readonly CacheMetrics? _metrics;
@@ -138,6 +138,31 @@ public sealed class RemoteStorageTier : IStorageTier, IChildIndexTier
         var (ok, children) = await CallAsync(static (c, a, ct) => c.FindChildrenAsync(a.parent, a.next, a.max, ct), (parent, next, max), null,
             cancellationToken).ConfigureAwait(false);
         return ok ? children : [];
+    }
+
+    /// <inheritdoc />
+    public bool CanPin => _connector.CanPin;
+
+    /// <inheritdoc />
+    public ValueTask<TierPinOutcome> PinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default) =>
+        PinOrUnpinAsync(keys, pin: true, cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<TierPinOutcome> UnpinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default) =>
+        PinOrUnpinAsync(keys, pin: false, cancellationToken);
+
+    private async ValueTask<TierPinOutcome> PinOrUnpinAsync(ReadOnlyMemory<ChunkHash> keys, bool pin, CancellationToken cancellationToken)
+    {
+        if (!CanPin)
+        {
+            return new TierPinOutcome(TierPinStatus.Unsupported, 0, _connector.Name == "redis"
+                ? $"the remote tier {DisplayName} cannot pin: Redis has no per-key exemption from its eviction (short of PERSIST with a volatile-* maxmemory-policy), so pinning on a redis:// remote is not supported"
+                : $"the remote tier {DisplayName} cannot pin");
+        }
+
+        var (ok, outcome) = await CallAsync(static (c, a, ct) => a.pin ? c.PinAsync(a.keys, ct) : c.UnpinAsync(a.keys, ct), (keys, pin), null, cancellationToken)
+            .ConfigureAwait(false);
+        return ok ? outcome : new TierPinOutcome(TierPinStatus.Unavailable, 0, $"the remote tier {DisplayName} did not answer (down, timed out or its circuit open)");
     }
 
     /// <inheritdoc />

@@ -68,7 +68,9 @@ public sealed partial class CacheServer : IAsyncDisposable
     /// <param name="options">Validated here.</param>
     /// <param name="store">
     /// The store, or null for one owned by the server: a <see cref="MemoryCacheStore"/> of <see cref="CacheServerOptions.CapacityBytes"/>,
-    /// or with <see cref="CacheServerOptions.Disk"/> a <see cref="DiskBackedCacheStore"/> (which opens the directory here).
+    /// or with <see cref="CacheServerOptions.Disk"/> a <see cref="DiskBackedCacheStore"/> (which opens the directory here),
+    /// with the options' pinned-bytes limit and salt quotas (<see cref="CacheStoreLimits.FromOptions"/>). A store passed in
+    /// keeps its own.
     /// </param>
     /// <param name="configureLogging">Optional logging setup (default: console, warnings and up from ASP.NET Core).</param>
     public static CacheServer Create(CacheServerOptions options, ICacheStore? store = null, Action<ILoggingBuilder>? configureLogging = null)
@@ -76,7 +78,8 @@ public sealed partial class CacheServer : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var ownsStore = store is null;
-        store ??= options.Disk is { } disk ? new DiskBackedCacheStore(options.CapacityBytes, disk) : new MemoryCacheStore(options.CapacityBytes);
+        var limits = CacheStoreLimits.FromOptions(options);
+        store ??= options.Disk is { } disk ? new DiskBackedCacheStore(options.CapacityBytes, disk, limits) : new MemoryCacheStore(options.CapacityBytes, limits: limits);
         try
         {
             var metrics = new CacheServerMetrics(store);

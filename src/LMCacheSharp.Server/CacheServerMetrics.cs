@@ -21,6 +21,10 @@ public sealed class CacheServerMetrics : IDisposable
         Stat.OfStore("used_bytes", true, "Bytes of values held (4 KiB-aligned buffers).", s => s.UsedBytes),
         Stat.OfStore("capacity_bytes", true, "Capacity in bytes.", s => s.CapacityBytes),
         Stat.OfStore("evictions", false, "Values evicted to make room.", s => s.Evictions),
+        Stat.OfStore("pinned_items", true, "Values pinned (PIN), exempt from eviction.", s => s.PinnedItems),
+        Stat.OfStore("pinned_bytes", true, "Bytes of the pinned values.", s => s.PinnedBytes),
+        Stat.OfStore("max_pinned_bytes", true, "Bytes that may be pinned at once.", s => s.MaxPinnedBytes),
+        Stat.OfStore("quota_evictions", false, "Values evicted to keep a salt's quota group within its quota (isolated LRU).", s => s.QuotaEvictions),
         Stat.Own("hits", "Keys found by GET, MGET and EXISTS-PREFIX.", m => Interlocked.Read(ref m._hits)),
         Stat.Own("misses", "Keys not found by GET, MGET and EXISTS-PREFIX.", m => Interlocked.Read(ref m._misses)),
         Stat.Own("bytes_received", "bytes received.", m => Interlocked.Read(ref m._bytesIn)),
@@ -76,6 +80,15 @@ public sealed class CacheServerMetrics : IDisposable
                 _meter.CreateObservableCounter(name, () => Observe(stat), description: stat.Description);
             }
         }
+
+        // Per quota group: too many for STATS, and labelled by the configured groups only (a bounded set), never by what
+        // clients send. The label is the group id (a hash of the salt), so /metrics shows no salt.
+        _meter.CreateObservableGauge("lmcache_server.quota_group_used_bytes", () => ObserveGroups(static g => g.UsedBytes), "By",
+            "Bytes of values held in each configured salt quota group.");
+        _meter.CreateObservableGauge("lmcache_server.quota_group_quota_bytes", () => ObserveGroups(static g => g.QuotaBytes), "By",
+            "The quota of each configured salt quota group.");
+        _meter.CreateObservableCounter("lmcache_server.quota_group_evictions", () => ObserveGroups(static g => g.Evictions), "{value}",
+            "Values evicted to keep each configured salt quota group within its quota.");
     }
 
     /// <summary>The meter holding the instruments.</summary>
@@ -136,6 +149,7 @@ public sealed class CacheServerMetrics : IDisposable
     {
         Opcode.MultiGet => "mget",
         Opcode.ExistsPrefix => "exists_prefix",
+        Opcode.PutInGroup => "put_in_group",
         _ => opcode.ToString().ToLowerInvariant(),
     };
 
@@ -147,6 +161,9 @@ public sealed class CacheServerMetrics : IDisposable
             _meter.Dispose();
         }
     }
+
+    private Measurement<long>[] ObserveGroups(Func<QuotaGroupStats, long> read) =>
+        _store is null ? [] : [.. _store.GetGroupStats().Select(g => new Measurement<long>(read(g), new KeyValuePair<string, object?>("group", g.Group)))];
 
     private Measurement<long>[] Observe(Stat stat) =>
         stat.Read(this, stat.ReadsStore ? _store?.GetStats() ?? default : default) is { } value ? [new(value)] : [];

@@ -99,6 +99,34 @@ public sealed class CacheServerOptions
     /// <summary>Tokens the remembered children may hold in all (4 bytes each). Default 16,777,216 (64 MiB); range 1..2^32.</summary>
     public long MaxChildTokens { get; set; } = 1L << 24;
 
+    /// <summary>
+    /// Bytes of values that may be pinned (PIN) at once; a PIN that would go over it is refused whole. Default null: half of
+    /// <see cref="CapacityBytes"/>; range 0 (no pins)..<see cref="CapacityBytes"/>. With <see cref="Disk"/>, pins hold values
+    /// in memory, so this is memory.
+    /// </summary>
+    public long? MaxPinnedBytes { get; set; }
+
+    /// <summary>The pinned-bytes limit in effect: <see cref="MaxPinnedBytes"/>, or half of <see cref="CapacityBytes"/>.</summary>
+    public long EffectiveMaxPinnedBytes => MaxPinnedBytes ?? CapacityBytes / 2;
+
+    /// <summary>
+    /// Byte quotas per <c>cache_salt</c> (LMCache's isolated LRU): salt -&gt; most bytes of values its tenant's chunks may hold
+    /// in memory. A client sends each salted chunk with its salt's quota group (<see cref="Core.Keys.CacheNamespace.QuotaGroupOf"/>,
+    /// a hash: the salt never travels) and the server computes the same id from each salt here; a PUT that would take a
+    /// group over its quota evicts that group's least recently used values first. Default empty; at most 10,000 salts, each
+    /// quota 4 KiB..<see cref="CapacityBytes"/>.
+    /// </summary>
+    public IDictionary<string, long> SaltQuotas { get; } = new Dictionary<string, long>(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Quota of every salt not in <see cref="SaltQuotas"/> (each such group on its own). Default null: other salts have no
+    /// quota of their own, only the capacity; range 4 KiB..<see cref="CapacityBytes"/>.
+    /// </summary>
+    public long? DefaultSaltQuotaBytes { get; set; }
+
+    /// <summary>Most salts <see cref="SaltQuotas"/> may name (each is a labelled series on /metrics).</summary>
+    public const int MaxSaltQuotas = 10_000;
+
     /// <summary>Every problem with the current values; empty when valid.</summary>
     public IReadOnlyList<string> GetErrors()
     {
@@ -180,6 +208,33 @@ public sealed class CacheServerOptions
         if (MaxChildTokens is < 1 or > 1L << 32)
         {
             errors.Add($"max child tokens: must be in 1..4294967296, got {MaxChildTokens}");
+        }
+
+        if (MaxPinnedBytes is < 0 || MaxPinnedBytes > CapacityBytes)
+        {
+            errors.Add($"max pinned: must be in 0..the capacity ({CapacityBytes} bytes), got {MaxPinnedBytes} bytes");
+        }
+
+        if (SaltQuotas.Count > MaxSaltQuotas)
+        {
+            errors.Add($"salt quotas: at most {MaxSaltQuotas} salts, got {SaltQuotas.Count}");
+        }
+
+        foreach (var (salt, bytes) in SaltQuotas)
+        {
+            if (string.IsNullOrEmpty(salt))
+            {
+                errors.Add("salt quota: the salt must not be empty");
+            }
+            else if (bytes < 4096 || bytes > CapacityBytes)
+            {
+                errors.Add($"salt quota for salt #{Core.Keys.CacheNamespace.QuotaGroupOf(salt)}: must be in 4KB..the capacity ({CapacityBytes} bytes), got {bytes} bytes");
+            }
+        }
+
+        if (DefaultSaltQuotaBytes is < 4096 || DefaultSaltQuotaBytes > CapacityBytes)
+        {
+            errors.Add($"default salt quota: must be in 4KB..the capacity ({CapacityBytes} bytes), got {DefaultSaltQuotaBytes} bytes");
         }
 
         if (Disk is not null)

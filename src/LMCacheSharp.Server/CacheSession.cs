@@ -229,7 +229,7 @@ public sealed partial class CacheSession
 
         try
         {
-            if (header.Opcode == Opcode.Put)
+            if (header.Opcode is Opcode.Put or Opcode.PutInGroup)
             {
                 await HandlePutAsync(header).ConfigureAwait(false);
             }
@@ -248,18 +248,36 @@ public sealed partial class CacheSession
 
     private async ValueTask HandlePutAsync(FrameHeader header)
     {
-        var head = ArrayPool<byte>.Shared.Rent(2 + _limits.MaxKeyBytes);
+        // head: [0, 2) key length, [2, 2 + MaxKeyBytes) key, then a PUT-IN-GROUP's group length and group.
+        var groupAt = 2 + _limits.MaxKeyBytes;
+        var head = ArrayPool<byte>.Shared.Rent(groupAt + 1 + ProtocolLimits.MaxGroupBytes);
         KvChunk? value = null;
         long reserved = 0;
         try
         {
+            var putLength = header.BodyLength;
+            var groupLength = 0;
+            if (header.Opcode == Opcode.PutInGroup)
+            {
+                if (header.BodyLength < 1)
+                {
+                    throw new ProtocolException(ProtocolError.BodyTruncated, "PUT-IN-GROUP body ends before the group length");
+                }
+
+                await ReadBodyAsync(1, (head, groupAt), static (s, slice, offset) => slice.CopyTo(s.head.AsSpan(s.groupAt + (int)offset))).ConfigureAwait(false);
+                groupLength = RequestBody.ReadGroupLength(head[groupAt], header.BodyLength);
+                await ReadBodyAsync(groupLength, (head, groupAt), static (s, slice, offset) => slice.CopyTo(s.head.AsSpan(s.groupAt + 1 + (int)offset)))
+                    .ConfigureAwait(false);
+                putLength -= 1 + groupLength; // what follows the group is a PUT body
+            }
+
             var two = new ReadOnlySequence<byte>(head, 0, 2);
-            if (header.BodyLength >= 2)
+            if (putLength >= 2)
             {
                 await ReadBodyAsync(2, head, static (h, slice, offset) => slice.CopyTo(h.AsSpan((int)offset))).ConfigureAwait(false);
             }
 
-            RequestBody.TryReadPutHead(two, header.BodyLength, _limits, out var keyLength, out var valueLength);
+            RequestBody.TryReadPutHead(two, putLength, _limits, out var keyLength, out var valueLength);
             await ReadBodyAsync(keyLength, head, static (h, slice, offset) => slice.CopyTo(h.AsSpan(2 + (int)offset))).ConfigureAwait(false);
             var size = ((long)Math.Max(valueLength, 1) + KvBufferPool.Alignment - 1) / KvBufferPool.Alignment * KvBufferPool.Alignment;
             if (!_budget.TryReserve(size))
@@ -279,13 +297,20 @@ public sealed partial class CacheSession
             reserved = size;
             value = _store.Rent(valueLength);
             await ReadBodyAsync(valueLength, value, static (v, slice, offset) => slice.CopyTo(v.Span[(int)offset..])).ConfigureAwait(false);
-            if (_store.Put(head.AsSpan(2, keyLength), value))
+            switch (_store.Put(head.AsSpan(2, keyLength), value, head.AsSpan(groupAt + 1, groupLength)))
             {
-                WriteEmpty(header, StatusCode.Ok);
-            }
-            else
-            {
-                RequestError(header, StatusCode.TooLarge, $"value of {valueLength} bytes is larger than the server's capacity");
+                case CachePutStatus.Stored:
+                    WriteEmpty(header, StatusCode.Ok);
+                    break;
+                case CachePutStatus.LargerThanQuota:
+                    RequestError(header, StatusCode.TooLarge, $"value of {valueLength} bytes is larger than its quota group's quota");
+                    break;
+                case CachePutStatus.PinnedFull:
+                    RequestError(header, StatusCode.TooLarge, "no room for the value: what could be evicted is pinned");
+                    break;
+                default:
+                    RequestError(header, StatusCode.TooLarge, $"value of {valueLength} bytes is larger than the server's capacity");
+                    break;
             }
         }
         finally
@@ -397,6 +422,38 @@ public sealed partial class CacheSession
             case Opcode.Delete:
                 WriteEmpty(header, _store.Remove(RequestBody.ParseKey(body, _limits)) ? StatusCode.Ok : StatusCode.NotFound);
                 break;
+            case Opcode.Pin:
+            case Opcode.Unpin:
+                {
+                    var reader = new KeyListReader(body, _limits);
+                    var keys = new List<byte[]>(reader.Count);
+                    while (reader.TryReadNext(out var key))
+                    {
+                        keys.Add(key.ToArray());
+                    }
+
+                    int count;
+                    if (header.Opcode == Opcode.Unpin)
+                    {
+                        count = _store.Unpin(keys);
+                    }
+                    else if (_store.Pin(keys) is { OverLimit: false } pin)
+                    {
+                        count = pin.Pinned;
+                    }
+                    else
+                    {
+                        RequestError(header, StatusCode.TooLarge,
+                            $"pinning these keys would take the pinned bytes over the server's limit ({_store.GetStats().MaxPinnedBytes} bytes): nothing was pinned");
+                        break;
+                    }
+
+                    FrameWriter.WriteCountResponse(_output, header.Opcode, header.RequestId, count);
+                    _unflushed += FrameHeader.Size + 4;
+                    _metrics.BytesOut(FrameHeader.Size + 4);
+                    break;
+                }
+
             case Opcode.Clear:
                 RequestBody.ParseEmpty(body);
                 _store.Clear();

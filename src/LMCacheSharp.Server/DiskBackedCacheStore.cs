@@ -21,6 +21,9 @@ namespace LMCacheSharp.Server;
 /// <item>Only values stored under 32-byte keys (a <see cref="ChunkHash"/>, what the remote tier sends) that are valid
 /// serialized <see cref="ChunkEnvelope"/>s for that key go to the disk; anything else is kept in memory only and counted.</item>
 /// </list>
+/// Pins and quota groups (<see cref="CacheStoreLimits"/>) are the memory store's: a pinned value is held in memory (PIN
+/// promotes a value found only on disk first), so the disk's own eviction cannot take it from GETs; quotas count the values
+/// in memory. Both are soft state: after a restart the disk's values are unpinned and in no group until PUT again.
 /// Disk reads (a GET that misses memory) run on the calling connection's task: that connection answers in order anyway,
 /// other connections are not held up (the tiers' locks cover index updates only). Thread-safe.
 /// </summary>
@@ -50,8 +53,9 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
     /// <summary>Opens the directory (taking its lock and rebuilding the index from the files there) and starts the writer.</summary>
     /// <param name="memoryCapacityBytes">Capacity of the memory store in bytes (&gt; 0).</param>
     /// <param name="options">Directory, capacity, write queue, fsync.</param>
+    /// <param name="limits">Pins and quota groups of the memory store (default: half of it may be pinned, no quotas).</param>
     /// <exception cref="IOException">The directory cannot be created, or another process is using it.</exception>
-    public DiskBackedCacheStore(long memoryCapacityBytes, DiskStoreOptions options)
+    public DiskBackedCacheStore(long memoryCapacityBytes, DiskStoreOptions options, CacheStoreLimits? limits = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         var errors = options.GetErrors();
@@ -63,7 +67,7 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         _queueLimitBytes = options.WriteQueueBytes;
         _queueLimitPuts = options.WriteQueueRecords;
         _shutdownFlushTimeout = options.ShutdownFlushTimeout;
-        _memory = new MemoryCacheStore(memoryCapacityBytes);
+        _memory = new MemoryCacheStore(memoryCapacityBytes, limits: limits);
         try
         {
             // One pool for both: a value read from disk is promoted into memory without a copy.
@@ -97,13 +101,16 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
     public KvChunk Rent(int length) => _memory.Rent(length);
 
     /// <inheritdoc />
-    public bool Put(ReadOnlySpan<byte> key, KvChunk value)
+    public bool Put(ReadOnlySpan<byte> key, KvChunk value) => Put(key, value, default) == CachePutStatus.Stored;
+
+    /// <inheritdoc />
+    public CachePutStatus Put(ReadOnlySpan<byte> key, KvChunk value, ReadOnlySpan<byte> group)
     {
         ArgumentNullException.ThrowIfNull(value);
         if (key.Length != ChunkHash.Size)
         {
             Interlocked.Increment(ref _refused);
-            return _memory.Put(key, value);
+            return _memory.Put(key, value, group);
         }
 
         var hash = new ChunkHash(key);
@@ -111,9 +118,9 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         lock (_lock)
         {
             // Under the lock with the queueing, so that a disk read racing this PUT cannot promote an older value over it.
-            if (!_memory.Put(key, value))
+            if (_memory.Put(key, value, group) is not CachePutStatus.Stored and var refused)
             {
-                return false;
+                return refused;
             }
 
             _pending.TryGetValue(hash, out var pending);
@@ -144,8 +151,30 @@ public sealed class DiskBackedCacheStore : ICacheStore, IAsyncDisposable
         }
 
         replaced?.Release();
-        return true;
+        return CachePutStatus.Stored;
     }
+
+    /// <inheritdoc />
+    public CachePinResult Pin(IReadOnlyList<byte[]> keys)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        foreach (var key in keys)
+        {
+            // A value only on disk (or queued for it) is promoted into memory, where the pin holds it.
+            if (!_memory.Contains(key))
+            {
+                Get(key)?.Release();
+            }
+        }
+
+        return _memory.Pin(keys);
+    }
+
+    /// <inheritdoc />
+    public int Unpin(IReadOnlyList<byte[]> keys) => _memory.Unpin(keys);
+
+    /// <inheritdoc />
+    public IReadOnlyList<QuotaGroupStats> GetGroupStats() => _memory.GetGroupStats();
 
     /// <inheritdoc />
     public KvChunk? Get(ReadOnlySpan<byte> key)

@@ -11,6 +11,18 @@ public readonly record struct CacheStoreStats(long Items, long UsedBytes, long C
 {
     /// <summary>The disk behind the memory (<see cref="DiskBackedCacheStore"/>), or null for a store without one.</summary>
     public DiskStoreStats? Disk { get; init; }
+
+    /// <summary>Values pinned (PIN), exempt from eviction.</summary>
+    public long PinnedItems { get; init; }
+
+    /// <summary>Bytes of the pinned values.</summary>
+    public long PinnedBytes { get; init; }
+
+    /// <summary>Bytes that may be pinned at once.</summary>
+    public long MaxPinnedBytes { get; init; }
+
+    /// <summary>Values evicted to keep a quota group within its quota (also counted in <see cref="Evictions"/>).</summary>
+    public long QuotaEvictions { get; init; }
 }
 
 /// <summary>Sizes and counters of the disk behind a <see cref="DiskBackedCacheStore"/> (STATS and /metrics: <c>disk_*</c>).</summary>
@@ -38,7 +50,7 @@ public readonly record struct DiskStoreStats(long Items, long UsedBytes, long Ca
 
 /// <summary>
 /// Where the cache server keeps values: opaque byte strings under opaque byte keys. The session rents a buffer with
-/// <see cref="Rent"/>, fills it from the socket and hands it to <see cref="Put"/>; reads hand back the stored buffer with a
+/// <see cref="Rent"/>, fills it from the socket and hands it to <see cref="Put(ReadOnlySpan{byte}, KvChunk, ReadOnlySpan{byte})"/>; reads hand back the stored buffer with a
 /// reference the caller releases, so a value evicted while it is being sent stays valid. Thread-safe.
 /// This is the seam for persistence: a store that writes through to a disk tier implements the same interface.
 /// </summary>
@@ -52,6 +64,25 @@ public interface ICacheStore : IDisposable
     /// any value there. The store takes its own reference. False when the value can never fit (larger than the capacity).
     /// </summary>
     bool Put(ReadOnlySpan<byte> key, KvChunk value);
+
+    /// <summary>
+    /// Stores <paramref name="value"/> under <paramref name="key"/> in the quota group <paramref name="group"/> (empty: none),
+    /// as <see cref="Put(ReadOnlySpan{byte}, KvChunk)"/>; a group over its quota evicts its own least recently used values
+    /// first. The status says why a value was not stored.
+    /// </summary>
+    CachePutStatus Put(ReadOnlySpan<byte> key, KvChunk value, ReadOnlySpan<byte> group);
+
+    /// <summary>
+    /// Pins the keys the store holds (a key listed twice is pinned twice), exempt from eviction until as many
+    /// <see cref="Unpin"/>s; all or nothing against the store's pinned-bytes limit. Absent keys are not pinned.
+    /// </summary>
+    CachePinResult Pin(IReadOnlyList<byte[]> keys);
+
+    /// <summary>Takes one pin off each pinned key; returns how many were unpinned.</summary>
+    int Unpin(IReadOnlyList<byte[]> keys);
+
+    /// <summary>The configured quota groups' use (for /metrics); empty without quotas.</summary>
+    IReadOnlyList<QuotaGroupStats> GetGroupStats();
 
     /// <summary>The value under <paramref name="key"/> with one reference for the caller (marks it recently used), or null.</summary>
     KvChunk? Get(ReadOnlySpan<byte> key);

@@ -64,12 +64,13 @@ public sealed class ServeWithControllerTests
                 Assert.Equal(401, (int)denied.StatusCode);
             }
 
-            // Bad inputs to the admin endpoints (with the token): clear 4xx/501 in OpenAI's shape; the next good request succeeds.
+            // Bad inputs to the admin endpoints (with the token): clear 4xx in OpenAI's shape; the next good request succeeds.
             http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", "fleet");
             foreach (var (path, body, status) in new[]
             {
                 ("/lmcache/prefetch", "{not json", 400), ("/lmcache/clear", "[1, 2]", 400), ("/lmcache/tokenize", "\"just a string\"", 400),
-                ("/lmcache/prefetch", "{\"prompt\": \"\ud800\"}", 400), ("/lmcache/pin", "{}", 501),
+                ("/lmcache/prefetch", "{\"prompt\": 5}", 400), ("/lmcache/pin", "{}", 400),
+                ("/lmcache/unpin", "{\"tokens\": [1], \"tier\": \"remote\"}", 400), // this instance has no remote tier
             })
             {
                 using var bad = await http.PostAsync(path, new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
@@ -81,6 +82,17 @@ public sealed class ServeWithControllerTests
             var prefetch = await controller.OkAsync("/prefetch", new { model = "tiny", prompt = Prompt });
             Assert.Equal(200, prefetch["instances"]![0]!["status"]!.GetValue<int>());
             Assert.True(prefetch["instances"]![0]!["result"]!["tokens_in_memory"]!.GetValue<int>() >= whole, prefetch.ToJsonString());
+
+            // Pin through the controller: forwarded to the instance with the fleet token, answered per instance.
+            var pin = await controller.OkAsync("/pin", new { model = "tiny", prompt = Prompt });
+            Assert.Equal(200, pin["instances"]![0]!["status"]!.GetValue<int>());
+            Assert.Equal(whole / 16, pin["instances"]![0]!["result"]!["memory"]!["pinned_chunks"]!.GetValue<int>());
+            Assert.Equal(whole, pin["instances"]![0]!["result"]!["memory"]!["pinned_tokens"]!.GetValue<int>());
+            Assert.Equal(whole / 16, service.Cache!.Engine.Metrics.Pinned.Chunks);
+            var unpin = await controller.OkAsync("/unpin", new { instance = registration.InstanceId, prompt = Prompt });
+            Assert.Equal(whole / 16, unpin["instances"]![0]!["result"]!["memory"]!["unpinned_chunks"]!.GetValue<int>());
+            Assert.Equal(0, service.Cache.Engine.Metrics.Pinned.Chunks);
+
             var clear = await controller.OkAsync("/clear", new { all = true });
             Assert.Equal(200, clear["instances"]![0]!["status"]!.GetValue<int>());
             await RunningController.EventuallyAsync(() => controller.Directory.Count == 0, "the clear's events empty the directory");

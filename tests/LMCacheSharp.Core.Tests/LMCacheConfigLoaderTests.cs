@@ -24,6 +24,17 @@ public class LMCacheConfigLoaderTests
     }
 
     [Fact]
+    public void Max_pinned_size_is_a_size_within_the_memory_tier_and_defaults_to_none_set()
+    {
+        Assert.Null(LMCacheConfigLoader.LoadYaml("chunk_size: 16").MaxPinnedBytes);
+        var options = LMCacheConfigLoader.LoadYaml("max_local_cpu_size: 1\nmax_pinned_size: 256MB");
+        Assert.Equal(256L << 20, options.MaxPinnedBytes);
+        Assert.Empty(options.GetErrors());
+        var e = Assert.Throws<LMCacheConfigurationException>(() => LMCacheConfigLoader.LoadYaml("max_local_cpu_size: 1\nmax_pinned_size: 2GB"));
+        Assert.Contains("max_pinned_size", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Environment_overrides_the_file_and_the_command_line_overrides_both()
     {
         var path = Path.GetTempFileName();

@@ -167,6 +167,204 @@ public sealed class MemoryTierTests : IDisposable
         Assert.Equal(0, _pool.RentedCount);
     }
 
+    [Theory]
+    [InlineData(EvictionPolicy.Lru)]
+    [InlineData(EvictionPolicy.Lfu)]
+    [InlineData(EvictionPolicy.Fifo)]
+    [InlineData(EvictionPolicy.Mru)]
+    public void Pinned_chunks_survive_pressure_under_every_policy(EvictionPolicy policy)
+    {
+        var tier = new MemoryTier(4 * 4096, _metrics, policy: policy, maxPinnedBytes: 2 * 4096);
+        for (var i = 0; i < 4; i++)
+        {
+            using var c = NewChunk(i);
+            Assert.True(tier.Put(c));
+        }
+
+        var pin = tier.Pin([Key(0), Key(3)]); // the oldest and the newest: each policy's first victim is one of them
+        Assert.Equal(new PinResult(2, 0, new PinStats(2, 2 * 4096, 2 * 4096), false, 2 * 4096), pin);
+        for (var i = 10; i < 30; i++)
+        {
+            using var c = NewChunk(i);
+            Assert.True(tier.Put(c));
+        }
+
+        Assert.True(tier.Contains(Key(0)));
+        Assert.True(tier.Contains(Key(3)));
+        Assert.Equal(4, tier.Count);
+        Assert.Equal(4 * 4096, tier.UsedBytes);
+        Assert.Equal(new HashSet<ChunkHash> { Key(0), Key(3) }, tier.KeysByRecency().Take(2).ToHashSet()); // pinned first
+        tier.Clear();
+        Assert.Equal(new PinStats(0, 0, 2 * 4096), tier.GetPinStats());
+    }
+
+    [Fact]
+    public void Unpin_makes_a_chunk_evictable_again_as_just_used()
+    {
+        var tier = new MemoryTier(3 * 4096, _metrics);
+        for (var i = 0; i < 3; i++)
+        {
+            using var c = NewChunk(i);
+            tier.Put(c);
+        }
+
+        tier.Pin([Key(0)]);
+        tier.TryGet(Key(0))!.Release(); // a hit on a pinned chunk leaves it out of the recency order
+        Assert.Equal(1, tier.Unpin([Key(0)]).Changed);
+        Assert.Equal([Key(0), Key(2), Key(1)], tier.KeysByRecency()); // back at the head
+        for (var i = 3; i < 6; i++)
+        {
+            using var c = NewChunk(i);
+            tier.Put(c);
+        }
+
+        Assert.False(tier.Contains(Key(0)));
+        Assert.Equal(new PinStats(0, 0, tier.MaxPinnedBytes), tier.GetPinStats());
+        tier.Clear();
+    }
+
+    [Fact]
+    public void Pins_are_counted_a_chunk_pinned_twice_needs_two_unpins()
+    {
+        var tier = new MemoryTier(2 * 4096, _metrics, maxPinnedBytes: 2 * 4096);
+        using (var c = NewChunk(1))
+        {
+            tier.Put(c);
+        }
+
+        Assert.Equal(1, tier.Pin([Key(1)]).Changed);
+        var twice = tier.Pin([Key(1), Key(2)]); // 2 is absent
+        Assert.Equal((1, 1, 0L), (twice.Changed, twice.Missing, twice.RequestedBytes));
+        Assert.Equal(2, tier.PinCount(Key(1)));
+        Assert.Equal(new PinStats(1, 4096, 2 * 4096), tier.GetPinStats());
+        Assert.Equal(1, tier.Unpin([Key(1)]).Changed);
+        Assert.Equal(1, tier.PinCount(Key(1)));
+        Assert.Equal(1, tier.Unpin([Key(1)]).Changed);
+        var more = tier.Unpin([Key(1), Key(2)]);
+        Assert.Equal((0, 2), (more.Changed, more.Missing)); // not pinned, absent
+        Assert.Equal(new PinStats(0, 0, 2 * 4096), tier.GetPinStats());
+        tier.Clear();
+    }
+
+    [Fact]
+    public void A_pin_over_the_limit_is_refused_whole()
+    {
+        var tier = new MemoryTier(4 * 4096, _metrics); // default limit: half, 2 chunks
+        Assert.Equal(2 * 4096, tier.MaxPinnedBytes);
+        for (var i = 0; i < 3; i++)
+        {
+            using var c = NewChunk(i);
+            tier.Put(c);
+        }
+
+        Assert.Equal(1, tier.Pin([Key(0)]).Changed);
+        var refused = tier.Pin([Key(0), Key(1), Key(2)]);
+        Assert.True(refused.OverLimit);
+        Assert.Equal((0, 2 * 4096L), (refused.Changed, refused.RequestedBytes));
+        Assert.Equal(0, tier.PinCount(Key(1)));
+        Assert.Equal(1, tier.PinCount(Key(0))); // untouched by the refused pin
+        var duplicates = tier.Pin([Key(1), Key(1)]); // a key listed twice counts its bytes once: fits
+        Assert.Equal((2, false), (duplicates.Changed, duplicates.OverLimit));
+        Assert.Equal(new PinStats(2, 2 * 4096, 2 * 4096), duplicates.Totals);
+        tier.Clear();
+    }
+
+    [Fact]
+    public void When_everything_left_is_pinned_a_store_is_dropped_not_a_pin_evicted()
+    {
+        var tier = new MemoryTier(2 * 4096, _metrics, maxPinnedBytes: 2 * 4096);
+        for (var i = 0; i < 2; i++)
+        {
+            using var c = NewChunk(i);
+            tier.Put(c);
+        }
+
+        tier.Pin([Key(0), Key(1)]);
+        using (var c = NewChunk(2))
+        {
+            Assert.False(tier.Put(c));
+        }
+
+        Assert.True(tier.Contains(Key(0)) && tier.Contains(Key(1)));
+        Assert.Equal(1, _metrics.Snapshot().DroppedStores);
+        Assert.Equal(0, _metrics.Snapshot().Evictions);
+        tier.Unpin([Key(1)]);
+        using (var c = NewChunk(2))
+        {
+            Assert.True(tier.Put(c)); // evicts 1, the only unpinned chunk
+        }
+
+        Assert.False(tier.Contains(Key(1)));
+        Assert.True(tier.Contains(Key(0)));
+        tier.Clear();
+    }
+
+    [Fact]
+    public void Removing_a_pinned_chunk_takes_its_pins_with_it()
+    {
+        var tier = new MemoryTier(4 * 4096, _metrics);
+        using (var c = NewChunk(1))
+        {
+            tier.Put(c);
+        }
+
+        tier.Pin([Key(1), Key(1)]);
+        Assert.True(tier.Remove(Key(1)));
+        Assert.Equal(new PinStats(0, 0, tier.MaxPinnedBytes), tier.GetPinStats());
+        using (var c = NewChunk(1))
+        {
+            tier.Put(c);
+        }
+
+        Assert.Equal(0, tier.PinCount(Key(1))); // stored again: a fresh, unpinned chunk
+        Assert.Equal(0, tier.Unpin([Key(1)]).Changed);
+        tier.Clear();
+    }
+
+    [Fact]
+    public void Pinned_chunks_and_bytes_are_published_on_the_meter()
+    {
+        var tier = new MemoryTier(4 * 4096, _metrics);
+        using (var c = NewChunk(1))
+        {
+            tier.Put(c);
+        }
+
+        tier.Pin([Key(1)]);
+        var seen = new Dictionary<string, long>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter == _metrics.Meter)
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((i, v, _, _) => seen[i.Name] = v);
+        listener.Start();
+        listener.RecordObservableInstruments();
+        Assert.Equal(1, seen["lmcache.pinned_chunks"]);
+        Assert.Equal(4096, seen["lmcache.pinned_bytes"]);
+        Assert.Equal(new PinStats(1, 4096, 2 * 4096), _metrics.Pinned);
+        tier.Clear();
+    }
+
+    [Fact]
+    public void The_pin_limit_is_checked()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new MemoryTier(4096, maxPinnedBytes: 8192));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new MemoryTier(4096, maxPinnedBytes: -1));
+        var none = new MemoryTier(4096, maxPinnedBytes: 0);
+        using (var c = NewChunk(1))
+        {
+            none.Put(c);
+        }
+
+        Assert.True(none.Pin([Key(1)]).OverLimit);
+        Assert.Equal(0, none.Pin([Key(2)]).Changed); // nothing held: nothing to pin, not over the limit
+        none.Clear();
+    }
+
     public void Dispose()
     {
         Assert.Equal(0, _pool.RentedCount);

@@ -241,7 +241,11 @@ public class CacheServerTests
     /// <summary>Every family /metrics has exported, with its TYPE (a disk-backed server), as dashboards know them.</summary>
     private static readonly (string Name, string Type)[] ExportedFamilies =
     [
-        .. new[] { "items", "used_bytes", "capacity_bytes", "connections_active", "disk_items", "disk_used_bytes", "disk_capacity_bytes", "disk_queued_bytes" }
+        .. new[]
+        {
+            "items", "used_bytes", "capacity_bytes", "pinned_items", "pinned_bytes", "max_pinned_bytes", "connections_active", "disk_items", "disk_used_bytes",
+            "disk_capacity_bytes", "disk_queued_bytes",
+        }
             .Select(n => ("lmcache_server_" + n, "gauge")),
         .. new[]
         {
@@ -249,7 +253,7 @@ public class CacheServerTests
             "request_errors", "auth_failures", "auth_closes", "put_busy", "connections_too_slow", "disk_hits", "disk_writes", "disk_writes_dropped",
             "disk_refused", "disk_write_failures", "disk_evictions", "disk_corrupt", "disk_errors", "requests_ping", "requests_auth", "requests_put",
             "requests_get", "requests_mget", "requests_exists_prefix", "requests_delete", "requests_clear", "requests_stats", "requests_link",
-            "requests_children",
+            "requests_children", "requests_pin", "requests_unpin", "requests_put_in_group", "quota_evictions",
         }.Select(n => ("lmcache_server_" + n + "_total", "counter")),
     ];
 
@@ -285,6 +289,73 @@ public class CacheServerTests
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    [Fact]
+    public async Task Salt_quotas_evict_within_their_group_and_show_on_metrics_by_group_id_only()
+    {
+        var options = new CacheServerOptions { MetricsPort = 0, CapacityBytes = 1L << 20 };
+        options.SaltQuotas["tenant-a"] = 4 * 4096;
+        options.SaltQuotas["tenant-b"] = 64 * 4096;
+        await using var server = await StartAsync(options);
+        await using var client = Client(server, connections: 1);
+        var a = System.Text.Encoding.ASCII.GetBytes(LMCacheSharp.Core.Keys.CacheNamespace.QuotaGroupOf("tenant-a"));
+        var b = System.Text.Encoding.ASCII.GetBytes(LMCacheSharp.Core.Keys.CacheNamespace.QuotaGroupOf("tenant-b"));
+        for (var i = 0; i < 8; i++)
+        {
+            Assert.True(await client.PutAsync(System.Text.Encoding.ASCII.GetBytes("b" + i), new System.Buffers.ReadOnlySequence<byte>(Value(4000, i)), b));
+            Assert.True(await client.PutAsync(System.Text.Encoding.ASCII.GetBytes("a" + i), new System.Buffers.ReadOnlySequence<byte>(Value(4000, i)), a));
+        }
+
+        Assert.False(client.QuotaGroupsUnsupported);
+        Assert.Equal(0, await client.ExistsPrefixAsync([.. Enumerable.Range(0, 4).Select(i => (ReadOnlyMemory<byte>)System.Text.Encoding.ASCII.GetBytes("a" + i))]));
+        Assert.Equal(4, await client.ExistsPrefixAsync([.. Enumerable.Range(4, 4).Select(i => (ReadOnlyMemory<byte>)System.Text.Encoding.ASCII.GetBytes("a" + i))]));
+        Assert.Equal(8, await client.ExistsPrefixAsync([.. Enumerable.Range(0, 8).Select(i => (ReadOnlyMemory<byte>)System.Text.Encoding.ASCII.GetBytes("b" + i))]));
+        Assert.False(await client.PutAsync("big"u8.ToArray(), new System.Buffers.ReadOnlySequence<byte>(Value(5 * 4096, 1)), a)); // over its quota
+
+        using var http = new HttpClient();
+        var text = await http.GetStringAsync(server.MetricsUrl, TestContext.Current.CancellationToken);
+        var metrics = new PrometheusText(text);
+        var ga = System.Text.Encoding.ASCII.GetString(a);
+        Assert.Equal(4 * 4096, metrics[$"lmcache_server_quota_group_used_bytes{{group=\"{ga}\"}}"]);
+        Assert.Equal(4 * 4096, metrics[$"lmcache_server_quota_group_quota_bytes{{group=\"{ga}\"}}"]);
+        Assert.Equal(4, metrics[$"lmcache_server_quota_group_evictions_total{{group=\"{ga}\"}}"]);
+        Assert.Equal(8 * 4096, metrics[$"lmcache_server_quota_group_used_bytes{{group=\"{System.Text.Encoding.ASCII.GetString(b)}\"}}"]);
+        Assert.Equal(4, metrics["lmcache_server_quota_evictions_total"]);
+        Assert.DoesNotContain("tenant-", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Pinned_keys_survive_eviction_pressure_through_the_client()
+    {
+        await using var server = await StartAsync(new CacheServerOptions { CapacityBytes = 1L << 20 }); // 256 values of 4 KiB
+        await using var client = Client(server, connections: 1);
+        var keys = new byte[2 * 32];
+        new Random(3).NextBytes(keys);
+        await client.PutAsync(keys.AsMemory(0, 32), Value(4000, 1));
+        await client.PutAsync(keys.AsMemory(32, 32), Value(4000, 2));
+        Assert.Equal(2, await client.PinAsync(keys, 32));
+        for (var i = 0; i < 600; i++)
+        {
+            await client.PutAsync(System.Text.Encoding.ASCII.GetBytes("fill" + i), Value(4000, i));
+        }
+
+        Assert.Equal(2, await client.ExistsPrefixAsync(keys, 32));
+        var stats = await client.StatsAsync();
+        Assert.Equal((2L, 2L * 4096, 1L << 19), (stats["pinned_items"], stats["pinned_bytes"], stats["max_pinned_bytes"]));
+        Assert.Equal(2, await client.UnpinAsync(keys, 32));
+        Assert.Equal(0, await client.UnpinAsync(keys, 32));
+
+        var many = new byte[200 * 32];
+        new Random(4).NextBytes(many);
+        for (var i = 0; i < 200; i++)
+        {
+            await client.PutAsync(many.AsMemory(i * 32, 32), Value(4000, i));
+        }
+
+        var e = await Assert.ThrowsAsync<CacheServerException>(() => client.PinAsync(many, 32)); // 800 KiB: over the half that may be pinned
+        Assert.Equal(StatusCode.TooLarge, e.Status);
+        Assert.Equal(0, (await client.StatsAsync())["pinned_items"]);
     }
 
     [Fact]

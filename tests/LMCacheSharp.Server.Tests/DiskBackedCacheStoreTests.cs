@@ -332,6 +332,32 @@ public sealed class DiskBackedCacheStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task A_pin_promotes_a_value_found_only_on_disk_and_holds_it_in_memory_under_pressure()
+    {
+        await using var store = new DiskBackedCacheStore(1L << 20, DiskOptions());
+        var envelopes = Enumerable.Range(0, 24).Select(i => Envelope(Key(i), 400, i)).ToArray(); // ~100 KiB each, 1 MiB of memory
+        for (var i = 0; i < 12; i++)
+        {
+            Put(store, KeyBytes(Key(i)), envelopes[i]);
+        }
+
+        await store.FlushAsync(TestContext.Current.CancellationToken);
+        Assert.False(store.Memory.Contains(KeyBytes(Key(0))));
+        Assert.Equal(new CachePinResult(1, false), store.Pin([KeyBytes(Key(0)), KeyBytes(Key(99))])); // 99 is nowhere
+        Assert.Equal(1, store.Memory.PinCount(KeyBytes(Key(0))));
+        for (var i = 12; i < 24; i++)
+        {
+            Put(store, KeyBytes(Key(i)), envelopes[i]);
+        }
+
+        await store.FlushAsync(TestContext.Current.CancellationToken);
+        Assert.True(store.Memory.Contains(KeyBytes(Key(0)))); // memory turned over, the pin stayed
+        Assert.Equal(1, store.GetStats().PinnedItems);
+        Assert.Equal(1, store.Unpin([KeyBytes(Key(0))]));
+        Assert.Equal(envelopes[0], Get(store, KeyBytes(Key(0))));
+    }
+
+    [Fact]
     public async Task Concurrent_puts_gets_and_deletes_never_serve_another_keys_value_and_leak_no_buffer()
     {
         await using var store = new DiskBackedCacheStore(1L << 20, DiskOptions(2L << 20));

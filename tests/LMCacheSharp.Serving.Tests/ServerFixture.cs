@@ -52,7 +52,8 @@ public sealed class TestServer : IAsyncDisposable
 
     public static async Task<TestServer> StartAsync(Action<ServingOptions>? configure = null, int chunkSize = 16,
         Action<LMCacheOptions>? configureCache = null,
-        Func<LMCacheSharp.Core.Kv.KvBufferPool, LMCacheSharp.Core.Metrics.CacheMetrics, IEnumerable<LMCacheSharp.Core.Storage.IStorageTier>>? lowerTiers = null)
+        Func<LMCacheSharp.Core.Kv.KvBufferPool, LMCacheSharp.Core.Metrics.CacheMetrics, IEnumerable<LMCacheSharp.Core.Storage.IStorageTier>>? lowerTiers = null,
+        Action<WebApplication>? map = null)
     {
         var options = new ServingOptions
         {
@@ -68,6 +69,7 @@ public sealed class TestServer : IAsyncDisposable
         var cache = new LMCacheOptions { ChunkSize = chunkSize, MaxLocalCpuSize = 0.05 };
         configureCache?.Invoke(cache);
         var app = ServingApp.Build(options, cache, ["http://127.0.0.1:0"], lowerTiers);
+        map?.Invoke(app); // more endpoints (the fleet's), mapped before the app starts
         await app.StartAsync();
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new TestServer(app, address);

@@ -12,7 +12,7 @@ public sealed class ServingAppMetricsTests
     private static readonly (string Name, string Type)[] ExportedFamilies =
     [
         .. new[] { "local_cache_usage", "lookup_hit_rate", "retrieve_hit_rate", "num_lookup_requests", "num_lookup_tokens", "num_lookup_hits",
-            "num_store_requests", "num_stored_tokens" }.Select(n => (Cache + n, "gauge")),
+            "num_store_requests", "num_stored_tokens", "pinned_chunks", "pinned_bytes" }.Select(n => (Cache + n, "gauge")),
         .. new[] { "time_to_lookup", "time_to_store" }.Select(n => (Cache + n, "histogram")),
         .. new[] { "requests_in_flight", "prefilled_tokens", "requests", "prompt_tokens", "cached_prompt_tokens", "generation_tokens", "loop_progress_age" }
             .Select(n => (Serving + n, "gauge")),

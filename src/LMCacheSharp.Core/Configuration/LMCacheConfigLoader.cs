@@ -31,6 +31,7 @@ public static class LMCacheConfigLoader
         ["write_queue_chunks"] = (o, v) => o.WriteQueueChunks = ConfigParsers.ParseInt(v),
         ["verify_memory_checksums"] = (o, v) => o.VerifyMemoryChecksums = ConfigParsers.ParseBool(v),
         ["pool_retained_size"] = (o, v) => o.PoolRetainedBytes = ByteSize.Parse(v),
+        ["max_pinned_size"] = (o, v) => o.MaxPinnedBytes = string.IsNullOrEmpty(v) ? null : ByteSize.Parse(v),
         ["cache_policy"] = (o, v) => o.CachePolicy = v,
         ["token_exact_reuse"] = (o, v) => o.TokenExactReuse = ConfigParsers.ParseBool(v),
         ["save_decode_cache"] = (o, v) => o.SaveDecodeCache = ConfigParsers.ParseBool(v),

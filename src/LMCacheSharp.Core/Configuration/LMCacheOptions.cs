@@ -55,6 +55,13 @@ public sealed class LMCacheOptions
     public long PoolRetainedBytes { get; set; } = 256L << 20;
 
     /// <summary>
+    /// <c>max_pinned_size</c> (LMCacheSharp's key): bytes of the memory tier that pinned chunks (<c>POST /lmcache/pin</c>)
+    /// may hold at once, as a size ("2GB"); a pin that would go over it is refused. Default null: half of
+    /// <c>max_local_cpu_size</c>; range 0..<c>max_local_cpu_size</c> (0: no pins).
+    /// </summary>
+    public long? MaxPinnedBytes { get; set; }
+
+    /// <summary>
     /// <c>token_exact_reuse</c>: reuse cached KV to the token, not only whole chunks: every stored chunk is indexed by its
     /// parent with its token ids, the partial last chunk of each prompt (and of prompt + completion) is kept in the memory
     /// tier, and a lookup continues past the last whole-chunk hit with the stored child that shares the most tokens.
@@ -154,6 +161,11 @@ public sealed class LMCacheOptions
         if (WriteQueueChunks is < 1 or > 1_000_000)
         {
             errors.Add($"write_queue_chunks: must be an integer in 1..1000000, got {WriteQueueChunks}");
+        }
+
+        if (MaxPinnedBytes is < 0 || MaxPinnedBytes > MaxLocalCpuSizeBytes)
+        {
+            errors.Add($"max_pinned_size: must be a size in 0..max_local_cpu_size ({MaxLocalCpuSizeBytes} bytes), got {MaxPinnedBytes} bytes");
         }
 
         if (PoolRetainedBytes is < 0 or > 1L << 40)

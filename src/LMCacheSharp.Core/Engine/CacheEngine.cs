@@ -74,7 +74,7 @@ public sealed partial class CacheEngine : IAsyncDisposable
         var tiers = new List<IStorageTier>();
         if (options.LocalCpu)
         {
-            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums, options.EvictionPolicy));
+            tiers.Add(new MemoryTier(options.MaxLocalCpuSizeBytes, metrics, options.VerifyMemoryChecksums, options.EvictionPolicy, options.MaxPinnedBytes));
         }
 
         if (!string.IsNullOrEmpty(options.LocalDisk))
@@ -602,6 +602,7 @@ public sealed partial class CacheEngine : IAsyncDisposable
                     chunk.Key = keys[i];
                     chunk.TokenCount = chunkTokens;
                     chunk.Format = ns.Format;
+                    chunk.QuotaGroup = ns.QuotaGroup; // a shared cache server counts a salted chunk against its salt's quota
                     if (TokenExact || Storage.Events is not null)
                     {
                         // The tail index and KV events both need the chunk's place in its prompt.

@@ -63,6 +63,27 @@ public sealed class CacheNamespace : IEquatable<CacheNamespace>
     /// <summary>The hash that starts every key chain in this namespace ("hash -1").</summary>
     public ChunkHash Seed { get; }
 
+    /// <summary>
+    /// The quota group of this namespace's chunks on a shared cache server (<see cref="QuotaGroupOf"/> of <see cref="Salt"/>),
+    /// or null without a salt.
+    /// </summary>
+    public string? QuotaGroup => Salt is null ? null : _quotaGroup ??= QuotaGroupOf(Salt);
+
+    private string? _quotaGroup;
+
+    /// <summary>
+    /// The quota group id of a <c>cache_salt</c>: 16 lower-case hex characters, the first 8 bytes of
+    /// SHA-256("lmcachesharp.quota-group" || 0 || UTF-8 salt). A client sends it with each PUT of a salted chunk and the
+    /// cache server computes it from the salts it has quotas for, so the salt itself never travels; short and stable
+    /// across processes. Not a secret: a weak salt can be guessed from it offline.
+    /// </summary>
+    public static string QuotaGroupOf(string salt)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(salt);
+        var input = Encoding.UTF8.GetBytes("lmcachesharp.quota-group\0" + salt);
+        return Convert.ToHexStringLower(SHA256.HashData(input).AsSpan(0, 8));
+    }
+
     /// <summary>The same namespace with another salt.</summary>
     public CacheNamespace WithSalt(string? salt) => new(ModelFingerprint, Format, salt, _tags, Variant);
 

@@ -29,6 +29,7 @@ public sealed unsafe class KvChunk : IDisposable
     private KvFormat _format;
     private ulong _checksum;
     private ChunkLineage? _lineage;
+    private string? _quotaGroup;
     private volatile bool _sealed;
 
     internal KvChunk(KvBufferPool pool, NativeKvBuffer buffer, int length)
@@ -92,6 +93,21 @@ public sealed unsafe class KvChunk : IDisposable
         {
             ThrowIfSealed();
             _lineage = value;
+        }
+    }
+
+    /// <summary>
+    /// The quota group the chunk counts against on a shared cache server (<see cref="Keys.CacheNamespace.QuotaGroup"/>: an id
+    /// of its <c>cache_salt</c>), or null. Set before the chunk is sealed, by the engine when it stores a salted chunk; the
+    /// remote tier sends it with the PUT. Not persisted: a chunk read back from a tier has none.
+    /// </summary>
+    public string? QuotaGroup
+    {
+        get => _quotaGroup;
+        set
+        {
+            ThrowIfSealed();
+            _quotaGroup = value;
         }
     }
 

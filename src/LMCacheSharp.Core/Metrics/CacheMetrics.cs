@@ -21,6 +21,7 @@ public sealed class CacheMetrics : IDisposable
     private readonly Histogram<double> _storeTime;
     private readonly Histogram<double> _retrieveTime;
     private readonly List<Func<long>> _usageSources = [];
+    private readonly List<Func<Storage.PinStats>> _pinnedSources = [];
     private readonly TierTotals _evictions = new(), _droppedStores = new(), _corruptChunks = new(), _tierErrors = new();
     private long _lookupRequests, _lookupTokens, _lookupHits, _storeRequests, _storedTokens, _retrieveRequests,
         _requestedTokens, _retrievedTokens, _droppedKvEvents;
@@ -48,6 +49,8 @@ public sealed class CacheMetrics : IDisposable
         _storeTime = _meter.CreateHistogram<double>("lmcache.time_to_store", "s", "Time of a store call (memory tier; lower tiers write in the background).");
         _retrieveTime = _meter.CreateHistogram<double>("lmcache.time_to_retrieve", "s", "Time of a retrieve call.");
         _meter.CreateObservableGauge("lmcache.local_cache_usage", () => LocalCacheUsageBytes, "By", "Bytes of KV held in memory.");
+        _meter.CreateObservableGauge("lmcache.pinned_chunks", () => Pinned.Chunks, "{chunk}", "Chunks pinned in memory (exempt from eviction: POST /lmcache/pin).");
+        _meter.CreateObservableGauge("lmcache.pinned_bytes", () => Pinned.Bytes, "By", "Bytes of the chunks pinned in memory.");
         _meter.CreateObservableGauge("lmcache.lookup_hit_rate", () => Snapshot().LookupHitRate, "1", "Hit tokens / looked-up tokens since start.");
         _meter.CreateObservableGauge("lmcache.retrieve_hit_rate", () => Snapshot().RetrieveHitRate, "1", "Restored tokens / requested tokens since start.");
     }
@@ -70,6 +73,36 @@ public sealed class CacheMetrics : IDisposable
             }
 
             return total;
+        }
+    }
+
+    /// <summary>What every registered pin source (the memory tiers) has pinned: chunks, bytes and the limit, summed.</summary>
+    public Storage.PinStats Pinned
+    {
+        get
+        {
+            long chunks = 0, bytes = 0, max = 0;
+            lock (_pinnedSources)
+            {
+                foreach (var source in _pinnedSources)
+                {
+                    var stats = source();
+                    chunks += stats.Chunks;
+                    bytes += stats.Bytes;
+                    max += stats.MaxBytes;
+                }
+            }
+
+            return new Storage.PinStats(chunks, bytes, max);
+        }
+    }
+
+    /// <summary>Registers a source for <c>lmcache.pinned_chunks</c> and <c>lmcache.pinned_bytes</c>.</summary>
+    public void AddPinnedSource(Func<Storage.PinStats> pinned)
+    {
+        lock (_pinnedSources)
+        {
+            _pinnedSources.Add(pinned);
         }
     }
 

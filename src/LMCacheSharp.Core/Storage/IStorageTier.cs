@@ -79,3 +79,42 @@ public interface IChildIndexTier
     /// </summary>
     ValueTask<IReadOnlyList<StoredChild>> FindChildrenAsync(ChunkHash parent, ReadOnlyMemory<int> next, int max, CancellationToken cancellationToken = default);
 }
+
+/// <summary>How a <see cref="IPinnableTier"/> call ended.</summary>
+public enum TierPinStatus
+{
+    /// <summary>Done: <see cref="TierPinOutcome.Changed"/> keys pinned (or unpinned).</summary>
+    Ok,
+
+    /// <summary>Refused whole: the pin would take the store's pinned bytes over its limit. Nothing was pinned.</summary>
+    OverLimit,
+
+    /// <summary>The store cannot pin (Redis, an older cache server). Nothing was pinned.</summary>
+    Unsupported,
+
+    /// <summary>The store did not answer (down, timed out, circuit open). Nothing is known to be pinned.</summary>
+    Unavailable,
+}
+
+/// <summary>The answer of a <see cref="IPinnableTier"/> call.</summary>
+/// <param name="Status">How it ended.</param>
+/// <param name="Changed">Keys pinned (or unpinned) when <see cref="TierPinStatus.Ok"/>; keys the store does not hold count as not pinned.</param>
+/// <param name="Message">Why, for any other status (a short message for the caller's error answer), or null.</param>
+public readonly record struct TierPinOutcome(TierPinStatus Status, int Changed, string? Message = null);
+
+/// <summary>
+/// A tier whose store can exempt keys from its own eviction (the cache server's PIN and UNPIN): <c>POST /lmcache/pin</c>
+/// with <c>"tier": "remote"</c> pins a prefix there. Pins are counted per key (a key pinned twice needs two unpins) and
+/// bounded by the store. Never throws for an unreachable store: that is <see cref="TierPinStatus.Unavailable"/>.
+/// </summary>
+public interface IPinnableTier
+{
+    /// <summary>Whether this tier can pin at all (false: every call answers <see cref="TierPinStatus.Unsupported"/>).</summary>
+    bool CanPin { get; }
+
+    /// <summary>Pins the keys the store holds, all or nothing against its limit.</summary>
+    ValueTask<TierPinOutcome> PinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default);
+
+    /// <summary>Takes one pin off each pinned key.</summary>
+    ValueTask<TierPinOutcome> UnpinAsync(ReadOnlyMemory<ChunkHash> keys, CancellationToken cancellationToken = default);
+}
