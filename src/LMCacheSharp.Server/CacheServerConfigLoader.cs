@@ -35,6 +35,9 @@ public static class CacheServerConfigLoader
         .Add("max_auth_failures", (s, v) => s.Server.MaxAuthFailures = ConfigParsers.ParseInt(v), "max auth failures")
         .Add("max_children", (s, v) => s.Server.MaxChildren = ConfigParsers.ParseInt(v), "max children")
         .Add("max_child_tokens", (s, v) => s.Server.MaxChildTokens = ConfigParsers.ParseInt(v), "max child tokens")
+        .Add("max_pinned", (s, v) => s.Server.MaxPinnedBytes = ConfigParsers.ParseSize(v), "max pinned")
+        .Add("salt_quota", (s, v) => ParseSaltQuotas(v, s.Server.SaltQuotas), "salt quota")
+        .Add("default_salt_quota", (s, v) => s.Server.DefaultSaltQuotaBytes = ConfigParsers.ParseSize(v), "default salt quota")
         .Add("disk", (s, v) => s.Disk.Directory = ParseDirectory(v))
         .Add("disk_capacity", (s, v) => s.Disk.CapacityBytes = ConfigParsers.ParseSize(v), "disk capacity")
         .Add("disk_write_queue", (s, v) => s.Disk.WriteQueueBytes = ConfigParsers.ParseSize(v), "disk write queue")
@@ -106,5 +109,42 @@ public static class CacheServerConfigLoader
         public CacheServerOptions Server { get; } = new();
 
         public DiskStoreOptions Disk { get; } = new();
+    }
+
+    /// <summary>
+    /// <c>SALT=SIZE[,SALT=SIZE...]</c> into <paramref name="quotas"/> (a salt may hold neither ',' nor '='; the message never
+    /// repeats a salt, which is a tenant's secret).
+    /// </summary>
+    private static void ParseSaltQuotas(string value, IDictionary<string, long> quotas)
+    {
+        var entries = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (entries.Length == 0)
+        {
+            throw new FormatException("takes SALT=SIZE, comma-separated (e.g. tenant-a=2GB,tenant-b=512MB)");
+        }
+
+        for (var i = 0; i < entries.Length; i++)
+        {
+            var eq = entries[i].LastIndexOf('=');
+            if (eq <= 0 || eq == entries[i].Length - 1)
+            {
+                throw new FormatException($"entry {i + 1} is not SALT=SIZE (e.g. tenant-a=2GB)");
+            }
+
+            long bytes;
+            try
+            {
+                bytes = ConfigParsers.ParseSize(entries[i][(eq + 1)..]);
+            }
+            catch (FormatException e)
+            {
+                throw new FormatException($"entry {i + 1}: {e.Message}", e);
+            }
+
+            if (!quotas.TryAdd(entries[i][..eq].Trim(), bytes))
+            {
+                throw new FormatException($"entry {i + 1} names a salt given before");
+            }
+        }
     }
 }

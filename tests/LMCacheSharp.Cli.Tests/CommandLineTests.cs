@@ -46,7 +46,8 @@ public sealed partial class CommandLineTests
         {
             "server", [],
             ["--config", "--host", "--port", "--capacity", "--auth-token", "--metrics-port", "--max-connections", "--frame-timeout", "--max-value-size",
-                "--max-inflight-put", "--min-data-rate", "--max-auth-failures", "--max-children", "--max-child-tokens", "--disk", "--disk-capacity",
+                "--max-inflight-put", "--min-data-rate", "--max-auth-failures", "--max-children", "--max-child-tokens", "--max-pinned", "--salt-quota",
+                "--default-salt-quota", "--disk", "--disk-capacity",
                 "--disk-write-queue", "--disk-write-queue-records", "--disk-shutdown-flush-timeout", "--disk-fsync", "--help"]
         },
         {
@@ -94,6 +95,7 @@ public sealed partial class CommandLineTests
         { ["bench", "pd", "--streams", "0", "--modes", "colocated"], 2, "--streams: must be 1..64, got 0" },
         { ["bench", "pd", "--modes", "split"], 2, "--modes: takes a comma list of colocated, disaggregated; got 'split'" },
         { ["server", "--port", "many"], 2, "port (--port): 'many' is not an integer" },
+        { ["server", "--port", "0", "--salt-quota", "tenant-a=lots"], 2, "salt_quota (--salt-quota): entry 1: " },
         { ["router", "--instances", "http://127.0.0.1:9", "--policy", "random"], 2, "--policy: must be kv-aware, round-robin, session or least-loaded, got 'random'" },
         { ["controller", "--port", "nine"], 2, "port (--port): 'nine' is not an integer" },
         { ["gen-model", "--type", "f64", "-o", "never-written.gguf"], 2, "unknown weight type 'f64': use f16, q8_0 or f32" },

@@ -125,10 +125,29 @@ public sealed class CacheServerConfigLoaderTests : IDisposable
     }
 
     [Fact]
+    public void Pins_and_salt_quotas_load_from_flags_and_variables_and_bad_entries_never_repeat_the_salt()
+    {
+        var environment = new Dictionary<string, string?> { ["LMCACHE_SERVER_DEFAULT_SALT_QUOTA"] = "8MB" };
+        var options = CacheServerConfigLoader.Load(null, environment,
+            [Flag("capacity", "64MB"), Flag("max_pinned", "16MB"), Flag("salt_quota", "tenant-a=4MB, tenant-b = 2MB")]);
+        Assert.Equal(16L << 20, options.MaxPinnedBytes);
+        Assert.Equal(new Dictionary<string, long> { ["tenant-a"] = 4L << 20, ["tenant-b"] = 2L << 20 }, options.SaltQuotas);
+        Assert.Equal(8L << 20, options.DefaultSaltQuotaBytes);
+
+        var bad = Assert.Throws<LMCacheConfigurationException>(() => CacheServerConfigLoader.Load(null, NoEnvironment,
+            [Flag("salt_quota", "secret-one=4MB,secret-one=1MB"), Flag("max_pinned", "2GB")]));
+        Assert.Contains("salt_quota (--salt-quota): entry 2 names a salt given before", bad.Errors);
+        Assert.Contains(bad.Errors, e => e.StartsWith("max_pinned (--max-pinned): must be in 0..the capac", StringComparison.Ordinal)); // over the 1GB default capacity
+        Assert.DoesNotContain(bad.Errors, e => e.Contains("secret-one", StringComparison.Ordinal));
+        var malformed = Assert.Throws<LMCacheConfigurationException>(() => CacheServerConfigLoader.Load(null, NoEnvironment, [Flag("salt_quota", "secret-two")]));
+        Assert.Equal("salt_quota (--salt-quota): entry 1 is not SALT=SIZE (e.g. tenant-a=2GB)", Assert.Single(malformed.Errors));
+    }
+
+    [Fact]
     public void Every_key_has_its_variable()
     {
         Assert.Equal("LMCACHE_SERVER_MAX_INFLIGHT_PUT", CacheServerConfigLoader.VariableOf("max_inflight_put"));
-        Assert.Equal(19, CacheServerConfigLoader.Keys.Count);
+        Assert.Equal(22, CacheServerConfigLoader.Keys.Count);
         Assert.Empty(new CacheServerOptions().GetErrors());
         Assert.Empty(CacheServerConfigLoader.Load(null, NoEnvironment).GetErrors()); // defaults load
     }

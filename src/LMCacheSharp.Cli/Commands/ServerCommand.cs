@@ -29,6 +29,9 @@ internal static class ServerCommand
         flags.Add("max_auth_failures", "Failed AUTH attempts on one connection before it is closed (LMCACHE_SERVER_MAX_AUTH_FAILURES). Default 3; 1..1000.");
         flags.Add("max_children", "Chunk children remembered for token-exact lookups by other instances (LINK/CHILDREN; LMCACHE_SERVER_MAX_CHILDREN). Default 65536; 1..16777216.");
         flags.Add("max_child_tokens", "Tokens those children may hold in all, 4 bytes each (LMCACHE_SERVER_MAX_CHILD_TOKENS). Default 16777216; 1..2147483647.");
+        flags.Add("max_pinned", "Bytes of values PIN may hold exempt from eviction at once, e.g. 512MB (LMCACHE_SERVER_MAX_PINNED). Default half of --capacity; 0 (no pins)..--capacity.");
+        flags.Add("salt_quota", "Per-tenant quotas SALT=SIZE[,SALT=SIZE...] (cache_salt; LMCACHE_SERVER_SALT_QUOTA): a tenant over its quota evicts its own least recently used values first. Default none; 4KB..--capacity each.");
+        flags.Add("default_salt_quota", "Quota of every other salted tenant, each on its own, e.g. 1GB (LMCACHE_SERVER_DEFAULT_SALT_QUOTA). Default none; 4KB..--capacity.");
         flags.Add("disk", "Also keep values in this directory, so a restarted server serves them again (LMCACHE_SERVER_DISK). Default off.");
         flags.Add("disk_capacity", "Bytes of files kept in --disk before LRU eviction, e.g. 100GB (LMCACHE_SERVER_DISK_CAPACITY). Default 10GB.");
         flags.Add("disk_write_queue", "Bytes of values waiting for the disk writer before disk writes are dropped (LMCACHE_SERVER_DISK_WRITE_QUEUE). Default 256MB; 1MB..64GB.");
