@@ -62,15 +62,15 @@ public sealed record FleetBenchSettings
     public IReadOnlyList<string> GetErrors()
     {
         var errors = new List<string>();
-        Range(errors, "--instances", Instances, 1, 16);
-        Range(errors, "--threads", Threads, 1, 256);
-        Range(errors, "--ctx-size", ContextSize, 64, 1 << 20);
-        Range(errors, "--documents", Documents, 1, 10_000);
-        Range(errors, "--users", Users, 1, Math.Max(1, Documents));
-        Range(errors, "--questions", Questions, 1, 100);
-        Range(errors, "--doc-words", DocWords, 1, 100_000);
-        Range(errors, "--max-tokens", MaxTokens, 1, 4096);
-        Range(errors, "--concurrency", Concurrency, 1, 1024);
+        SettingsChecks.Range(errors, "--instances", Instances, 1, 16);
+        SettingsChecks.Range(errors, "--threads", Threads, 1, 256);
+        SettingsChecks.Range(errors, "--ctx-size", ContextSize, 64, 1 << 20);
+        SettingsChecks.Range(errors, "--documents", Documents, 1, 10_000);
+        SettingsChecks.Range(errors, "--users", Users, 1, Math.Max(1, Documents));
+        SettingsChecks.Range(errors, "--questions", Questions, 1, 100);
+        SettingsChecks.Range(errors, "--doc-words", DocWords, 1, 100_000);
+        SettingsChecks.Range(errors, "--max-tokens", MaxTokens, 1, 4096);
+        SettingsChecks.Range(errors, "--concurrency", Concurrency, 1, 1024);
         if (Policies.Count == 0 || Policies.Any(p => !KnownPolicies.Contains(p)))
         {
             errors.Add($"--policies: takes a comma list of {string.Join(", ", KnownPolicies)}; got '{string.Join(',', Policies)}'");
@@ -93,13 +93,6 @@ public sealed record FleetBenchSettings
     public static IReadOnlyList<string> ParseList(string? text) =>
         [.. (text ?? "").ToLowerInvariant().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct()];
 
-    private static void Range(List<string> errors, string flag, int value, int min, int max)
-    {
-        if (value < min || value > max)
-        {
-            errors.Add($"{flag}: must be {min}..{max}, got {value}");
-        }
-    }
 }
 
 /// <summary>One policy under one variant of <c>lmcache bench fleet</c>: a row of its table.</summary>

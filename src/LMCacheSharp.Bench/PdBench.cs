@@ -53,14 +53,14 @@ public sealed record PdBenchSettings
     public IReadOnlyList<string> GetErrors()
     {
         var errors = new List<string>();
-        Range(errors, "--threads", Threads, 1, 256);
-        Range(errors, "--ctx-size", ContextSize, 64, 1 << 20);
-        Range(errors, "--streams", Streams, 1, 64);
-        Range(errors, "--stream-tokens", StreamTokens, 2, 4096);
-        Range(errors, "--long-prompts", LongPrompts, 1, 10_000);
-        Range(errors, "--long-words", LongWords, 1, 100_000);
-        Range(errors, "--long-max-tokens", LongMaxTokens, 1, 4096);
-        Range(errors, "--repeats", Repeats, 1, 100);
+        SettingsChecks.Range(errors, "--threads", Threads, 1, 256);
+        SettingsChecks.Range(errors, "--ctx-size", ContextSize, 64, 1 << 20);
+        SettingsChecks.Range(errors, "--streams", Streams, 1, 64);
+        SettingsChecks.Range(errors, "--stream-tokens", StreamTokens, 2, 4096);
+        SettingsChecks.Range(errors, "--long-prompts", LongPrompts, 1, 10_000);
+        SettingsChecks.Range(errors, "--long-words", LongWords, 1, 100_000);
+        SettingsChecks.Range(errors, "--long-max-tokens", LongMaxTokens, 1, 4096);
+        SettingsChecks.Range(errors, "--repeats", Repeats, 1, 100);
         if (!(IntervalSeconds is >= 0 and <= 3600))
         {
             errors.Add($"--interval: must be 0..3600 s, got {IntervalSeconds.ToString(CultureInfo.InvariantCulture)}");
@@ -79,13 +79,6 @@ public sealed record PdBenchSettings
         return errors;
     }
 
-    private static void Range(List<string> errors, string flag, int value, int min, int max)
-    {
-        if (value < min || value > max)
-        {
-            errors.Add($"{flag}: must be {min}..{max}, got {value}");
-        }
-    }
 }
 
 /// <summary>One mode's run: the table's row.</summary>

@@ -115,19 +115,19 @@ public sealed record ServingBenchSettings
             }
         }
 
-        Range(errors, "--documents", Documents, 1, 10_000);
-        Range(errors, "--questions", Questions, 1, 1000);
-        Range(errors, "--requests", Requests, 0, 100_000);
-        Range(errors, "--max-prompt-chars", MaxPromptChars, 1, 10_000_000);
-        Range(errors, "--max-tokens", MaxTokens, 1, 4096);
-        Range(errors, "--doc-words", DocWords, 1, 100_000);
-        Range(errors, "--rounds", Rounds, 1, 1000);
-        Range(errors, "--conversations", Conversations, 1, 1000);
-        Range(errors, "--turns", Turns, 1, 1000);
-        Range(errors, "--clients", Clients, 1, 1024);
-        Range(errors, "--client-doc-words", ClientDocWords ?? 1, 1, 100_000);
-        Range(errors, "--repeats", Repeats, 1, 1000);
-        Range(errors, "--chunk-size", ChunkSize, 1, 65536);
+        SettingsChecks.Range(errors, "--documents", Documents, 1, 10_000);
+        SettingsChecks.Range(errors, "--questions", Questions, 1, 1000);
+        SettingsChecks.Range(errors, "--requests", Requests, 0, 100_000);
+        SettingsChecks.Range(errors, "--max-prompt-chars", MaxPromptChars, 1, 10_000_000);
+        SettingsChecks.Range(errors, "--max-tokens", MaxTokens, 1, 4096);
+        SettingsChecks.Range(errors, "--doc-words", DocWords, 1, 100_000);
+        SettingsChecks.Range(errors, "--rounds", Rounds, 1, 1000);
+        SettingsChecks.Range(errors, "--conversations", Conversations, 1, 1000);
+        SettingsChecks.Range(errors, "--turns", Turns, 1, 1000);
+        SettingsChecks.Range(errors, "--clients", Clients, 1, 1024);
+        SettingsChecks.Range(errors, "--client-doc-words", ClientDocWords ?? 1, 1, 100_000);
+        SettingsChecks.Range(errors, "--repeats", Repeats, 1, 1000);
+        SettingsChecks.Range(errors, "--chunk-size", ChunkSize, 1, 65536);
         if (Model is not null && !File.Exists(Model))
         {
             errors.Add($"--model: file not found: '{Model}'");
@@ -145,13 +145,6 @@ public sealed record ServingBenchSettings
     public static IReadOnlyList<string> ParseConfigs(string text) =>
         [.. (text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
 
-    private static void Range(List<string> errors, string flag, int value, int min, int max)
-    {
-        if (value < min || value > max)
-        {
-            errors.Add($"{flag}: must be {min}..{max}, got {value}");
-        }
-    }
 }
 
 /// <summary>

@@ -12,17 +12,9 @@ public sealed class PrefillDecodeTests
     [Fact]
     public async Task Disaggregated_greedy_text_equals_a_colocated_instance_and_the_decode_instance_prefills_only_the_tail()
     {
-        await using var store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
-        await store.StartAsync(TestContext.Current.CancellationToken);
-        await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
-        await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
+        await using var pd = await PdFleet.StartAsync(RoutingPolicyKind.LeastLoaded, pdMinTokens: 0); // every request through the prefill step
+        var (prefill, decode, router) = (pd.Prefill, pd.Decode, pd.Router);
         await using var colocated = await ServeInstance.StartAsync();
-        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.LeastLoaded, [prefill.BaseUrl, decode.BaseUrl], o =>
-        {
-            o.PrefillDecode = true;
-            o.PdMinTokens = 0; // every request through the prefill step
-        });
-        await router.Monitor.ProbeAllAsync();
 
         foreach (var topic in new[] { "disaggregation", "prefill and decode" })
         {
@@ -62,16 +54,8 @@ public sealed class PrefillDecodeTests
     [Fact]
     public async Task A_dead_prefill_instance_leaves_the_prefill_to_the_decode_instance()
     {
-        await using var store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
-        await store.StartAsync(TestContext.Current.CancellationToken);
-        await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
-        await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
-        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.RoundRobin, [prefill.BaseUrl, decode.BaseUrl], o =>
-        {
-            o.PrefillDecode = true;
-            o.PdMinTokens = 0;
-        });
-        await router.Monitor.ProbeAllAsync();
+        await using var pd = await PdFleet.StartAsync(RoutingPolicyKind.RoundRobin, pdMinTokens: 0);
+        var (prefill, decode, router) = (pd.Prefill, pd.Decode, pd.Router);
         await prefill.StopAsync(); // still healthy for the router until a probe: the prefill step fails on the connection
 
         var (status, instance, body) = await router.PostAsync("/v1/completions", new { model = "tiny", prompt = TinyModel.Document("alone"), max_tokens = 3, temperature = 0 });
@@ -89,16 +73,8 @@ public sealed class PrefillDecodeTests
     [Fact]
     public async Task A_prompt_the_decode_instance_would_prefill_less_than_pd_min_tokens_of_skips_the_prefill_step()
     {
-        await using var store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 });
-        await store.StartAsync(TestContext.Current.CancellationToken);
-        await using var prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: store.Url);
-        await using var decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: store.Url);
-        await using var router = await RouterHost.StartAsync(RoutingPolicyKind.LeastLoaded, [prefill.BaseUrl, decode.BaseUrl], o =>
-        {
-            o.PrefillDecode = true;
-            o.PdMinTokens = 100;
-        });
-        await router.Monitor.ProbeAllAsync();
+        await using var pd = await PdFleet.StartAsync(RoutingPolicyKind.LeastLoaded, pdMinTokens: 100);
+        var (prefill, decode, router) = (pd.Prefill, pd.Decode, pd.Router);
 
         // A short prompt (under 100 tokens) is prefilled where it decodes.
         var shortBody = new { model = "tiny", prompt = "A short question?", max_tokens = 3, temperature = 0 };
@@ -120,5 +96,40 @@ public sealed class PrefillDecodeTests
         var metrics = await router.MetricsAsync();
         Assert.Equal(2, RouterTests.Metric(metrics, "pd_prefills", $"instance=\"{decode.BaseUrl}\",outcome=\"local\""));
         Assert.Equal(1, RouterTests.Metric(metrics, "pd_prefills", $"instance=\"{prefill.BaseUrl}\",outcome=\"ok\""));
+    }
+
+    /// <summary>A cache server, a prefill and a decode instance on it, and a router --pd in front of both (probed once).</summary>
+    private sealed class PdFleet : IAsyncDisposable
+    {
+        private CacheServer _store = null!;
+
+        public ServeInstance Prefill { get; private set; } = null!;
+
+        public ServeInstance Decode { get; private set; } = null!;
+
+        public RouterHost Router { get; private set; } = null!;
+
+        public static async Task<PdFleet> StartAsync(RoutingPolicyKind policy, int pdMinTokens)
+        {
+            var fleet = new PdFleet { _store = CacheServer.Create(new CacheServerOptions { Port = 0, CapacityBytes = 256L << 20 }) };
+            await fleet._store.StartAsync(TestContext.Current.CancellationToken);
+            fleet.Prefill = await ServeInstance.StartAsync(role: ServeRole.Prefill, remoteUrl: fleet._store.Url);
+            fleet.Decode = await ServeInstance.StartAsync(role: ServeRole.Decode, remoteUrl: fleet._store.Url);
+            fleet.Router = await RouterHost.StartAsync(policy, [fleet.Prefill.BaseUrl, fleet.Decode.BaseUrl], o =>
+            {
+                o.PrefillDecode = true;
+                o.PdMinTokens = pdMinTokens;
+            });
+            await fleet.Router.Monitor.ProbeAllAsync();
+            return fleet;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Router.DisposeAsync();
+            await Decode.DisposeAsync();
+            await Prefill.DisposeAsync();
+            await _store.DisposeAsync();
+        }
     }
 }
