@@ -49,6 +49,13 @@ public sealed record FleetBenchSettings
     /// <summary>Requests in flight at once over all users. Default 3; 1..1024.</summary>
     public int Concurrency { get; init; } = 3;
 
+    /// <summary>
+    /// Start an <c>lmcache controller</c> too (<c>--controller</c>): the instances register with it and publish their KV events to
+    /// it, and the router takes the instances and kv-aware's lookups from it (<c>router --controller</c>) instead of asking each
+    /// instance. Default false.
+    /// </summary>
+    public bool Controller { get; init; }
+
     /// <summary>Routing policies measured (lower case). Default all four.</summary>
     public IReadOnlyList<string> Policies { get; init; } = KnownPolicies;
 
@@ -137,11 +144,12 @@ public static partial class FleetBench
             throw new ArgumentException(string.Join("; ", errors), nameof(settings));
         }
 
-        var fleet = new FleetSettings(launcher, modelPath is null ? null : Path.GetFullPath(modelPath), settings.Instances, settings.Threads, settings.ContextSize);
+        var fleet = new FleetSettings(launcher, modelPath is null ? null : Path.GetFullPath(modelPath), settings.Instances, settings.Threads, settings.ContextSize,
+            settings.Controller);
         var workload = new Workload(settings.Documents, settings.Users, settings.Questions, settings.DocWords, settings.MaxTokens, settings.Concurrency);
         Console.WriteLine($"lmcache bench fleet: {fleet.Instances} instances x {fleet.Threads} thread(s), model {fleet.Model ?? "(generated default)"}; " +
             $"{workload.Documents} documents of {workload.DocWords} words, {workload.Users} users x {workload.Questions} questions per document, " +
-            $"concurrency {workload.Concurrency}, max_tokens {workload.MaxTokens}; a fresh fleet per policy and variant");
+            $"concurrency {workload.Concurrency}, max_tokens {workload.MaxTokens}; {(fleet.Controller ? "a controller (router --controller); " : "")}a fresh fleet per policy and variant");
         var runs = new List<FleetRunSummary>();
         var requests = new List<PeerWorkloads.Result>();
         foreach (var variant in settings.SharedCache)
@@ -162,7 +170,7 @@ public static partial class FleetBench
     }
 
     /// <summary>How each fleet is started.</summary>
-    private sealed record FleetSettings(FleetLauncher Launcher, string? Model, int Instances, int Threads, int ContextSize);
+    private sealed record FleetSettings(FleetLauncher Launcher, string? Model, int Instances, int Threads, int ContextSize, bool Controller);
 
     /// <summary>The multi-user long-document workload.</summary>
     private sealed record Workload(int Documents, int Users, int Questions, int DocWords, int MaxTokens, int Concurrency);
@@ -181,12 +189,24 @@ public static partial class FleetBench
                 remote = server.Address;
             }
 
+            string? controller = null;
+            if (settings.Controller)
+            {
+                var started0 = await ChildProcess.StartAsync("controller", settings.Launcher, ["controller", "--host", "127.0.0.1", "--port", "0"], ct);
+                children.Add(started0);
+                controller = started0.Address;
+            }
+
             // The instances start together (each loads the model on its own), then the router in front of them.
             var serveArgs = new List<string>
             {
                 "serve", "--host", "127.0.0.1", "--port", "0", "--threads", Text(settings.Threads), "--ctx-size", Text(settings.ContextSize),
                 "--log-level", "warning",
             };
+            if (controller is not null)
+            {
+                serveArgs.AddRange(["--controller", controller]);
+            }
             if (settings.Model is not null)
             {
                 serveArgs.AddRange(["--model", settings.Model]);
@@ -200,7 +220,7 @@ public static partial class FleetBench
             var started = await Task.WhenAll(Enumerable.Range(0, settings.Instances).Select(i => ChildProcess.StartAsync($"instance {i + 1}", settings.Launcher, [.. serveArgs], ct)));
             children.AddRange(started);
             var router = await ChildProcess.StartAsync("router", settings.Launcher, ["router", "--host", "127.0.0.1", "--port", "0", "--policy", policy, "--log-level", "warning",
-                "--instances", string.Join(',', started.Select(s => s.Address))], ct);
+                .. controller is null ? ["--instances", string.Join(',', started.Select(s => s.Address))] : new[] { "--controller", controller }], ct);
             children.Add(router);
 
             using var http = new HttpClient { BaseAddress = new Uri(router.Address), Timeout = TimeSpan.FromMinutes(30) };
@@ -212,7 +232,7 @@ public static partial class FleetBench
                 warm.EnsureSuccessStatusCode();
             }
 
-            await WaitHealthyAsync(http, ct);
+            await WaitHealthyAsync(http, ct, settings.Instances);
             var name = $"{policy}/{(shared ? "on" : "off")}";
             var start = Stopwatch.GetTimestamp();
             var results = await RunWorkloadAsync(http, name, workload, ct);
@@ -276,13 +296,16 @@ public static partial class FleetBench
         return [.. perUser.SelectMany(l => l)];
     }
 
-    internal static async Task WaitHealthyAsync(HttpClient router, CancellationToken ct)
+    /// <summary>Waits until the router's /health answers 200 and, with <paramref name="instances"/>, lists that many healthy instances.</summary>
+    internal static async Task WaitHealthyAsync(HttpClient router, CancellationToken ct, int instances = 0)
     {
         var deadline = Stopwatch.GetTimestamp() + (long)(30 * Stopwatch.Frequency);
         while (true)
         {
             using var health = await router.GetAsync("/health", ct);
-            if (health.IsSuccessStatusCode)
+            if (health.IsSuccessStatusCode && (instances == 0 ||
+                (await health.Content.ReadFromJsonAsync<JsonObject>(ct))?["instances"] is JsonArray list &&
+                list.Count(i => i?["healthy"]?.GetValue<bool>() == true) >= instances))
             {
                 return;
             }
@@ -465,7 +488,7 @@ public static partial class FleetBench
             }
         }
 
-        [GeneratedRegex(@"^lmcache (?:serve|server|router): ((?:http|lm)://[^\s,]+)")]
+        [GeneratedRegex(@"^lmcache (?:serve|server|router|controller): ((?:http|lm)://[^\s,]+)")]
         private static partial Regex StartLine();
     }
 }

@@ -31,16 +31,19 @@ public sealed class BenchFleetCommandTests
         Assert.DoesNotContain("instances x", stdout, StringComparison.Ordinal); // no fleet was started
     }
 
-    [Fact]
-    public async Task A_tiny_fleet_run_writes_the_table_and_the_files_with_the_policy_row()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // with a controller: the instances register there, the router takes them and its lookups from it
+    public async Task A_tiny_fleet_run_writes_the_table_and_the_files_with_the_policy_row(bool controller)
     {
         var model = await Artifacts.TinyModelAsync();
         var output = Directory.CreateTempSubdirectory("lmcache-bench-fleet-").FullName;
         try
         {
-            var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(120), "bench", "fleet", "--model", model, "--policies", "kv-aware",
+            string[] args = ["bench", "fleet", "--model", model, "--policies", "kv-aware",
                 "--shared-cache", "on", "--instances", "2", "--documents", "2", "--users", "1", "--questions", "2", "--doc-words", "60", "--max-tokens", "2",
-                "--ctx-size", "2048", "-o", output);
+                "--ctx-size", "2048", "-o", output];
+            var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(120), controller ? [.. args, "--controller"] : args);
             Assert.True(code == 0, stdout + stderr);
             foreach (var file in new[] { "fleet.json", "fleet.csv", "fleet-summary.md", "fleet-ttft.png" })
             {
@@ -57,6 +60,32 @@ public sealed class BenchFleetCommandTests
             Assert.All(requests, r => Assert.StartsWith("http://127.0.0.1:", r.GetProperty("Instance").GetString(), StringComparison.Ordinal));
             Assert.All(requests.Where(r => !r.GetProperty("Cold").GetBoolean()), r => Assert.True(r.GetProperty("CachedTokens").GetInt32() > 0, r.ToString()));
             Assert.Equal(5, (await File.ReadAllLinesAsync(Path.Combine(output, "fleet.csv"))).Length); // header + 4 requests
+        }
+        finally
+        {
+            Directory.Delete(output, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task A_tiny_pd_run_measures_both_modes_and_writes_the_files()
+    {
+        var model = await Artifacts.TinyModelAsync();
+        var output = Directory.CreateTempSubdirectory("lmcache-bench-pd-").FullName;
+        try
+        {
+            var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(180), "bench", "pd", "--model", model, "--ctx-size", "2048",
+                "--streams", "1", "--stream-tokens", "8", "--long-prompts", "2", "--long-words", "120", "--long-max-tokens", "2", "--interval", "0.2",
+                "--repeats", "1", "-o", output);
+            Assert.True(code == 0, stdout + stderr);
+            var summary = await File.ReadAllTextAsync(Path.Combine(output, "pd-summary.md"));
+            Assert.Contains("| colocated | 1 |", summary, StringComparison.Ordinal);
+            Assert.Contains("| disaggregated | 1 |", summary, StringComparison.Ordinal);
+            Assert.Contains("medians over runs, colocated -> disaggregated:", summary, StringComparison.Ordinal);
+            using var json = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(output, "pd.json")));
+            // The streams ran in both modes: gaps were measured.
+            Assert.All(json.RootElement.GetProperty("summary").EnumerateArray(), run => Assert.True(run.GetProperty("Gaps").GetInt32() > 0, run.ToString()));
+            Assert.True((await File.ReadAllLinesAsync(Path.Combine(output, "pd.csv"))).Length > 2);
         }
         finally
         {

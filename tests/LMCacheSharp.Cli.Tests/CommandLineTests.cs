@@ -30,7 +30,7 @@ public sealed partial class CommandLineTests
         {
             "bench fleet", [],
             ["--model", "--instances", "--threads", "--ctx-size", "--documents", "--users", "--questions", "--doc-words", "--max-tokens", "--concurrency",
-                "--policies", "--shared-cache", "--output", "--help"]
+                "--policies", "--shared-cache", "--controller", "--output", "--help"]
         },
         {
             "bench pd", [],

@@ -21,10 +21,11 @@ internal static class BenchFleetCommand
         var concurrency = new Option<int>("--concurrency") { Description = "Requests in flight at once over all users (1..1024); each user waits for an answer before asking again.", DefaultValueFactory = _ => d.Concurrency };
         var policies = new Option<string>("--policies") { Description = "Routing policies measured, comma-separated: round-robin, kv-aware, least-loaded, session.", DefaultValueFactory = _ => string.Join(',', d.Policies) };
         var sharedCache = new Option<string>("--shared-cache") { Description = "Variants, comma-separated: off (each instance its own memory only), on (plus one cache server all instances share).", DefaultValueFactory = _ => string.Join(',', d.SharedCache) };
+        var controller = new Option<bool>("--controller") { Description = "Also start an lmcache controller: the instances register with it, and the router takes the instances and kv-aware's lookups from it." };
         var output = new Option<string>("--output", "-o") { Description = "Folder for results (fleet.json, fleet.csv, fleet-summary.md, fleet-ttft.png).", DefaultValueFactory = _ => d.Output };
         var command = new Command("fleet", "A fleet (serve instances, router, optional cache server) under a multi-user long-document workload: TTFT, hits by tier, throughput per routing policy.")
         {
-            model, instances, threads, ctx, documents, users, questions, docWords, maxTokens, concurrency, policies, sharedCache, output,
+            model, instances, threads, ctx, documents, users, questions, docWords, maxTokens, concurrency, policies, sharedCache, controller, output,
         };
         command.SetAction(async (r, ct) =>
         {
@@ -43,6 +44,7 @@ internal static class BenchFleetCommand
                 Concurrency = r.GetValue(concurrency),
                 Policies = FleetBenchSettings.ParseList(r.GetValue(policies)),
                 SharedCache = FleetBenchSettings.ParseList(r.GetValue(sharedCache)),
+                Controller = r.GetValue(controller),
                 Output = r.GetValue(output)!,
             };
             if (settings.GetErrors() is { Count: > 0 } problems)
