@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net.Http.Headers;
 using System.Text.Json;
 
 namespace LMCacheSharp.Router;
@@ -45,28 +44,9 @@ public sealed class InstanceCacheLocator : ICacheLocator
     {
         try
         {
-            using var message = new HttpRequestMessage(HttpMethod.Post, instance.Name + "/lookup?tiers=memory")
-            {
-                Content = new ReadOnlyMemoryContent(body),
-            };
-            message.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
-            using var response = await _http.SendAsync(message, cancellationToken).ConfigureAwait(false);
-            if (!response.IsSuccessStatusCode)
-            {
-                _metrics.Lookup(instance, "error");
-                return new CacheReport(instance, false, 0, 0, null);
-            }
-
-            using var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            using var doc = await JsonDocument.ParseAsync(stream, default, cancellationToken).ConfigureAwait(false);
-            var root = doc.RootElement;
-            var cached = root.GetProperty("cached_tokens").GetProperty("memory").GetInt32();
-            var prompt = root.GetProperty("prompt_tokens").GetInt32();
-            InstanceLoad? load = root.TryGetProperty("load", out var l) && l.ValueKind == JsonValueKind.Object
-                ? new InstanceLoad(l.GetProperty("in_flight").GetInt32(), l.GetProperty("queued").GetInt32())
-                : null;
+            var answer = await InstanceLookup.AskAsync(_http, instance, body, "memory", cancellationToken).ConfigureAwait(false);
             _metrics.Lookup(instance, "ok");
-            return new CacheReport(instance, true, Math.Max(0, cached), Math.Max(0, prompt), load);
+            return new CacheReport(instance, true, answer.Memory, answer.PromptTokens, answer.Load);
         }
         catch (OperationCanceledException)
         {

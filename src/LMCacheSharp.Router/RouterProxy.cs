@@ -278,30 +278,8 @@ internal sealed class RouterProxy
         deadline.CancelAfter(_options.LookupTimeout);
         try
         {
-            using var message = new HttpRequestMessage(HttpMethod.Post, decoder.Name + "/lookup?tiers=memory,disk,remote")
-            {
-                Content = new ReadOnlyMemoryContent(request.Body),
-            };
-            message.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
-            using var response = await _client.SendAsync(message, deadline.Token).ConfigureAwait(false);
-            if (!response.IsSuccessStatusCode)
-            {
-                return null;
-            }
-
-            using var stream = await response.Content.ReadAsStreamAsync(deadline.Token).ConfigureAwait(false);
-            using var doc = await JsonDocument.ParseAsync(stream, default, deadline.Token).ConfigureAwait(false);
-            var root = doc.RootElement;
-            var cached = 0;
-            foreach (var tier in root.GetProperty("cached_tokens").EnumerateObject())
-            {
-                if (tier.Value.ValueKind == JsonValueKind.Number)
-                {
-                    cached = Math.Max(cached, tier.Value.GetInt32());
-                }
-            }
-
-            return Math.Max(0, root.GetProperty("prompt_tokens").GetInt32() - cached);
+            var answer = await InstanceLookup.AskAsync(_client, decoder, request.Body, "memory,disk,remote", deadline.Token).ConfigureAwait(false);
+            return Math.Max(0, answer.PromptTokens - answer.MostCached);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

@@ -97,6 +97,7 @@ public sealed partial class CommandLineTests
         { ["server", "--port", "many"], 2, "port (--port): 'many' is not an integer" },
         { ["server", "--port", "0", "--salt-quota", "tenant-a=lots"], 2, "salt_quota (--salt-quota): entry 1: " },
         { ["router", "--instances", "http://127.0.0.1:9", "--policy", "random"], 2, "--policy: must be kv-aware, round-robin, session or least-loaded, got 'random'" },
+        { ["router", "--instances", "http://127.0.0.1:9", "--pd", "--pd-min-tokens", "-5"], 2, "--pd-min-tokens: must be 0..1048576 tokens, got -5" },
         { ["controller", "--port", "nine"], 2, "port (--port): 'nine' is not an integer" },
         { ["gen-model", "--type", "f64", "-o", "never-written.gguf"], 2, "unknown weight type 'f64': use f16, q8_0 or f32" },
         { ["gen-model"], 1, "Option '--output' is required." },

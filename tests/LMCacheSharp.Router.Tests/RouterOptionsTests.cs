@@ -38,6 +38,7 @@ public sealed class RouterOptionsTests
             LookupTimeout = TimeSpan.Zero,
             KvTieTokens = -1,
             HealthInterval = TimeSpan.FromHours(2),
+            PdMinTokens = -1,
         };
         var errors = options.GetErrors();
         Assert.Contains(errors, e => e.StartsWith("--instances: listed more than once", StringComparison.Ordinal));
@@ -45,6 +46,7 @@ public sealed class RouterOptionsTests
         Assert.Contains(errors, e => e.StartsWith("--lookup-timeout", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("--kv-tie-tokens", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("--health-interval", StringComparison.Ordinal));
+        Assert.Contains("--pd-min-tokens: must be 0..1048576 tokens, got -1", errors);
         Assert.Contains(new RouterOptions().GetErrors(), e => e.StartsWith("--instances", StringComparison.Ordinal));
     }
 }

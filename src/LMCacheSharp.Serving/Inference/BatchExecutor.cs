@@ -311,6 +311,7 @@ internal sealed class BatchExecutor
             CacheLowerTierN = job.CacheFromLowerTiers,
         };
         var final = new GenerationEvent(tail, reason, usage) { Timings = timings, Logprobs = logprobs };
+        _metrics.Timings(timings);
         if (_prefillRole)
         {
             // A prefill instance answers once the prompt's KV is in the shared store: the decode instance restores it next.
@@ -320,15 +321,14 @@ internal sealed class BatchExecutor
         else
         {
             job.Request.Complete(final);
+
+            // The completion's KV too (LMCache's save_decode_cache): the next chat turn restores the whole exchange.
+            if (_cache?.Engine.SaveDecodeCache == true)
+            {
+                Store(sequence, job, sequence.Materialized.ToArray()); // the list changes as the sequence is reused: the store reads a copy
+            }
         }
 
-        _metrics.Timings(timings);
-
-        // The completion's KV too (LMCache's save_decode_cache): the next chat turn restores the whole exchange.
-        if (!_prefillRole && _cache?.Engine.SaveDecodeCache == true)
-        {
-            Store(sequence, job, sequence.Materialized.ToArray()); // the list changes as the sequence is reused: the store reads a copy
-        }
         _metrics.Finished(reason.ToString().ToLowerInvariant(), job.Prompt.Length, usage.CachedTokens, job.Generated,
             job.FirstTokenAt == 0 ? 0 : Stopwatch.GetElapsedTime(job.FirstTokenAt).TotalSeconds);
         job.Dispose();
