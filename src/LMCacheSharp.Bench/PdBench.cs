@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Http.Json;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -209,7 +210,7 @@ public static class PdBench
         using var done = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var gaps = new List<double>();
         var streamTtfts = new List<double>();
-        var streamTokens = 0L;
+        var streamTokens = new StrongBox<long>(); // every token as it arrives, so the run counts exactly the tokens inside it
         var streams = Enumerable.Range(0, settings.Streams).Select(s => Task.Run(async () =>
         {
             for (var k = 0; !done.IsCancellationRequested; k++)
@@ -222,7 +223,7 @@ public static class PdBench
                     ["temperature"] = 0,
                     ["stream"] = true,
                 };
-                var (mine, ttft, tokens) = await StreamGapsAsync(http, body, done.Token);
+                var (mine, ttft) = await StreamGapsAsync(http, body, streamTokens, done.Token);
                 lock (gaps)
                 {
                     gaps.AddRange(mine);
@@ -232,13 +233,12 @@ public static class PdBench
                     }
                 }
 
-                Interlocked.Add(ref streamTokens, tokens);
             }
         }, CancellationToken.None)).ToList();
 
         await Task.Delay(TimeSpan.FromSeconds(1), ct); // the streams are decoding before the first long prompt
         var start = Stopwatch.GetTimestamp();
-        var tokensBefore = Interlocked.Read(ref streamTokens);
+        var tokensBefore = Interlocked.Read(ref streamTokens.Value);
         var longs = Enumerable.Range(0, settings.LongPrompts).Select(async j =>
         {
             await Task.Delay(TimeSpan.FromSeconds(settings.IntervalSeconds * j), ct);
@@ -251,7 +251,7 @@ public static class PdBench
         }).ToList();
         var ttfts = await Task.WhenAll(longs);
         var seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
-        var tokens = Interlocked.Read(ref streamTokens) - tokensBefore;
+        var tokens = Interlocked.Read(ref streamTokens.Value) - tokensBefore;
         await done.CancelAsync();
         foreach (var stream in streams)
         {
@@ -280,13 +280,12 @@ public static class PdBench
     }
 
     /// <summary>
-    /// One streamed request: the gaps between its token events (ms), its time to first token (null when cut off before) and
-    /// how many tokens it received. Cut off by <paramref name="ct"/>.
+    /// One streamed request: the gaps between its token events (ms) and its time to first token (null when cut off before);
+    /// each token received is counted in <paramref name="tokens"/> as it arrives. Cut off by <paramref name="ct"/>.
     /// </summary>
-    private static async Task<(List<double> Gaps, double? Ttft, int Tokens)> StreamGapsAsync(HttpClient http, JsonObject body, CancellationToken ct)
+    private static async Task<(List<double> Gaps, double? Ttft)> StreamGapsAsync(HttpClient http, JsonObject body, StrongBox<long> tokens, CancellationToken ct)
     {
         var gaps = new List<double>();
-        var tokens = 0;
         double? ttft = null;
         var start = Stopwatch.GetTimestamp();
         try
@@ -316,7 +315,7 @@ public static class PdBench
                 }
 
                 last = now;
-                tokens++;
+                Interlocked.Increment(ref tokens.Value);
             }
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
@@ -324,7 +323,7 @@ public static class PdBench
             // the run ended mid-stream
         }
 
-        return (gaps, ttft, tokens);
+        return (gaps, ttft);
     }
 
     internal static void Report(List<PdRunSummary> runs, List<(string Mode, int Run, double Ms)> gaps, string outputDir)
