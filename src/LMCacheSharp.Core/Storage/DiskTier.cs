@@ -343,13 +343,14 @@ public sealed class DiskTier : IStorageTier
 
         var path = PathOf(key);
         KvChunk? result = null;
+        var ioFailed = false;
         try
         {
             result = DiskChunkFile.ReadEnvelope(path, entry.Record, _pool);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            _metrics?.TierError(Name);
+            ioFailed = true; // missing (deleted behind our back) or unreadable
         }
 
         if (result is not null)
@@ -358,7 +359,23 @@ public sealed class DiskTier : IStorageTier
             return result;
         }
 
-        _metrics?.CorruptChunk(Name);
+        lock (_lock)
+        {
+            if (!_disposed && !_index.IsCurrent(entry))
+            {
+                return null; // evicted, removed or replaced while we read: a plain miss, nothing is wrong with the disk
+            }
+        }
+
+        if (ioFailed)
+        {
+            _metrics?.TierError(Name);
+        }
+        else
+        {
+            _metrics?.CorruptChunk(Name);
+        }
+
         Discard(entry);
         return null;
     }
