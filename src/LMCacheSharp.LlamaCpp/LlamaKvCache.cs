@@ -22,6 +22,13 @@ public sealed class LlamaKvCacheOptions
     /// </summary>
     public LLamaSeqId? ScratchSequence { get; set; }
 
+    /// <summary>
+    /// The context has per-sequence KV streams (created with <c>KVUnified = false</c>): no scratch sequence is used (and
+    /// <see cref="ScratchSequence"/> is ignored), chunks move with whole-sequence state calls (see <see cref="LlamaKvConnector"/>).
+    /// Every sequence id of the context may then be decoded. Default false: a unified KV cache with a scratch sequence.
+    /// </summary>
+    public bool PerSequenceKv { get; set; }
+
     /// <summary>Where cache problems are logged (they never fail a request). Default: nowhere.</summary>
     public ILogger? Logger { get; set; }
 
@@ -52,7 +59,8 @@ public sealed class LlamaKvCacheOptions
 /// </list>
 /// A cache problem of any kind (missing or corrupt chunk, unexpected state format, full tier) is a miss: these methods
 /// return 0 and leave the sequence consistent, they never throw for it (cancellation still throws).
-/// The context needs a unified KV cache (<c>KVUnified = true</c>, or one sequence) and a spare sequence id for scratch.
+/// The context needs a unified KV cache (<c>KVUnified = true</c>, or one sequence) and a spare sequence id for scratch, or
+/// per-sequence KV streams with <see cref="LlamaKvCacheOptions.PerSequenceKv"/>.
 /// Restore and store must not run concurrently with a decode on the same context, nor with each other.
 /// </summary>
 public sealed class LlamaKvCache : IAsyncDisposable
@@ -71,19 +79,14 @@ public sealed class LlamaKvCache : IAsyncDisposable
         _logger = options.Logger ?? NullLogger.Instance;
         _ownsEngine = ownsEngine;
         Layout = options.Layout;
-        ScratchSequence = options.ScratchSequence ?? (LLamaSeqId)(int)(context.MaxSeq - 1);
-        if (ScratchSequence.Value < 0 || ScratchSequence.Value >= context.MaxSeq)
-        {
-            throw new ArgumentException($"scratch sequence {ScratchSequence.Value} is outside the context's 0..{context.MaxSeq - 1}");
-        }
-
-        if (TryProbeShape(context, ScratchSequence, out var shape, out var reason))
+        ScratchSequence = ScratchFor(context, options);
+        if (TryProbe(context, options, out var shape, out var streams, out var reason))
         {
             Shape = shape;
             Format = shape.ToFormat(Layout);
             // The engine's variant says which lossy codecs its tiers use: KV that went through them is keyed apart.
             Namespace = CreateNamespace(modelFingerprint, shape, Layout).WithVariant(engine.Namespace.Variant);
-            _connector = new LlamaKvConnector(context, shape, Layout, ScratchSequence);
+            _connector = new LlamaKvConnector(context, shape, Layout, ScratchSequence, streams);
         }
         else
         {
@@ -112,8 +115,8 @@ public sealed class LlamaKvCache : IAsyncDisposable
     /// <summary>The chunk layout.</summary>
     public LlamaChunkLayout Layout { get; }
 
-    /// <summary>The scratch sequence id (never decode into it).</summary>
-    public LLamaSeqId ScratchSequence { get; }
+    /// <summary>The scratch sequence id (never decode into it), or null with <see cref="LlamaKvCacheOptions.PerSequenceKv"/>.</summary>
+    public LLamaSeqId? ScratchSequence { get; }
 
     /// <summary>Whether the context's KV could be understood; when false every call is a miss.</summary>
     public bool IsEnabled => _connector is not null;
@@ -150,8 +153,8 @@ public sealed class LlamaKvCache : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(context);
         ArgumentException.ThrowIfNullOrEmpty(modelFingerprint);
         options ??= new LlamaKvCacheOptions();
-        var scratch = options.ScratchSequence ?? (LLamaSeqId)(int)(context.MaxSeq - 1);
-        var ns = TryProbeShape(context, scratch, out var shape, out _)
+        ScratchFor(context, options); // a bad scratch id fails before the engine is made
+        var ns = TryProbe(context, options, out var shape, out _, out _)
             ? CreateNamespace(modelFingerprint, shape, options.Layout)
             : new CacheNamespace(modelFingerprint + "|disabled", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
         var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers, options.KvEvents, options.DiskScanProgress);
@@ -172,8 +175,58 @@ public sealed class LlamaKvCache : IAsyncDisposable
     /// </summary>
     public static bool TryProbeShape(SafeLLamaContextHandle context, LLamaSeqId scratch, out LlamaKvShape shape, out string reason)
     {
+        if (!TryProbeShape(context, scratch, out shape, out var streams, out reason))
+        {
+            return false;
+        }
+
+        if (streams != 1)
+        {
+            shape = default;
+            reason = "the context has several KV streams: create it with a unified KV cache (KVUnified = true), or set PerSequenceKv";
+            return false;
+        }
+
+        return true;
+    }
+
+    private static LLamaSeqId? ScratchFor(SafeLLamaContextHandle context, LlamaKvCacheOptions options)
+    {
+        if (options.PerSequenceKv)
+        {
+            return null;
+        }
+
+        var scratch = options.ScratchSequence ?? (LLamaSeqId)(int)(context.MaxSeq - 1);
+        if (scratch.Value < 0 || scratch.Value >= context.MaxSeq)
+        {
+            throw new ArgumentException($"scratch sequence {scratch.Value} is outside the context's 0..{context.MaxSeq - 1}");
+        }
+
+        return scratch;
+    }
+
+    // The shape, probed in the scratch sequence (or sequence 0 of a fresh per-sequence context), and the stream count.
+    private static bool TryProbe(SafeLLamaContextHandle context, LlamaKvCacheOptions options, out LlamaKvShape shape, out int streams, out string reason)
+    {
+        if (options.PerSequenceKv)
+        {
+            return TryProbeShape(context, LLamaSeqId.Zero, out shape, out streams, out reason);
+        }
+
+        streams = 1;
+        return TryProbeShape(context, ScratchFor(context, options)!.Value, out shape, out reason);
+    }
+
+    /// <summary>
+    /// <see cref="TryProbeShape(SafeLLamaContextHandle, LLamaSeqId, out LlamaKvShape, out string)"/> that also accepts a context
+    /// with per-sequence KV streams (<c>KVUnified = false</c>) and tells how many streams it has (1 for a unified KV cache).
+    /// </summary>
+    public static bool TryProbeShape(SafeLLamaContextHandle context, LLamaSeqId scratch, out LlamaKvShape shape, out int streams, out string reason)
+    {
         ArgumentNullException.ThrowIfNull(context);
         shape = default;
+        streams = 0;
         context.MemorySequenceRemove(scratch, -1, -1);
         var pristine = true;
         for (var s = 0; s < context.MaxSeq && pristine; s++)
@@ -207,15 +260,14 @@ public sealed class LlamaKvCache : IAsyncDisposable
                 }
             }
 
-            if (!LlamaStateBlob.TryParse(blob, out var info) || info.Cells != 1 || info.Length != blob.Length)
+            if (!LlamaStateBlob.TryParse(blob, out var info, default, anyStreams: true) || info.Cells != 1 || info.Length != blob.Length)
             {
-                reason = blob.Length >= 12 && BitConverter.ToUInt32(blob, 8) != 1
-                    ? "the context has several KV streams: create it with a unified KV cache (KVUnified = true)"
-                    : "unrecognized llama.cpp sequence state format (recurrent or sliding-window model, or a llama.cpp version this build does not know)";
+                reason = "unrecognized llama.cpp sequence state format (recurrent or sliding-window model, or a llama.cpp version this build does not know)";
                 return false;
             }
 
             shape = info.Shape;
+            streams = info.Streams;
             reason = "";
             return true;
         }
@@ -335,7 +387,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         {
             _logger.LogWarning(e, "KV restore failed; treated as a miss");
             _context.MemorySequenceRemove(sequence, -1, -1);
-            _context.MemorySequenceRemove(ScratchSequence, -1, -1);
+            RemoveScratch();
             return 0;
         }
     }
@@ -390,7 +442,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         {
             _logger.LogWarning(e, "KV restore failed; treated as a miss");
             _context.MemorySequenceRemove(sequence, -1, -1);
-            _context.MemorySequenceRemove(ScratchSequence, -1, -1);
+            RemoveScratch();
             return 0;
         }
     }
@@ -423,7 +475,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         catch (Exception e)
         {
             _logger.LogWarning(e, "KV store failed; nothing stored");
-            _context.MemorySequenceRemove(ScratchSequence, -1, -1);
+            RemoveScratch();
             return 0;
         }
     }
@@ -444,12 +496,21 @@ public sealed class LlamaKvCache : IAsyncDisposable
         return _connector is not null && ns.Format == Format && usableTokens >= (Engine.SaveUnfullChunk || Engine.TokenExact ? 1 : Engine.ChunkSize);
     }
 
+    private void RemoveScratch()
+    {
+        if (ScratchSequence is { } scratch)
+        {
+            _context.MemorySequenceRemove(scratch, -1, -1);
+        }
+    }
+
     private void CheckSequence(LLamaSeqId sequence)
     {
         if (sequence == ScratchSequence || sequence.Value < 0 || sequence.Value >= _context.MaxSeq)
         {
-            throw new ArgumentOutOfRangeException(nameof(sequence), sequence.Value,
-                $"sequence must be in 0..{_context.MaxSeq - 1} and not the scratch sequence {ScratchSequence.Value}");
+            throw new ArgumentOutOfRangeException(nameof(sequence), sequence.Value, ScratchSequence is { } scratch
+                ? $"sequence must be in 0..{_context.MaxSeq - 1} and not the scratch sequence {scratch.Value}"
+                : $"sequence must be in 0..{_context.MaxSeq - 1}");
         }
     }
 }

@@ -7,13 +7,20 @@ using LMCacheSharp.Core.Kv;
 namespace LMCacheSharp.LlamaCpp;
 
 /// <summary>
-/// The cache engine's KV source and sink over one sequence of a llama.cpp context. Chunks move through a scratch
-/// sequence of the same (unified) KV cache: a store copies the chunk's position range into the scratch sequence
-/// (<c>llama_memory_seq_cp</c> shares cells, no data moves) and serializes only it; a restore loads the chunk into the
-/// scratch sequence with <c>llama_state_seq_set_data</c>, shares its cells with the target and drops the scratch id.
-/// With <see cref="LlamaChunkLayout.StateBlob"/> a chunk is that blob itself, so neither direction copies beyond
-/// llama.cpp's own copy. Every blob is checked (magic, stream count, cell count and positions, layer count, types, row
-/// sizes) and any surprise makes the call return false: the engine then stores nothing / restores no further.
+/// The cache engine's KV source and sink over one sequence of a llama.cpp context, in one of two modes.
+/// <list type="bullet">
+/// <item>With a scratch sequence (a unified KV cache): chunks move through the scratch sequence. A store copies the
+/// chunk's position range into it (<c>llama_memory_seq_cp</c> shares cells, no data moves) and serializes only it; a
+/// restore loads the chunk into it with <c>llama_state_seq_set_data</c>, shares its cells with the target and drops the
+/// scratch id.</item>
+/// <item>Without one (per-sequence KV streams, <c>KVUnified = false</c>, where cells cannot be shared across streams and
+/// <c>set_data</c> replaces a sequence's cells): a store serializes the whole sequence once, at its first chunk, and cuts
+/// every chunk from that snapshot (dropped at <see cref="CompleteRead"/>); a restore collects the chunks and writes them
+/// with one <c>llama_state_seq_set_data</c> into the target at <see cref="CompleteWrite"/>.</item>
+/// </list>
+/// With <see cref="LlamaChunkLayout.StateBlob"/> a chunk is a one-stream blob itself, so the scratch mode copies nothing
+/// beyond llama.cpp's own copy. Every blob is checked (magic, stream count, cell count and positions, layer count, types,
+/// row sizes) and any surprise makes the call return false: the engine then stores nothing / restores no further.
 /// Not thread-safe: use it on the inference thread, between decodes.
 /// </summary>
 public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
@@ -23,19 +30,40 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
     private nuint _scratchCapacity;
     private bool _disposed;
 
+    // Per-sequence mode: the store's snapshot of the whole sequence, and the restore's chunks waiting for CompleteWrite.
+    private byte* _snapshot;
+    private nuint _snapshotCapacity;
+    private bool _haveSnapshot;
+    private LlamaStateBlob.BlobInfo _snapshotInfo;
+    private int[] _cellOfPosition = [];
+    private readonly List<(byte[] Rows, int Tokens)> _pending = [];
+    private int _pendingTokens;
+    private LLamaSeqId _sequence;
+
     /// <summary>Creates a connector.</summary>
     /// <param name="context">The context.</param>
-    /// <param name="shape">The context's KV shape (see <see cref="LlamaKvCache.TryProbeShape"/>).</param>
+    /// <param name="shape">The context's KV shape (see <see cref="LlamaKvCache.TryProbeShape(SafeLLamaContextHandle, LLamaSeqId, out LlamaKvShape, out int, out string)"/>).</param>
     /// <param name="layout">How chunk payloads are laid out.</param>
-    /// <param name="scratchSequence">A sequence id the connector may clear and use at will.</param>
-    public LlamaKvConnector(SafeLLamaContextHandle context, LlamaKvShape shape, LlamaChunkLayout layout, LLamaSeqId scratchSequence)
+    /// <param name="scratchSequence">A sequence id the connector may clear and use at will (a unified KV cache), or null for
+    /// the per-sequence mode (no scratch: whole-sequence state calls).</param>
+    /// <param name="streams">KV streams of the context: 1 for a unified KV cache, n_seq_max with per-sequence streams
+    /// (the per-sequence mode's blobs list them all).</param>
+    public LlamaKvConnector(SafeLLamaContextHandle context, LlamaKvShape shape, LlamaChunkLayout layout, LLamaSeqId? scratchSequence, int streams = 1)
     {
         ArgumentNullException.ThrowIfNull(context);
+        ArgumentOutOfRangeException.ThrowIfLessThan(streams, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(streams, LlamaStateBlob.MaxStreams);
+        if (scratchSequence is not null && streams != 1)
+        {
+            throw new ArgumentException("a scratch sequence needs a unified KV cache (one stream)", nameof(scratchSequence));
+        }
+
         _context = context;
         Shape = shape;
         Layout = layout;
         Format = shape.ToFormat(layout);
         ScratchSequence = scratchSequence;
+        Streams = streams;
     }
 
     /// <summary>The context's KV shape.</summary>
@@ -47,11 +75,23 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
     /// <summary>The chunk format.</summary>
     public KvFormat Format { get; }
 
-    /// <summary>The scratch sequence.</summary>
-    public LLamaSeqId ScratchSequence { get; }
+    /// <summary>The scratch sequence, or null in the per-sequence mode.</summary>
+    public LLamaSeqId? ScratchSequence { get; }
+
+    /// <summary>KV streams of the context.</summary>
+    public int Streams { get; }
 
     /// <summary>The sequence read from and written to.</summary>
-    public LLamaSeqId Sequence { get; set; }
+    public LLamaSeqId Sequence
+    {
+        get => _sequence;
+        set
+        {
+            _sequence = value;
+            _haveSnapshot = false;
+            ClearPending();
+        }
+    }
 
     /// <inheritdoc />
     public bool TryReadKv(int startToken, int tokenCount, Span<byte> destination)
@@ -62,8 +102,12 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
             return false;
         }
 
+        if (ScratchSequence is not { } scratch)
+        {
+            return TryReadFromSnapshot(startToken, tokenCount, destination);
+        }
+
         var expected = LlamaStateBlob.BlobLength(Shape, tokenCount);
-        var scratch = ScratchSequence;
         _context.MemorySequenceRemove(scratch, -1, -1);
         try
         {
@@ -105,11 +149,15 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
                         var copy = EnsureScratch(size);
                         Buffer.MemoryCopy(blob, copy, (long)size, (long)size);
                         blobSpan = new ReadOnlySpan<byte>(copy, (int)size);
-                        WriteBlob(blobSpan, info, positions.AsSpan(0, tokenCount), startToken, destination);
+                        var order = CellOrder(positions.AsSpan(0, tokenCount), startToken);
+                        WriteBlob(blobSpan, info, order.AsSpan(0, tokenCount), startToken, destination);
+                        ArrayPool<int>.Shared.Return(order);
                     }
                     else
                     {
-                        WritePortable(blobSpan, info, positions.AsSpan(0, tokenCount), startToken, destination);
+                        var order = CellOrder(positions.AsSpan(0, tokenCount), startToken);
+                        WritePortable(blobSpan, info, order.AsSpan(0, tokenCount), destination);
+                        ArrayPool<int>.Shared.Return(order);
                     }
 
                     return true;
@@ -135,7 +183,11 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
             return false;
         }
 
-        var scratch = ScratchSequence;
+        if (ScratchSequence is not { } scratch)
+        {
+            return TryCollect(startToken, tokenCount, payload);
+        }
+
         try
         {
             fixed (byte* source = payload)
@@ -165,7 +217,7 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
                 {
                     length = (nuint)LlamaStateBlob.BlobLength(Shape, tokenCount);
                     blob = EnsureScratch(length);
-                    AssembleBlob(payload, tokenCount, startToken, new Span<byte>(blob, (int)length));
+                    AssembleChunkBlob(payload, tokenCount, startToken, new Span<byte>(blob, (int)length));
                 }
 
                 if (_context.SetState(blob, length, scratch) != length)
@@ -203,6 +255,14 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
             NativeMemory.AlignedFree(_scratch);
             _scratch = null;
         }
+
+        if (_snapshot != null)
+        {
+            NativeMemory.AlignedFree(_snapshot);
+            _snapshot = null;
+        }
+
+        ClearPending();
     }
 
     private bool Matches(in LlamaStateBlob.BlobInfo info, int cells) => info.Cells == cells && info.Shape == Shape;
@@ -259,22 +319,44 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
 
     private long VData(in LlamaStateBlob.BlobInfo info, int l) => info.VOffset + ((long)l * (12 + ((long)info.Cells * Shape.VRowBytes))) + 12;
 
-    /// <summary>Writes the portable payload of the cells in <paramref name="blob"/>, ordered by position.</summary>
-    private void WritePortable(ReadOnlySpan<byte> blob, in LlamaStateBlob.BlobInfo info, ReadOnlySpan<int> positions, int start,
-        Span<byte> destination)
+    /// <summary>
+    /// Per-sequence mode: cuts a chunk from the snapshot of the whole sequence, taking the snapshot at the first call after
+    /// <see cref="CompleteRead"/> (or a change of <see cref="Sequence"/>).
+    /// </summary>
+    private bool TryReadFromSnapshot(int startToken, int tokenCount, Span<byte> destination)
     {
-        int n = info.Cells, k = Shape.KRowBytes, v = Shape.VRowBytes;
-        var order = CellOrder(positions, start);
+        if (!_haveSnapshot && !TryTakeSnapshot())
+        {
+            return false;
+        }
+
+        if (startToken < 0 || (long)startToken + tokenCount > _cellOfPosition.Length)
+        {
+            return false;
+        }
+
+        var order = ArrayPool<int>.Shared.Rent(tokenCount);
         try
         {
-            long o = 0;
-            for (var l = 0; l < Shape.Layers; l++)
+            for (var i = 0; i < tokenCount; i++)
             {
-                CopyRows(blob.Slice((int)KData(info, l), n * k), destination.Slice((int)o, n * k), k, order.AsSpan(0, n));
-                o += (long)n * k;
-                CopyV(blob.Slice((int)VData(info, l), n * v), destination.Slice((int)o, n * v), order.AsSpan(0, n));
-                o += (long)n * v;
+                if ((order[i] = _cellOfPosition[startToken + i]) < 0)
+                {
+                    return false; // a position the sequence does not hold
+                }
             }
+
+            var blob = new ReadOnlySpan<byte>(_snapshot, _snapshotInfo.Length);
+            if (Layout == LlamaChunkLayout.StateBlob)
+            {
+                WriteBlob(blob, _snapshotInfo, order.AsSpan(0, tokenCount), startToken, destination);
+            }
+            else
+            {
+                WritePortable(blob, _snapshotInfo, order.AsSpan(0, tokenCount), destination);
+            }
+
+            return true;
         }
         finally
         {
@@ -282,38 +364,229 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         }
     }
 
-    /// <summary>Writes a one-chunk blob in position order (from a blob whose cells are out of order), zero-padded.</summary>
-    private void WriteBlob(ReadOnlySpan<byte> blob, in LlamaStateBlob.BlobInfo info, ReadOnlySpan<int> positions, int start, Span<byte> destination)
+    private bool TryTakeSnapshot()
     {
-        int n = info.Cells, k = Shape.KRowBytes, v = Shape.VRowBytes;
-        var order = CellOrder(positions, start);
+        var size = _context.GetStateSize(Sequence);
+        if (size == 0 || size > int.MaxValue)
+        {
+            return false;
+        }
+
+        if (_snapshotCapacity < size)
+        {
+            if (_snapshot != null)
+            {
+                NativeMemory.AlignedFree(_snapshot);
+                _snapshot = null;
+                _snapshotCapacity = 0;
+            }
+
+            var capacity = (size + 4095) & ~(nuint)4095;
+            _snapshot = (byte*)NativeMemory.AlignedAlloc(capacity, 4096);
+            _snapshotCapacity = capacity;
+        }
+
+        if (_context.GetState(_snapshot, size, Sequence) != size)
+        {
+            return false;
+        }
+
+        var blob = new ReadOnlySpan<byte>(_snapshot, (int)size);
+        if (!LlamaStateBlob.TryParse(blob, out var info, default, anyStreams: true) || info.Streams != Streams || info.Length != (int)size ||
+            (info.Cells > 0 && info.Shape != Shape))
+        {
+            return false;
+        }
+
+        var positions = ArrayPool<int>.Shared.Rent(Math.Max(1, info.Cells));
         try
         {
-            var o = LlamaStateBlob.WriteHeader(destination, Shape, start, n);
-            for (var l = 0; l < Shape.Layers; l++)
+            if (!LlamaStateBlob.TryParse(blob, out info, positions, anyStreams: true))
             {
-                o = LlamaStateBlob.WriteKLayerHeader(destination, o, Shape);
-                CopyRows(blob.Slice((int)KData(info, l), n * k), destination.Slice(o, n * k), k, order.AsSpan(0, n));
-                o += n * k;
+                return false;
             }
 
-            for (var l = 0; l < Shape.Layers; l++)
+            var span = positions.AsSpan(0, info.Cells);
+            var max = -1;
+            foreach (var p in span)
             {
-                o = LlamaStateBlob.WriteVLayerHeader(destination, o, Shape);
-                CopyV(blob.Slice((int)VData(info, l), n * v), destination.Slice(o, n * v), order.AsSpan(0, n));
-                o += n * v;
+                if (p < 0)
+                {
+                    return false;
+                }
+
+                max = Math.Max(max, p);
             }
 
-            destination[o..].Clear();
+            if (_cellOfPosition.Length != max + 1)
+            {
+                _cellOfPosition = new int[max + 1];
+            }
+
+            Array.Fill(_cellOfPosition, -1);
+            for (var cell = 0; cell < span.Length; cell++)
+            {
+                if (_cellOfPosition[span[cell]] >= 0)
+                {
+                    return false; // a position held twice
+                }
+
+                _cellOfPosition[span[cell]] = cell;
+            }
         }
         finally
         {
-            ArrayPool<int>.Shared.Return(order);
+            ArrayPool<int>.Shared.Return(positions);
         }
+
+        _snapshotInfo = info;
+        _haveSnapshot = true;
+        return true;
+    }
+
+    /// <inheritdoc />
+    public void CompleteRead() => _haveSnapshot = false;
+
+    /// <summary>Per-sequence mode: checks a chunk and keeps its rows (portable order) until <see cref="CompleteWrite"/>.</summary>
+    private bool TryCollect(int startToken, int tokenCount, ReadOnlySpan<byte> payload)
+    {
+        if (startToken == 0)
+        {
+            ClearPending(); // a new restore
+        }
+
+        if (startToken != _pendingTokens)
+        {
+            return false; // chunks come in token order, from 0
+        }
+
+        var rows = ArrayPool<byte>.Shared.Rent((int)Format.PayloadLength(tokenCount));
+        var kept = false;
+        try
+        {
+            var portable = rows.AsSpan(0, (int)Format.PayloadLength(tokenCount));
+            if (Layout == LlamaChunkLayout.StateBlob)
+            {
+                var positions = ArrayPool<int>.Shared.Rent(tokenCount);
+                try
+                {
+                    if (!LlamaStateBlob.TryParse(payload, out var info, positions) || !Matches(info, tokenCount) ||
+                        !IsRange(positions.AsSpan(0, tokenCount), startToken, out var sorted) || !sorted)
+                    {
+                        return false;
+                    }
+
+                    var order = CellOrder(positions.AsSpan(0, tokenCount), startToken);
+                    WritePortable(payload, info, order.AsSpan(0, tokenCount), portable);
+                    ArrayPool<int>.Shared.Return(order);
+                }
+                finally
+                {
+                    ArrayPool<int>.Shared.Return(positions);
+                }
+            }
+            else
+            {
+                payload.CopyTo(portable);
+            }
+
+            _pending.Add((rows, tokenCount));
+            _pendingTokens += tokenCount;
+            kept = true;
+            return true;
+        }
+        finally
+        {
+            if (!kept)
+            {
+                ArrayPool<byte>.Shared.Return(rows);
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Per-sequence mode: one <c>llama_state_seq_set_data</c> of every collected chunk (positions 0..n-1) into
+    /// <see cref="Sequence"/>, which it replaces. The scratch mode wrote each chunk when it was given: true.</remarks>
+    public bool CompleteWrite()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (ScratchSequence is not null)
+        {
+            return true;
+        }
+
+        try
+        {
+            var n = _pendingTokens;
+            if (n == 0)
+            {
+                return false;
+            }
+
+            var length = (nuint)(LlamaStateBlob.BlobLength(Shape, n) + (4L * (Streams - 1)));
+            var blob = EnsureScratch(length);
+            var span = new Span<byte>(blob, (int)length);
+            AssembleBlob(span, n);
+            if (_context.SetState(blob, length, Sequence) != length)
+            {
+                return false;
+            }
+
+            return _context.MemorySequenceMinPosition(Sequence) == 0 && _context.MemorySequenceMaxPosition(Sequence) == n - 1;
+        }
+        finally
+        {
+            ClearPending();
+        }
+    }
+
+    // The blob of the collected chunks: cells at positions 0..n-1 in the first stream, the other streams empty.
+    private void AssembleBlob(Span<byte> blob, int n)
+    {
+        int k = Shape.KRowBytes, v = Shape.VRowBytes;
+        var o = LlamaStateBlob.WriteHeader(blob, Shape, 0, n, Streams);
+        for (var l = 0; l < Shape.Layers; l++)
+        {
+            o = LlamaStateBlob.WriteKLayerHeader(blob, o, Shape);
+            foreach (var (rows, tokens) in _pending)
+            {
+                rows.AsSpan((int)(l * (long)tokens * (k + v)), tokens * k).CopyTo(blob[o..]);
+                o += tokens * k;
+            }
+        }
+
+        for (var l = 0; l < Shape.Layers; l++)
+        {
+            o = LlamaStateBlob.WriteVLayerHeader(blob, o, Shape);
+            if (!Shape.VTransposed)
+            {
+                foreach (var (rows, tokens) in _pending)
+                {
+                    rows.AsSpan((int)((l * (long)tokens * (k + v)) + ((long)tokens * k)), tokens * v).CopyTo(blob[o..]);
+                    o += tokens * v;
+                }
+
+                continue;
+            }
+
+            // [dim][cell]: each dimension's row runs over every chunk's tokens in turn.
+            int el = Shape.VElementBytes, dims = v / el;
+            for (var d = 0; d < dims; d++)
+            {
+                foreach (var (rows, tokens) in _pending)
+                {
+                    var vStart = (l * (long)tokens * (k + v)) + ((long)tokens * k);
+                    rows.AsSpan((int)(vStart + ((long)d * tokens * el)), tokens * el).CopyTo(blob[o..]);
+                    o += tokens * el;
+                }
+            }
+        }
+
+        LlamaStateBlob.WriteEmptyStreams(blob, o, Streams);
     }
 
     /// <summary>Builds the one-chunk blob of a portable payload (per layer K rows then V).</summary>
-    private void AssembleBlob(ReadOnlySpan<byte> payload, int n, int start, Span<byte> blob)
+    private void AssembleChunkBlob(ReadOnlySpan<byte> payload, int n, int start, Span<byte> blob)
     {
         int k = Shape.KRowBytes, v = Shape.VRowBytes;
         var o = LlamaStateBlob.WriteHeader(blob, Shape, start, n);
@@ -333,6 +606,53 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         }
     }
 
+    private void ClearPending()
+    {
+        foreach (var (rows, _) in _pending)
+        {
+            ArrayPool<byte>.Shared.Return(rows);
+        }
+
+        _pending.Clear();
+        _pendingTokens = 0;
+    }
+
+    /// <summary>Writes the portable payload of the cells <paramref name="order"/> of <paramref name="blob"/> (in that order).</summary>
+    private void WritePortable(ReadOnlySpan<byte> blob, in LlamaStateBlob.BlobInfo info, ReadOnlySpan<int> order, Span<byte> destination)
+    {
+        int m = info.Cells, n = order.Length, k = Shape.KRowBytes, v = Shape.VRowBytes;
+        long o = 0;
+        for (var l = 0; l < Shape.Layers; l++)
+        {
+            CopyRows(blob.Slice((int)KData(info, l), m * k), destination.Slice((int)o, n * k), k, order);
+            o += (long)n * k;
+            CopyV(blob.Slice((int)VData(info, l), m * v), destination.Slice((int)o, n * v), m, order);
+            o += (long)n * v;
+        }
+    }
+
+    /// <summary>Writes a one-stream blob of the cells <paramref name="order"/> of <paramref name="blob"/> (positions start..), zero-padded.</summary>
+    private void WriteBlob(ReadOnlySpan<byte> blob, in LlamaStateBlob.BlobInfo info, ReadOnlySpan<int> order, int start, Span<byte> destination)
+    {
+        int m = info.Cells, n = order.Length, k = Shape.KRowBytes, v = Shape.VRowBytes;
+        var o = LlamaStateBlob.WriteHeader(destination, Shape, start, n);
+        for (var l = 0; l < Shape.Layers; l++)
+        {
+            o = LlamaStateBlob.WriteKLayerHeader(destination, o, Shape);
+            CopyRows(blob.Slice((int)KData(info, l), m * k), destination.Slice(o, n * k), k, order);
+            o += n * k;
+        }
+
+        for (var l = 0; l < Shape.Layers; l++)
+        {
+            o = LlamaStateBlob.WriteVLayerHeader(destination, o, Shape);
+            CopyV(blob.Slice((int)VData(info, l), m * v), destination.Slice(o, n * v), m, order);
+            o += n * v;
+        }
+
+        destination[o..].Clear();
+    }
+
     /// <summary>order[i] = index of the cell holding position start + i.</summary>
     private static int[] CellOrder(ReadOnlySpan<int> positions, int start)
     {
@@ -345,11 +665,12 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         return order;
     }
 
+    // Rows order[0], order[1], ... of source (rowBytes each) into destination, one after the other.
     private static void CopyRows(ReadOnlySpan<byte> source, Span<byte> destination, int rowBytes, ReadOnlySpan<int> order)
     {
-        if (IsIdentity(order))
+        if (IsRun(order))
         {
-            source.CopyTo(destination);
+            source.Slice(order[0] * rowBytes, order.Length * rowBytes).CopyTo(destination);
             return;
         }
 
@@ -359,7 +680,8 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         }
     }
 
-    private void CopyV(ReadOnlySpan<byte> source, Span<byte> destination, ReadOnlySpan<int> order)
+    // V of the cells order[..] from a layer of sourceCells cells.
+    private void CopyV(ReadOnlySpan<byte> source, Span<byte> destination, int sourceCells, ReadOnlySpan<int> order)
     {
         if (!Shape.VTransposed)
         {
@@ -367,18 +689,19 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
             return;
         }
 
-        if (IsIdentity(order))
-        {
-            source.CopyTo(destination);
-            return;
-        }
-
         // [dim][cell] -> [dim][token]
         int n = order.Length, el = Shape.VElementBytes, dims = Shape.VRowBytes / el;
+        var run = IsRun(order);
         for (var d = 0; d < dims; d++)
         {
-            var src = source.Slice(d * n * el, n * el);
+            var src = source.Slice(d * sourceCells * el, sourceCells * el);
             var dst = destination.Slice(d * n * el, n * el);
+            if (run)
+            {
+                src.Slice(order[0] * el, n * el).CopyTo(dst);
+                continue;
+            }
+
             for (var i = 0; i < n; i++)
             {
                 src.Slice(order[i] * el, el).CopyTo(dst.Slice(i * el, el));
@@ -386,16 +709,17 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         }
     }
 
-    private static bool IsIdentity(ReadOnlySpan<int> order)
+    // order is first, first + 1, ... (one contiguous run of cells).
+    private static bool IsRun(ReadOnlySpan<int> order)
     {
-        for (var i = 0; i < order.Length; i++)
+        for (var i = 1; i < order.Length; i++)
         {
-            if (order[i] != i)
+            if (order[i] != order[0] + i)
             {
                 return false;
             }
         }
 
-        return true;
+        return order.Length > 0;
     }
 }

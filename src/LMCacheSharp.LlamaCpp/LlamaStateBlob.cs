@@ -28,22 +28,60 @@ internal static class LlamaStateBlob
     /// Parses a blob that holds one sequence in stream 0 of a one-stream context. Returns false on any surprise. The
     /// cell positions are written to <paramref name="positions"/> (which must hold the cell count) when it is large enough.
     /// </summary>
-    public static bool TryParse(ReadOnlySpan<byte> blob, out BlobInfo info, Span<int> positions = default)
+    public static bool TryParse(ReadOnlySpan<byte> blob, out BlobInfo info, Span<int> positions = default) =>
+        TryParse(blob, out info, positions, anyStreams: false);
+
+    /// <summary>
+    /// <see cref="TryParse(ReadOnlySpan{byte}, out BlobInfo, Span{int})"/>; with <paramref name="anyStreams"/> also a blob of a
+    /// context with per-sequence KV streams (<c>KVUnified = false</c>): n_stream streams of which at most one holds cells
+    /// (a sequence lives in its own stream). <see cref="BlobInfo.Streams"/> tells how many there were.
+    /// </summary>
+    public static bool TryParse(ReadOnlySpan<byte> blob, out BlobInfo info, Span<int> positions, bool anyStreams)
     {
         info = default;
         var r = new Reader(blob);
-        if (!r.U32(out var magic) || magic != Magic || !r.U32(out _) || !r.U32(out var nStream) || nStream != 1 ||
-            !r.U32(out var cellCount))
+        if (!r.U32(out var magic) || magic != Magic || !r.U32(out _) || !r.U32(out var nStream) || nStream == 0 || nStream > MaxStreams ||
+            (nStream != 1 && !anyStreams))
         {
             return false;
         }
 
-        if (cellCount == 0)
+        var found = false;
+        for (var s = 0; s < nStream; s++)
         {
-            info = new BlobInfo(0, 0, false, 0, 0, 0, 0, 0, 0, 0, r.Offset, r.Offset);
-            return true;
+            if (!r.U32(out var cellCount))
+            {
+                return false;
+            }
+
+            if (cellCount == 0)
+            {
+                continue;
+            }
+
+            if (found || !TryParseStream(ref r, cellCount, out info, positions))
+            {
+                return false; // a sequence's cells in two streams: not a layout this connector knows
+            }
+
+            found = true;
         }
 
+        if (!found)
+        {
+            info = new BlobInfo(0, 0, false, 0, 0, 0, 0, 0, 0, 0, r.Offset, r.Offset);
+        }
+
+        info = info with { Length = r.Offset, Streams = (int)nStream };
+        return true;
+    }
+
+    /// <summary>The most KV streams a blob may name (llama.cpp's LLAMA_MAX_SEQ is 256).</summary>
+    public const int MaxStreams = 256;
+
+    private static bool TryParseStream(ref Reader r, uint cellCount, out BlobInfo info, Span<int> positions)
+    {
+        info = default;
         if (cellCount > int.MaxValue / 16)
         {
             return false;
@@ -134,13 +172,16 @@ internal static class LlamaStateBlob
         return true;
     }
 
-    /// <summary>Writes the header and cell list of a one-stream blob of <paramref name="cells"/> cells at positions start.. .</summary>
-    public static int WriteHeader(Span<byte> destination, LlamaKvShape shape, int startPos, int cells)
+    /// <summary>
+    /// Writes the header and cell list of a blob of <paramref name="cells"/> cells at positions start.. in its first stream
+    /// (of <paramref name="streams"/>: the others follow the data as empty streams, see <see cref="WriteEmptyStreams"/>).
+    /// </summary>
+    public static int WriteHeader(Span<byte> destination, LlamaKvShape shape, int startPos, int cells, int streams = 1)
     {
         var o = 0;
         Put32(destination, ref o, Magic);
         Put32(destination, ref o, 0); // seq_id: ignored by set_data
-        Put32(destination, ref o, 1); // n_stream
+        Put32(destination, ref o, (uint)streams); // n_stream
         Put32(destination, ref o, (uint)cells);
         for (var i = 0; i < cells; i++)
         {
@@ -152,6 +193,17 @@ internal static class LlamaStateBlob
         Put32(destination, ref o, shape.VTransposed ? 1u : 0u);
         Put32(destination, ref o, (uint)shape.Layers);
         return o;
+    }
+
+    /// <summary>Writes the cell counts (0) of the streams after the first; returns the offset after them.</summary>
+    public static int WriteEmptyStreams(Span<byte> destination, int offset, int streams)
+    {
+        for (var i = 1; i < streams; i++)
+        {
+            Put32(destination, ref offset, 0);
+        }
+
+        return offset;
     }
 
     /// <summary>Writes a K layer header (type, row bytes) at <paramref name="offset"/>; returns the offset after it.</summary>
@@ -183,7 +235,7 @@ internal static class LlamaStateBlob
         offset += 4;
     }
 
-    /// <summary>What <see cref="TryParse"/> found.</summary>
+    /// <summary>What <see cref="TryParse(ReadOnlySpan{byte}, out BlobInfo, Span{int}, bool)"/> found.</summary>
     /// <param name="Cells">Cell count.</param>
     /// <param name="Layers">Layer count.</param>
     /// <param name="VTransposed">V kept dimension-major (no flash attention).</param>
@@ -201,6 +253,9 @@ internal static class LlamaStateBlob
     {
         /// <summary>Offset of the first V layer header.</summary>
         public int VOffset { get; init; }
+
+        /// <summary>KV streams the blob lists (1 for a unified KV cache; n_seq_max with per-sequence streams).</summary>
+        public int Streams { get; init; } = 1;
 
         /// <summary>The shape these fields describe.</summary>
         public LlamaKvShape Shape => new(Layers, KType, KRowBytes, VType, VRowBytes, VTransposed, VElementBytes);

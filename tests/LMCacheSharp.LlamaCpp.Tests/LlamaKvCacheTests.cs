@@ -139,7 +139,7 @@ public sealed class LlamaKvCacheTests
     {
         using var lm = new LlamaTestModel(TestModels.Get(TestModels.Gqa(GgmlTensorType.Q8_0)), flashAttention: false, sequences: 4);
         await using var cache = CreateCache(lm, LlamaChunkLayout.StateBlob);
-        Assert.Equal(4, cache.ScratchSequence.Value);
+        Assert.Equal(4, cache.ScratchSequence!.Value.Value);
         var a = lm.Tokenize(TestModels.Text, (3 * Chunk) + 5);
         var b = lm.Tokenize("Another prompt entirely, about rivers and mountains and the long roads between them all.", (2 * Chunk) + 2);
         await new CachedGenerator(lm.Handle, cache, (LLamaSeqId)0).PrefillAsync(a);
@@ -197,7 +197,7 @@ public sealed class LlamaKvCacheTests
     {
         using var lm = new LlamaTestModel(TestModels.Get(TestModels.Mha(GgmlTensorType.F16)), flashAttention: false);
         await using var cache = CreateCache(lm, LlamaChunkLayout.StateBlob);
-        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(async () => await cache.RestoreAsync(cache.ScratchSequence, new int[40]));
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(async () => await cache.RestoreAsync(cache.ScratchSequence!.Value, new int[40]));
     }
 
     public static TheoryData<string> HeaderFields() => ["magic", "n_stream", "cell_count", "pos", "n_seq_id", "v_trans", "n_layer", "k_type", "k_row"];
@@ -277,7 +277,7 @@ public sealed class LlamaKvCacheTests
         Assert.Equal(payload.Length, cacheOff.Format.PayloadLength(Chunk)); // same size, other V layout
         Assert.False(connector.TryWriteKv(0, Chunk, payload));
         Assert.Equal(-1, off.Handle.MemorySequenceMaxPosition(LLamaSeqId.Zero).Value);
-        Assert.Equal(-1, off.Handle.MemorySequenceMaxPosition(cacheOff.ScratchSequence).Value);
+        Assert.Equal(-1, off.Handle.MemorySequenceMaxPosition(cacheOff.ScratchSequence!.Value).Value);
     }
 
     [Fact]

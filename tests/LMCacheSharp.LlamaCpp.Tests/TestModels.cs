@@ -75,10 +75,10 @@ internal sealed class LlamaTestModel : IDisposable
     private readonly List<LLamaContext> _contexts = [];
     private LLamaContext? _context;
 
-    public LlamaTestModel(string path, bool flashAttention, int sequences = 2, uint contextSize = 1024)
+    public LlamaTestModel(string path, bool flashAttention, int sequences = 2, uint contextSize = 1024, bool kvUnified = true)
     {
         Path = path;
-        _params = LlamaContextSettings.Create(path, contextSize, flashAttention, sequences, threads: Environment.ProcessorCount);
+        _params = LlamaContextSettings.Create(path, contextSize, flashAttention, sequences, threads: Environment.ProcessorCount, kvUnified: kvUnified);
         _weights = LLamaWeights.LoadFromFile(_params);
     }
 

@@ -486,6 +486,11 @@ public sealed partial class CacheEngine : IAsyncDisposable
             }
         }
 
+        if (restored > 0 && !sink.CompleteWrite())
+        {
+            restored = 0;
+        }
+
         Metrics.Retrieve(prefix.PromptTokens, restored, Stopwatch.GetElapsedTime(start).TotalSeconds);
         return restored;
     }
@@ -541,6 +546,11 @@ public sealed partial class CacheEngine : IAsyncDisposable
         finally
         {
             ArrayPool<ChunkHash>.Shared.Return(keys);
+            if (restored > 0 && !sink.CompleteWrite())
+            {
+                restored = 0;
+            }
+
             Metrics.Retrieve(tokens.Length, restored, Stopwatch.GetElapsedTime(start).TotalSeconds);
         }
 
@@ -636,6 +646,7 @@ public sealed partial class CacheEngine : IAsyncDisposable
         }
         finally
         {
+            source.CompleteRead();
             ArrayPool<ChunkHash>.Shared.Return(keys);
             Metrics.Store(stored, Stopwatch.GetElapsedTime(start).TotalSeconds);
         }

@@ -12,6 +12,14 @@ public interface IKvSource
     /// <c>format.PayloadLength(tokenCount)</c> bytes. Returns false when the KV is not available (the chunk is then not stored).
     /// </summary>
     bool TryReadKv(int startToken, int tokenCount, Span<byte> destination);
+
+    /// <summary>
+    /// Called once when a store has read every chunk it wanted (also after a failed read): a source that read the whole
+    /// sequence for the first chunk lets that snapshot go here. Default: nothing.
+    /// </summary>
+    void CompleteRead()
+    {
+    }
 }
 
 /// <summary>
@@ -26,4 +34,11 @@ public interface IKvSink
     /// The payload is only valid during the call.
     /// </summary>
     bool TryWriteKv(int startToken, int tokenCount, ReadOnlySpan<byte> payload);
+
+    /// <summary>
+    /// Called once after the last <see cref="TryWriteKv"/> of a restore that accepted at least one chunk: a sink that
+    /// collects the chunks and writes them into the engine in one call does it here. False: nothing was restored (the
+    /// engine holds none of the chunks). Default: true (every chunk went in when it was given).
+    /// </summary>
+    bool CompleteWrite() => true;
 }
