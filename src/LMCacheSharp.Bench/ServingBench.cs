@@ -22,7 +22,8 @@ public sealed record ServingBenchSettings
     public static IReadOnlyList<string> KnownWorkloads { get; } = ["leval", "sharegpt", "doc-qa", "chat", "clients"];
 
     /// <summary>The in-process configurations <see cref="Configs"/> may name.</summary>
-    public static IReadOnlyList<string> KnownConfigs { get; } = ["off", "context", "tiers", "on"];
+    /// (<c>off-streams</c> and <c>streams</c> are <c>off</c> and <c>tiers</c> on per-sequence KV streams, <c>serve --kv-unified off</c>.)
+    public static IReadOnlyList<string> KnownConfigs { get; } = ["off", "context", "tiers", "on", "off-streams", "streams"];
 
     /// <summary>OpenAI endpoints measured instead of in-process servers; empty: in-process servers, one per configuration.</summary>
     public IReadOnlyList<string> Urls { get; init; } = [];
@@ -104,7 +105,7 @@ public sealed record ServingBenchSettings
 
         if (Urls.Count == 0 && (Configs.Count == 0 || Configs.Any(c => !KnownConfigs.Contains(c))))
         {
-            errors.Add($"--configs: takes a comma list of off, context, tiers, on; got '{string.Join(',', Configs)}'");
+            errors.Add($"--configs: takes a comma list of {string.Join(", ", KnownConfigs)}; got '{string.Join(',', Configs)}'");
         }
 
         foreach (var url in Urls)
@@ -209,8 +210,9 @@ public static class ServingBench
                         MaxConcurrentRequests = s.MaxConcurrent,
                         Threads = s.Threads,
                         GpuLayers = s.GpuLayers,
-                        EnableCache = config is "tiers" or "on",
+                        EnableCache = config is "tiers" or "on" or "streams",
                         EnableInContextSharing = config is "context" or "on",
+                        KvUnified = config is not ("off-streams" or "streams"),
                         LogLevel = LogLevel.Warning,
                     };
                     var app = ServingApp.Build(options, new LMCacheOptions { MaxLocalCpuSize = 4, ChunkSize = s.ChunkSize }, ["http://127.0.0.1:0"]);

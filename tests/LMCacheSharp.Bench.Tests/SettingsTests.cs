@@ -70,7 +70,7 @@ public sealed class SettingsTests
         var errors = new ServingBenchSettings { Workloads = ServingBenchSettings.ParseWorkloads("doc-qa,nonsense"), Configs = ["off", "fast"], Clients = 0 }.GetErrors();
         Assert.Equal(3, errors.Count);
         Assert.Contains("got 'doc-qa,nonsense'", errors[0], StringComparison.Ordinal);
-        Assert.Equal("--configs: takes a comma list of off, context, tiers, on; got 'off,fast'", errors[1]);
+        Assert.Equal("--configs: takes a comma list of off, context, tiers, on, off-streams, streams; got 'off,fast'", errors[1]);
         Assert.Equal("--clients: must be 1..1024, got 0", errors[2]);
         // Against URLs the configurations are the URLs: --configs is not read.
         Assert.Empty(new ServingBenchSettings { Urls = ["http://127.0.0.1:8000"], Configs = ["fast"] }.GetErrors());

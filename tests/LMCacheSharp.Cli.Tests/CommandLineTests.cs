@@ -41,7 +41,7 @@ public sealed partial class CommandLineTests
             "serve", [],
             ["--model", "--model-name", "--config", "--lmcache", "--host", "--port", "--ctx-size", "--max-concurrent", "--max-queue", "--batch-size",
                 "--threads", "--flash-attention", "--default-max-tokens", "--no-cache", "--log-level", "--stall-timeout", "--kv-events", "--kv-events-replay",
-                "--kv-events-topic", "--controller", "--controller-token", "--role", "--llama-native", "--gpu-layers", "--help"]
+                "--kv-events-topic", "--controller", "--controller-token", "--role", "--kv-unified", "--llama-native", "--gpu-layers", "--help"]
         },
         {
             "server", [],
@@ -91,6 +91,7 @@ public sealed partial class CommandLineTests
         { ["bench", "fleet", "--instances", "0"], 2, "--instances: must be 1..16, got 0" },
         { ["serve", "--port", "0", "--flash-attention", "maybe"], 2, "--flash-attention: must be on, off or auto, got 'maybe'" },
         { ["serve", "--port", "0", "--role", "mixer"], 2, "--role: must be both, prefill or decode, got 'mixer'" },
+        { ["serve", "--port", "0", "--kv-unified", "maybe"], 2, "--kv-unified: must be on or off, got 'maybe'" },
         { ["serve", "--port", "0", "--role", "prefill"], 2, "--role prefill: needs a shared store for the KV (remote_url:" },
         { ["bench", "pd", "--streams", "0", "--modes", "colocated"], 2, "--streams: must be 1..64, got 0" },
         { ["bench", "pd", "--modes", "split"], 2, "--modes: takes a comma list of colocated, disaggregated; got 'split'" },

@@ -11,7 +11,7 @@ internal static class BenchServingCommand
         var d = new ServingBenchSettings();
         var urls = new Option<string[]>("--url") { Description = "OpenAI endpoint(s) to measure instead of in-process servers (e.g. http://127.0.0.1:8000)." };
         var model = new Option<string?>("--model") { Description = "GGUF for the in-process servers. Default: the generated default model (random weights)." };
-        var configs = new Option<string>("--configs") { Description = "In-process configurations: off (plain llama.cpp), context (in-context sharing only), tiers (cache tiers only), on (both).", DefaultValueFactory = _ => string.Join(',', d.Configs) };
+        var configs = new Option<string>("--configs") { Description = "In-process configurations: off (plain llama.cpp), context (in-context sharing only), tiers (cache tiers only), on (both); off-streams and streams: off and tiers with a KV stream per sequence (serve --kv-unified off).", DefaultValueFactory = _ => string.Join(',', d.Configs) };
         var workload = new Option<string>("--workload")
         {
             Description = "Comma list of leval, sharegpt (real data), doc-qa, chat, clients (the llama-server peer workloads, synthetic documents); all = leval,sharegpt; peer = doc-qa,chat,clients.",

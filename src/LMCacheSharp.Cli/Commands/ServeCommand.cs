@@ -33,12 +33,13 @@ internal static class ServeCommand
         var stall = new Option<double>("--stall-timeout") { Description = "Seconds without progress of the inference loop (with requests pending) after which /health answers 503.", DefaultValueFactory = _ => 60 };
         var controller = new Option<string?>("--controller") { Description = "Register with the fleet controller at this URL (lmcache controller), heartbeat, and publish KV events to it (on free 127.0.0.1 ports unless --kv-events is given)." };
         var controllerToken = new Option<string?>("--controller-token") { Description = "The controller's --auth-token (also LMCACHE_CONTROLLER_TOKEN): sent to it, and required on this server's /lmcache/prefetch and /lmcache/clear." };
+        var kvUnified = new Option<string>("--kv-unified") { Description = "on: one KV cache shared by all sequences (a request may fill the context; prefixes shared in place). off: a KV stream per sequence of ctx-size / max-concurrent cells, attention over a request's own cells only (faster under concurrency).", DefaultValueFactory = _ => "on" };
         var role = new Option<string>("--role") { Description = "both, prefill or decode: the instance's part in a prefill/decode-disaggregated fleet behind `lmcache router --pd` (prefill and decode need a shared store, remote_url).", DefaultValueFactory = _ => "both" };
         var llama = new LlamaNativeOptions();
         var command = new Command("serve", "Serve a GGUF model through the OpenAI API (/v1/completions, /v1/chat/completions) with the KV cache.")
         {
             model, modelName, config, cacheSettings, host, port, ctx, concurrent, queue, batch, threads, flash, maxTokens, noCache, logLevel, stall,
-            kvEvents, kvEventsReplay, kvEventsTopic, controller, controllerToken, role,
+            kvEvents, kvEventsReplay, kvEventsTopic, controller, controllerToken, role, kvUnified,
         };
         llama.AddTo(command);
         command.SetAction(async (r, ct) =>
@@ -96,6 +97,12 @@ internal static class ServeCommand
                 problems.Add($"--log-level: must be trace, debug, information, warning, error or none, got '{r.GetValue(logLevel)}'");
             }
 
+            var kvUnifiedText = r.GetValue(kvUnified)!.ToLowerInvariant();
+            if (kvUnifiedText is not ("on" or "off"))
+            {
+                problems.Add($"--kv-unified: must be on or off, got '{kvUnifiedText}'");
+            }
+
             var roleText = r.GetValue(role)!.ToLowerInvariant();
             var serveRole = roleText switch { "prefill" => ServeRole.Prefill, "decode" => ServeRole.Decode, _ => ServeRole.Both };
             if (roleText is not ("both" or "prefill" or "decode"))
@@ -120,6 +127,7 @@ internal static class ServeCommand
                 BatchSize = r.GetValue(batch),
                 Threads = r.GetValue(threads),
                 FlashAttention = flashText == "auto" ? null : flashText == "on",
+                KvUnified = kvUnifiedText != "off",
                 DefaultMaxTokens = r.GetValue(maxTokens),
                 EnableCache = !r.GetValue(noCache),
                 GpuLayers = r.GetValue(llama.GpuLayers),

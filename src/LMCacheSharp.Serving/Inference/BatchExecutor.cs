@@ -38,7 +38,7 @@ internal sealed class BatchExecutor
         _residency = residency;
         _metrics = metrics;
         _logger = logger;
-        _inContextSharing = options.EnableInContextSharing;
+        _inContextSharing = options.EnableInContextSharing && options.KvUnified;
         _prefillRole = options.Role == ServeRole.Prefill && cache is not null;
         _prefillStoreTimeout = options.PrefillStoreTimeout;
         BatchSize = (int)context.BatchSize;

@@ -55,9 +55,12 @@ internal sealed class InferenceScheduler : IDisposable
         _cache = cache;
         _metrics = metrics;
         _logger = logger;
-        _inContextSharing = options.EnableInContextSharing;
+        _inContextSharing = options.EnableInContextSharing && options.KvUnified; // cells are shared only within one stream
         _queue = Channel.CreateBounded<GenerationJob>(new BoundedChannelOptions(Math.Max(1, options.MaxQueuedRequests)) { SingleReader = true });
-        _residency = new SequenceResidency<RunningJob>(options.MaxConcurrentRequests, (int)context.ContextSize, new ContextSequenceMemory(context.NativeHandle));
+        _residency = options.KvUnified
+            ? new SequenceResidency<RunningJob>(options.MaxConcurrentRequests, (int)context.ContextSize, new ContextSequenceMemory(context.NativeHandle))
+            : new SequenceResidency<RunningJob>(options.MaxConcurrentRequests, (int)(context.ContextSize / (uint)options.MaxConcurrentRequests),
+                new ContextSequenceMemory(context.NativeHandle, perSequenceStreams: true), perSequence: true);
         _executor = new BatchExecutor(weights, context, cache, _residency, options, metrics, logger);
         _thread = new Thread(Run) { IsBackground = true, Name = "lmcache-inference" };
         _thread.Start();
@@ -222,7 +225,7 @@ internal sealed class InferenceScheduler : IDisposable
             // finishes). A request with n choices waits for n free sequences (SubmitAsync caps n at their number).
             var choices = request.Choices;
             var free = _residency.FreeSequences().Take(choices.Count).ToList();
-            if (!SchedulerPlanner.Fits(_residency.ReservedCells(), request.PromptTokens.Length, choices.Count, request.MaxTokens, _residency.ContextSize,
+            if (!SchedulerPlanner.Fits(_residency.PerSequence ? 0 : _residency.ReservedCells(), request.PromptTokens.Length, choices.Count, request.MaxTokens, _residency.ContextSize,
                     _residency.RunningCount > 0, free.Count))
             {
                 _waitingForRoom = request;

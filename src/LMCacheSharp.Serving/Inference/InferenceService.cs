@@ -102,7 +102,7 @@ public sealed class InferenceService : IAsyncDisposable
     public string ModelName { get; }
 
     /// <summary>KV cells of the context.</summary>
-    public int ContextSize => (int)_context.ContextSize;
+    public int ContextSize => _options.KvUnified ? (int)_context.ContextSize : (int)(_context.ContextSize / (uint)_options.MaxConcurrentRequests);
 
     /// <summary>The KV cache, or null when disabled.</summary>
     public LlamaKvCache? Cache { get; }
@@ -152,7 +152,7 @@ public sealed class InferenceService : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(cacheMetrics);
         cacheMetrics.Faults ??= new FaultLog(logger); // cache faults become log lines (rate-limited), not only counters
         var parameters = LlamaContextSettings.Create(modelPath, (uint)(options.ContextSize ?? ServingOptions.DefaultContextSize), options.FlashAttention ?? false,
-            options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize, options.GpuLayers);
+            options.MaxConcurrentRequests, options.Threads, (uint)options.BatchSize, options.GpuLayers, options.KvUnified);
         LLamaWeights weights;
         try
         {
@@ -182,6 +182,7 @@ public sealed class InferenceService : IAsyncDisposable
                 {
                     Logger = logger,
                     KvEvents = kvEvents,
+                    PerSequenceKv = !options.KvUnified,
                     DiskScanProgress = options.Progress is { } scanTarget ? new ScanProgress(scanTarget) : null,
                 },
                     cacheMetrics, WithRemote(cacheOptions, lowerTiers));

@@ -30,12 +30,31 @@ internal interface ISequenceMemory
     int MaxPosition(LLamaSeqId sequence);
 }
 
-/// <summary><see cref="ISequenceMemory"/> on a llama.cpp context.</summary>
-internal sealed class ContextSequenceMemory(SafeLLamaContextHandle context) : ISequenceMemory
+/// <summary>
+/// <see cref="ISequenceMemory"/> on a llama.cpp context. With per-sequence KV streams a copy is of a whole stream
+/// (llama.cpp copies the buffer at the next decode and aborts on a partial range), so <see cref="Copy"/> then takes only a
+/// sequence that holds exactly the positions to copy (an n &gt; 1 request's leader right after its prompt).
+/// </summary>
+internal sealed class ContextSequenceMemory(SafeLLamaContextHandle context, bool perSequenceStreams = false) : ISequenceMemory
 {
     public void Remove(LLamaSeqId sequence) => context.MemorySequenceRemove(sequence, -1, -1);
 
-    public void Copy(LLamaSeqId from, LLamaSeqId to, int count) => context.MemorySequenceCopy(from, to, 0, count);
+    public void Copy(LLamaSeqId from, LLamaSeqId to, int count)
+    {
+        if (!perSequenceStreams)
+        {
+            context.MemorySequenceCopy(from, to, 0, count);
+            return;
+        }
+
+        if (context.MemorySequenceMinPosition(from).Value != 0 || context.MemorySequenceMaxPosition(from).Value != count - 1)
+        {
+            throw new InvalidOperationException($"per-sequence KV streams copy whole sequences only: sequence {from.Value} does not hold exactly positions 0..{count - 1}");
+        }
+
+        context.MemorySequenceRemove(to, -1, -1);
+        context.MemorySequenceCopy(from, to, -1, -1);
+    }
 
     public int MaxPosition(LLamaSeqId sequence) => (int)context.MemorySequenceMaxPosition(sequence);
 }
@@ -104,10 +123,13 @@ internal sealed class SequenceResidency<TJob> where TJob : class, IResidentJob<T
     private long _clock;
 
     /// <param name="sequences">Sequences of the context (one per concurrent request), ids 0..sequences-1.</param>
-    /// <param name="contextSize">Cells in the context (every sequence together).</param>
+    /// <param name="contextSize">Cells in the context (every sequence together), or in each sequence's stream with <paramref name="perSequence"/>.</param>
     /// <param name="memory">The context's KV memory.</param>
-    public SequenceResidency(int sequences, int contextSize, ISequenceMemory memory)
+    /// <param name="perSequence">Each sequence has a KV stream of its own of <paramref name="contextSize"/> cells (no cells shared
+    /// between sequences, no room to make for one another).</param>
+    public SequenceResidency(int sequences, int contextSize, ISequenceMemory memory, bool perSequence = false)
     {
+        PerSequence = perSequence;
         _sequences = Enumerable.Range(0, sequences).Select(i => new ResidentSequence<TJob>((LLamaSeqId)i, i)).ToArray();
         ContextSize = contextSize;
         _memory = memory;
@@ -115,7 +137,11 @@ internal sealed class SequenceResidency<TJob> where TJob : class, IResidentJob<T
 
     public IReadOnlyList<ResidentSequence<TJob>> Sequences => _sequences;
 
+    /// <summary>Cells of the context (all sequences together), or of each sequence's stream with <see cref="PerSequence"/>.</summary>
     public int ContextSize { get; }
+
+    /// <summary>Each sequence has a KV stream of its own.</summary>
+    public bool PerSequence { get; }
 
     /// <summary>Finished sequences whose cells are still in the context.</summary>
     public int ResidentCount => _sequences.Count(s => s.IsResident);
@@ -190,7 +216,7 @@ internal sealed class SequenceResidency<TJob> where TJob : class, IResidentJob<T
     /// </summary>
     public void MakeRoom(int tokens)
     {
-        while (_sequences.Sum(s => s.Materialized.Count) + tokens > ContextSize && EvictOneResident())
+        while (!PerSequence && _sequences.Sum(s => s.Materialized.Count) + tokens > ContextSize && EvictOneResident())
         {
         }
     }
