@@ -18,6 +18,19 @@ public sealed class ServeCommandTests
     }
 
     [Fact]
+    public async Task Kv_unified_off_serves_with_a_stream_per_sequence_and_says_the_per_request_context()
+    {
+        var model = await Artifacts.TinyModelAsync();
+        await using var serve = await RunningLmcache.StartAsync(TimeSpan.FromSeconds(120), "dotnet", LmcacheProcess.DllPath, "serve", "--port", "0",
+            "--model", model, "--threads", "1", "--ctx-size", "2048", "--max-concurrent", "2", "--kv-unified", "off");
+        Assert.Contains("context 1024 tokens per request (2 KV streams)", serve.Output, StringComparison.Ordinal);
+        RunningLmcache.AssertCompletion(await serve.CompleteAsync("Hello through per-sequence KV streams", 3), 3);
+        var again = await serve.CompleteAsync("Hello through per-sequence KV streams", 3);
+        RunningLmcache.AssertCompletion(again, 3);
+        Assert.True(again.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32() > 0);
+    }
+
+    [Fact]
     public async Task Every_configuration_problem_is_reported_at_once_with_its_source()
     {
         var (code, _, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(60), "serve", "--port", "0",

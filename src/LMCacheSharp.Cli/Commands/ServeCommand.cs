@@ -157,8 +157,9 @@ internal static class ServeCommand
                 await app.StartAsync(ct);
                 var service = app.Services.GetRequiredService<LMCacheSharp.Serving.Inference.InferenceService>();
                 await using var registration = FleetOptions.Register(app, controllerUrl, fleetToken);
-                var ctxSource = options.ContextSize is null ? (service.ContextSize < ServingOptions.DefaultContextSize ? ", the model's trained context" : ", the default") : "";
-                Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{service.ModelName}', context {service.ContextSize} tokens{ctxSource}, cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
+                var totalCells = options.KvUnified ? service.ContextSize : service.ContextSize * options.MaxConcurrentRequests;
+                var ctxSource = options.ContextSize is null ? (totalCells < ServingOptions.DefaultContextSize ? ", the model's trained context" : ", the default") : "";
+                Console.WriteLine($"lmcache serve: {string.Join(", ", app.Urls)} (model '{service.ModelName}', context {service.ContextSize} tokens{(options.KvUnified ? "" : $" per request ({options.MaxConcurrentRequests} KV streams)")}{ctxSource}, cache {(options.EnableCache ? "on" : "off")}); Ctrl+C to stop");
                 if (app.Services.GetService<LMCacheSharp.KvEvents.ZmqKvEventPublisher>() is { } events)
                 {
                     Console.WriteLine($"lmcache serve: KV events on {events.Endpoint} (topic '{events.Topic}'{(events.ReplayEndpoint is { } replay ? $", replay on {replay}" : "")})");
