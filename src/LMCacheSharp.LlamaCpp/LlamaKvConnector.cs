@@ -295,23 +295,26 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         }
     }
 
-    private byte* EnsureScratch(nuint size)
+    private byte* EnsureScratch(nuint size) => Ensure(ref _scratch, ref _scratchCapacity, size);
+
+    // A page-aligned native buffer of at least size bytes, grown (its contents dropped) when too small.
+    private static byte* Ensure(ref byte* buffer, ref nuint capacity, nuint size)
     {
-        if (_scratchCapacity < size)
+        if (capacity < size)
         {
-            if (_scratch != null)
+            if (buffer != null)
             {
-                NativeMemory.AlignedFree(_scratch);
-                _scratch = null;
-                _scratchCapacity = 0;
+                NativeMemory.AlignedFree(buffer);
+                buffer = null;
+                capacity = 0;
             }
 
-            var capacity = (size + 4095) & ~(nuint)4095;
-            _scratch = (byte*)NativeMemory.AlignedAlloc(capacity, 4096);
-            _scratchCapacity = capacity;
+            var rounded = (size + 4095) & ~(nuint)4095;
+            buffer = (byte*)NativeMemory.AlignedAlloc(rounded, 4096);
+            capacity = rounded;
         }
 
-        return _scratch;
+        return buffer;
     }
 
     // Offsets of layer l's rows in a blob of `cells` cells (both K and V layer headers are 12 bytes).
@@ -372,20 +375,7 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
             return false;
         }
 
-        if (_snapshotCapacity < size)
-        {
-            if (_snapshot != null)
-            {
-                NativeMemory.AlignedFree(_snapshot);
-                _snapshot = null;
-                _snapshotCapacity = 0;
-            }
-
-            var capacity = (size + 4095) & ~(nuint)4095;
-            _snapshot = (byte*)NativeMemory.AlignedAlloc(capacity, 4096);
-            _snapshotCapacity = capacity;
-        }
-
+        Ensure(ref _snapshot, ref _snapshotCapacity, size);
         if (_context.GetState(_snapshot, size, Sequence) != size)
         {
             return false;

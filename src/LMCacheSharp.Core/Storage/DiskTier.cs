@@ -203,11 +203,19 @@ public sealed class DiskTier : IStorageTier
         }
 
         chunk?.Release();
+        ReadFailed(entry, ioFailed);
+        return null;
+    }
+
+    // A read of entry's file failed. Evicted, removed or replaced while it was read: a plain miss, nothing is wrong with
+    // the disk. Else the failure is counted (an I/O error, or a corrupt file) and the file dropped like a corrupt one.
+    private void ReadFailed(DiskChunkIndex.Entry entry, bool ioFailed)
+    {
         lock (_lock)
         {
             if (!_disposed && !_index.IsCurrent(entry))
             {
-                return null; // evicted, removed or replaced while we read: a plain miss, nothing is wrong with the disk
+                return;
             }
         }
 
@@ -220,8 +228,7 @@ public sealed class DiskTier : IStorageTier
             _metrics?.CorruptChunk(Name);
         }
 
-        Discard(entry); // the file is dropped like a corrupt one
-        return null;
+        Discard(entry);
     }
 
     /// <summary>
@@ -359,24 +366,7 @@ public sealed class DiskTier : IStorageTier
             return result;
         }
 
-        lock (_lock)
-        {
-            if (!_disposed && !_index.IsCurrent(entry))
-            {
-                return null; // evicted, removed or replaced while we read: a plain miss, nothing is wrong with the disk
-            }
-        }
-
-        if (ioFailed)
-        {
-            _metrics?.TierError(Name);
-        }
-        else
-        {
-            _metrics?.CorruptChunk(Name);
-        }
-
-        Discard(entry);
+        ReadFailed(entry, ioFailed);
         return null;
     }
 
