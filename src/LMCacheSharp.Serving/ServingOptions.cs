@@ -113,6 +113,10 @@ public sealed class ServingOptions
         {
             errors.Add($"--max-concurrent: must be 1..64, got {MaxConcurrentRequests}");
         }
+        else if (!KvUnified && (ContextSize ?? DefaultContextSize) / MaxConcurrentRequests < 64)
+        {
+            errors.Add($"--kv-unified off: each of the {MaxConcurrentRequests} sequences gets --ctx-size / --max-concurrent cells, which must be at least 64, got {(ContextSize ?? DefaultContextSize) / MaxConcurrentRequests}");
+        }
 
         if (MaxQueuedRequests is < 0 or > 100_000)
         {

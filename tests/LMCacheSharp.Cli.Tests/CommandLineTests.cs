@@ -92,6 +92,7 @@ public sealed partial class CommandLineTests
         { ["serve", "--port", "0", "--flash-attention", "maybe"], 2, "--flash-attention: must be on, off or auto, got 'maybe'" },
         { ["serve", "--port", "0", "--role", "mixer"], 2, "--role: must be both, prefill or decode, got 'mixer'" },
         { ["serve", "--port", "0", "--kv-unified", "maybe"], 2, "--kv-unified: must be on or off, got 'maybe'" },
+        { ["serve", "--port", "0", "--kv-unified", "off", "--ctx-size", "512", "--max-concurrent", "16"], 2, "--kv-unified off: each of the 16 sequences gets --ctx-size / --max-concurrent cells, which must be at least 64, got 32" },
         { ["serve", "--port", "0", "--role", "prefill"], 2, "--role prefill: needs a shared store for the KV (remote_url:" },
         { ["bench", "pd", "--streams", "0", "--modes", "colocated"], 2, "--streams: must be 1..64, got 0" },
         { ["bench", "pd", "--modes", "split"], 2, "--modes: takes a comma list of colocated, disaggregated; got 'split'" },
