@@ -435,7 +435,28 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
     }
 
     /// <inheritdoc />
-    public void CompleteRead() => _haveSnapshot = false;
+    /// <remarks>A whole-sequence snapshot over <see cref="KeptBufferBytes"/> is freed here, not kept for the next store.</remarks>
+    public void CompleteRead()
+    {
+        _haveSnapshot = false;
+        Shrink(ref _snapshot, ref _snapshotCapacity);
+    }
+
+    /// <summary>
+    /// Per-sequence mode: the largest whole-sequence buffer (store snapshot, restore blob) kept between calls; a larger one
+    /// (a long sequence of a large model: 64 KiB per token on the bench model) is freed after use. 64 MiB.
+    /// </summary>
+    public const long KeptBufferBytes = 64L << 20;
+
+    private static void Shrink(ref byte* buffer, ref nuint capacity)
+    {
+        if (buffer != null && capacity > KeptBufferBytes)
+        {
+            NativeMemory.AlignedFree(buffer);
+            buffer = null;
+            capacity = 0;
+        }
+    }
 
     /// <summary>Per-sequence mode: checks a chunk and keeps its rows (portable order) until <see cref="CompleteWrite"/>.</summary>
     private bool TryCollect(int startToken, int tokenCount, ReadOnlySpan<byte> payload)
@@ -527,6 +548,7 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
         finally
         {
             ClearPending();
+            Shrink(ref _scratch, ref _scratchCapacity);
         }
     }
 
