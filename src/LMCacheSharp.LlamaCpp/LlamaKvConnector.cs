@@ -196,22 +196,13 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
                 nuint length;
                 if (Layout == LlamaChunkLayout.StateBlob)
                 {
-                    var positions = ArrayPool<int>.Shared.Rent(tokenCount);
-                    try
+                    if (!TryCheckChunkBlob(payload, startToken, tokenCount, out var info))
                     {
-                        if (!LlamaStateBlob.TryParse(payload, out var info, positions) || !Matches(info, tokenCount) ||
-                            !IsRange(positions.AsSpan(0, tokenCount), startToken, out var sorted) || !sorted)
-                        {
-                            return false;
-                        }
+                        return false;
+                    }
 
-                        blob = source;
-                        length = (nuint)info.Length;
-                    }
-                    finally
-                    {
-                        ArrayPool<int>.Shared.Return(positions);
-                    }
+                    blob = source;
+                    length = (nuint)info.Length;
                 }
                 else
                 {
@@ -266,6 +257,21 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
     }
 
     private bool Matches(in LlamaStateBlob.BlobInfo info, int cells) => info.Cells == cells && info.Shape == Shape;
+
+    // A chunk in the state-blob layout: a one-stream blob of this shape holding positions start.. in order.
+    private bool TryCheckChunkBlob(ReadOnlySpan<byte> payload, int startToken, int tokenCount, out LlamaStateBlob.BlobInfo info)
+    {
+        var positions = ArrayPool<int>.Shared.Rent(tokenCount);
+        try
+        {
+            return LlamaStateBlob.TryParse(payload, out info, positions) && Matches(info, tokenCount) &&
+                IsRange(positions.AsSpan(0, tokenCount), startToken, out var sorted) && sorted;
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(positions);
+        }
+    }
 
     private static bool IsRange(ReadOnlySpan<int> positions, int start, out bool sorted)
     {
@@ -478,23 +484,19 @@ public sealed unsafe class LlamaKvConnector : IKvSource, IKvSink, IDisposable
             var portable = rows.AsSpan(0, (int)Format.PayloadLength(tokenCount));
             if (Layout == LlamaChunkLayout.StateBlob)
             {
-                var positions = ArrayPool<int>.Shared.Rent(tokenCount);
-                try
+                if (!TryCheckChunkBlob(payload, startToken, tokenCount, out var info))
                 {
-                    if (!LlamaStateBlob.TryParse(payload, out var info, positions) || !Matches(info, tokenCount) ||
-                        !IsRange(positions.AsSpan(0, tokenCount), startToken, out var sorted) || !sorted)
-                    {
-                        return false;
-                    }
+                    return false;
+                }
 
-                    var order = CellOrder(positions.AsSpan(0, tokenCount), startToken);
-                    WritePortable(payload, info, order.AsSpan(0, tokenCount), portable);
-                    ArrayPool<int>.Shared.Return(order);
-                }
-                finally
+                var order = ArrayPool<int>.Shared.Rent(tokenCount);
+                for (var c = 0; c < tokenCount; c++)
                 {
-                    ArrayPool<int>.Shared.Return(positions);
+                    order[c] = c; // checked: the cells are in position order
                 }
+
+                WritePortable(payload, info, order.AsSpan(0, tokenCount), portable);
+                ArrayPool<int>.Shared.Return(order);
             }
             else
             {
