@@ -59,7 +59,7 @@ internal sealed class InferenceScheduler : IDisposable
         _queue = Channel.CreateBounded<GenerationJob>(new BoundedChannelOptions(Math.Max(1, options.MaxQueuedRequests)) { SingleReader = true });
         _residency = options.KvUnified
             ? new SequenceResidency<RunningJob>(options.MaxConcurrentRequests, (int)context.ContextSize, new ContextSequenceMemory(context.NativeHandle))
-            : new SequenceResidency<RunningJob>(options.MaxConcurrentRequests, (int)(context.ContextSize / (uint)options.MaxConcurrentRequests),
+            : new SequenceResidency<RunningJob>(options.MaxConcurrentRequests, InferenceService.CellsPerRequest(context.ContextSize, options),
                 new ContextSequenceMemory(context.NativeHandle, perSequenceStreams: true), perSequence: true);
         _executor = new BatchExecutor(weights, context, cache, _residency, options, metrics, logger);
         _thread = new Thread(Run) { IsBackground = true, Name = "lmcache-inference" };

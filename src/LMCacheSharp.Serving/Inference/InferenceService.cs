@@ -101,8 +101,12 @@ public sealed class InferenceService : IAsyncDisposable
     /// <summary>The name the model is served under.</summary>
     public string ModelName { get; }
 
-    /// <summary>KV cells of the context.</summary>
-    public int ContextSize => _options.KvUnified ? (int)_context.ContextSize : (int)(_context.ContextSize / (uint)_options.MaxConcurrentRequests);
+    /// <summary>KV cells one request may use: the whole context, or with <see cref="ServingOptions.KvUnified"/> off its sequence's stream.</summary>
+    public int ContextSize => CellsPerRequest(_context.ContextSize, _options);
+
+    /// <summary>Cells of one request in a context of <paramref name="contextCells"/> (llama.cpp splits them evenly between per-sequence streams).</summary>
+    internal static int CellsPerRequest(uint contextCells, ServingOptions options) =>
+        options.KvUnified ? (int)contextCells : (int)(contextCells / (uint)options.MaxConcurrentRequests);
 
     /// <summary>The KV cache, or null when disabled.</summary>
     public LlamaKvCache? Cache { get; }
