@@ -54,6 +54,38 @@ public sealed class PerSequenceKvServingTests
     }
 
     [Fact]
+    public async Task A_client_that_disconnects_mid_stream_frees_its_stream_and_the_next_requests_hit()
+    {
+        await using var server = await TestServer.StartAsync(o =>
+        {
+            o.ContextSize = 2 * 1024;
+            o.MaxConcurrentRequests = 2;
+            o.KvUnified = false;
+            o.DefaultMaxTokens = 900;
+        });
+        for (var i = 0; i < 3; i++)
+        {
+            using var cts = new CancellationTokenSource();
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+            {
+                Content = new StringContent("""{"prompt":"go on and on","max_tokens":900,"stream":true}""", System.Text.Encoding.UTF8, "application/json"),
+            };
+            using var response = await server.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+            using var stream = await response.Content.ReadAsStreamAsync(cts.Token);
+            _ = await stream.ReadAsync(new byte[64], cts.Token); // generating
+            cts.Cancel();
+        }
+
+        // Both streams must be free again (two at a time), and a stored prefix restores into whichever the next one gets.
+        var prompt = Prompts.Long("after the disconnects");
+        var results = await Task.WhenAll(server.CompleteAsync(prompt, 4), server.CompleteAsync(prompt + " Again.", 4))
+            .WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+        var (text, cached, tokens) = await server.CompleteAsync(prompt, 4);
+        Assert.Equal(results[0].Text, text);
+        Assert.Equal(tokens - 1, cached);
+    }
+
+    [Fact]
     public async Task A_prompt_over_one_sequences_cells_gets_400_with_that_limit_and_the_next_request_succeeds()
     {
         await using var server = await StartAsync(kvUnified: false);
