@@ -89,6 +89,27 @@ public sealed class ServeCommandTests
         }
     }
 
+    [Fact]
+    public async Task Bench_serving_runs_the_clients_workload_on_per_sequence_streams_and_every_second_question_hits()
+    {
+        var model = await Artifacts.TinyModelAsync();
+        var output = Directory.CreateTempSubdirectory("lmcache-bench-streams-");
+        try
+        {
+            var (code, stdout, stderr) = await LmcacheProcess.RunAsync(TimeSpan.FromSeconds(240), "bench", "serving", "--model", model,
+                "--workload", "clients", "--configs", "off-streams,streams", "--clients", "2", "--repeats", "1", "--client-doc-words", "40",
+                "--ctx-size", "2048", "--max-tokens", "2", "--threads", "1", "--chunk-size", "16", "-o", output.FullName);
+            Assert.True(code == 0, stdout + stderr);
+            Assert.Matches(@"\| 2 x 2 \| streams \| 1 \| [0-9.]+ \| 2/2 \|", stdout);
+            Assert.Matches(@"\| 2 x 2 \| off-streams \| 1 \| [0-9.]+ \| 0/2 \|", stdout);
+            Assert.True(File.Exists(Path.Combine(output.FullName, "peer.json")));
+        }
+        finally
+        {
+            output.Delete(recursive: true);
+        }
+    }
+
     [Theory]
     [InlineData("--workload", "nonsense")]
     [InlineData("--configs", "fast")]
