@@ -80,7 +80,7 @@ public sealed class LlamaKvCache : IAsyncDisposable
         _ownsEngine = ownsEngine;
         Layout = options.Layout;
         ScratchSequence = ScratchFor(context, options);
-        if (TryProbe(context, options, out var shape, out var streams, out var reason))
+        if (TryProbe(context, ScratchSequence, out var shape, out var streams, out var reason))
         {
             Shape = shape;
             Format = shape.ToFormat(Layout);
@@ -153,8 +153,8 @@ public sealed class LlamaKvCache : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(context);
         ArgumentException.ThrowIfNullOrEmpty(modelFingerprint);
         options ??= new LlamaKvCacheOptions();
-        ScratchFor(context, options); // a bad scratch id fails before the engine is made
-        var ns = TryProbe(context, options, out var shape, out _, out _)
+        var scratch = ScratchFor(context, options); // a bad scratch id fails before the engine is made
+        var ns = TryProbe(context, scratch, out var shape, out _, out _)
             ? CreateNamespace(modelFingerprint, shape, options.Layout)
             : new CacheNamespace(modelFingerprint + "|disabled", new KvFormat(1, 1, 1, KvDataType.F16, KvLayout.LayerKV));
         var engine = CacheEngine.Create(cacheOptions, ns, metrics, lowerTiers, options.KvEvents, options.DiskScanProgress);
@@ -206,16 +206,17 @@ public sealed class LlamaKvCache : IAsyncDisposable
         return scratch;
     }
 
-    // The shape, probed in the scratch sequence (or sequence 0 of a fresh per-sequence context), and the stream count.
-    private static bool TryProbe(SafeLLamaContextHandle context, LlamaKvCacheOptions options, out LlamaKvShape shape, out int streams, out string reason)
+    // The shape, probed in the scratch sequence (a unified cache: one stream), or without one (per-sequence streams) in
+    // sequence 0 of the fresh context; and the stream count.
+    private static bool TryProbe(SafeLLamaContextHandle context, LLamaSeqId? scratch, out LlamaKvShape shape, out int streams, out string reason)
     {
-        if (options.PerSequenceKv)
+        if (scratch is null)
         {
             return TryProbeShape(context, LLamaSeqId.Zero, out shape, out streams, out reason);
         }
 
         streams = 1;
-        return TryProbeShape(context, ScratchFor(context, options)!.Value, out shape, out reason);
+        return TryProbeShape(context, scratch.Value, out shape, out reason);
     }
 
     /// <summary>

@@ -31,6 +31,34 @@ public class CacheEngineTests
     }
 
     [Fact]
+    public async Task Stores_and_restores_complete_once_and_a_sink_that_fails_at_completion_restores_nothing()
+    {
+        await using var engine = CacheEngine.Create(Options(), TestData.Namespace());
+        var tokens = TestData.Tokens(100, 3);
+        var source = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(96, await engine.StoreAsync(tokens, source));
+        Assert.Equal(1, source.ReadsCompleted); // once per store, after every chunk was read
+
+        var target = new FakeSequence(TestData.SmallFormat, tokens);
+        Assert.Equal(96, await engine.RetrieveAsync(tokens, target));
+        Assert.Equal(1, target.WritesCompleted);
+
+        var failing = new FakeSequence(TestData.SmallFormat, tokens) { CompleteWriteResult = false };
+        Assert.Equal(0, await engine.RetrieveAsync(tokens, failing));
+        Assert.Equal(6, failing.Writes);
+        using (var prefix = await engine.PinAsync(tokens))
+        {
+            Assert.Equal(0, engine.Restore(prefix, failing));
+        }
+
+        Assert.Equal(2, failing.WritesCompleted);
+        var other = TestData.Tokens(100, 99);
+        var miss = new FakeSequence(TestData.SmallFormat, other);
+        Assert.Equal(0, await engine.RetrieveAsync(other, miss));
+        Assert.Equal(0, miss.WritesCompleted); // nothing accepted: nothing to complete
+    }
+
+    [Fact]
     public async Task Property_random_prompts_restore_exactly_their_longest_stored_prefix()
     {
         var gen = Gen.Int[0, 40].Array[0, 120].Select(Gen.Int[0, 120]);

@@ -26,6 +26,22 @@ internal sealed class FakeSequence : IKvSource, IKvSink
 
     public int RefuseWritesFrom { get; set; } = int.MaxValue;
 
+    /// <summary>Calls of <see cref="CompleteRead"/> and <see cref="CompleteWrite"/>.</summary>
+    public int ReadsCompleted { get; private set; }
+
+    public int WritesCompleted { get; private set; }
+
+    /// <summary>What <see cref="CompleteWrite"/> answers (a sink that writes everything at the end, and fails there).</summary>
+    public bool CompleteWriteResult { get; set; } = true;
+
+    public void CompleteRead() => ReadsCompleted++;
+
+    public bool CompleteWrite()
+    {
+        WritesCompleted++;
+        return CompleteWriteResult;
+    }
+
     public List<(int Start, int Count)> WrittenRanges { get; } = [];
 
     /// <summary>The expected KV of a token: a function of its whole prefix (position and token), like real KV.</summary>

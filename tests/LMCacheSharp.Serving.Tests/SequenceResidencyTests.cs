@@ -166,6 +166,19 @@ public class SequenceResidencyTests
         Assert.Equal(364, residency.ReservedCells());
     }
 
+    [Fact]
+    public void With_a_stream_per_sequence_running_requests_reserve_nothing_of_a_new_ones_cells_and_no_room_is_made()
+    {
+        var memory = new FakeMemory();
+        var residency = new SequenceResidency<FakeJob>(3, 1024, memory, perSequence: true);
+        residency.Occupy(residency.Sequences[0], new FakeJob(Model) { ReservedCells = 1000 });
+        Finish(residency, residency.Sequences[1], Tokens(900));
+        Assert.Equal(0, residency.ReservedCells());
+        residency.MakeRoom(1000); // the resident's cells are in a stream of their own: nothing to evict for another
+        Assert.Equal(900, residency.Sequences[1].Materialized.Count);
+        Assert.True(residency.Sequences[1].IsResident);
+    }
+
     private static (SequenceResidency<FakeJob> Residency, FakeMemory Memory) Create(int sequences, int contextSize = 4096)
     {
         var memory = new FakeMemory();

@@ -542,15 +542,15 @@ public sealed partial class CacheEngine : IAsyncDisposable
                     chunk.Release();
                 }
             }
+
+            if (restored > 0 && !sink.CompleteWrite())
+            {
+                restored = 0; // a failed retrieval (an exception) writes nothing more
+            }
         }
         finally
         {
             ArrayPool<ChunkHash>.Shared.Return(keys);
-            if (restored > 0 && !sink.CompleteWrite())
-            {
-                restored = 0;
-            }
-
             Metrics.Retrieve(tokens.Length, restored, Stopwatch.GetElapsedTime(start).TotalSeconds);
         }
 

@@ -225,7 +225,7 @@ internal sealed class InferenceScheduler : IDisposable
             // finishes). A request with n choices waits for n free sequences (SubmitAsync caps n at their number).
             var choices = request.Choices;
             var free = _residency.FreeSequences().Take(choices.Count).ToList();
-            if (!SchedulerPlanner.Fits(_residency.PerSequence ? 0 : _residency.ReservedCells(), request.PromptTokens.Length, choices.Count, request.MaxTokens, _residency.ContextSize,
+            if (!SchedulerPlanner.Fits(_residency.ReservedCells(), request.PromptTokens.Length, choices.Count, request.MaxTokens, _residency.ContextSize,
                     _residency.RunningCount > 0, free.Count))
             {
                 _waitingForRoom = request;

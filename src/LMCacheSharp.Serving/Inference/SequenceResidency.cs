@@ -234,8 +234,11 @@ internal sealed class SequenceResidency<TJob> where TJob : class, IResidentJob<T
         return true;
     }
 
-    /// <summary>Cells the running requests may grow to (<see cref="IResidentJob{TJob}.ReservedCells"/>).</summary>
-    public int ReservedCells() => _sequences.Sum(s => s.Job?.ReservedCells ?? 0);
+    /// <summary>
+    /// Cells the running requests may grow to (<see cref="IResidentJob{TJob}.ReservedCells"/>) in the cells a new request
+    /// would take from: all of them on a unified cache, none with <see cref="PerSequence"/> (each sequence has its own).
+    /// </summary>
+    public int ReservedCells() => PerSequence ? 0 : _sequences.Sum(s => s.Job?.ReservedCells ?? 0);
 
     /// <summary>Frees the sequences marked <see cref="ResidentSequence{TJob}.ClearWhenIdle"/> that no request took since; unmarks all.</summary>
     public void ClearIdle()
