@@ -51,6 +51,11 @@ public sealed class PerSequenceKvServingTests
         Assert.Equal(18, json["usage"]!["completion_tokens"]!.GetValue<int>());
         var single = await server.PostAsync("/v1/completions", new { prompt, max_tokens = 6, temperature = 1.5, seed = 5, cache_salt = "other" });
         Assert.Equal(single["choices"]![0]!["text"]!.GetValue<string>(), json["choices"]![0]!["text"]!.GetValue<string>());
+
+        // Greedy: every choice continues the copied prompt exactly as one request on its own does.
+        var greedy = await server.PostAsync("/v1/completions", new { prompt, max_tokens = 6, temperature = 0, n = 3, cache_salt = "greedy" });
+        var (alone, _, _) = await server.CompleteAsync(prompt, 6, salt: "alone");
+        Assert.All(greedy["choices"]!.AsArray(), c => Assert.Equal(alone, c!["text"]!.GetValue<string>()));
     }
 
     [Fact]
